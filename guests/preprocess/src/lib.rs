@@ -1,0 +1,244 @@
+//! Tessera's preprocess stage: encoded image bytes → the model's normalized NCHW f32 tensor.
+//!
+//! The pure pipeline lives in [`preprocess`] so the very same code builds natively (the
+//! reference the WASM build is measured and checked against) and as a wasm32 component
+//! (see `component`), which is what the host runs.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+/// What the model wants: a `1×3×height×width` tensor, the shorter side first scaled to
+/// `resize` pixels, then the centre `height×width` taken, pixels scaled to [0, 1] and
+/// normalized per channel with `mean`/`std` (torchvision's Resize → CenterCrop → ToTensor →
+/// Normalize).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub height: u32,
+    pub width: u32,
+    pub resize: u32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Decoding limits, checked before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest accepted `width × height`.
+    pub max_pixels: u64,
+    /// Largest allocation the decoder may make, in bytes.
+    pub max_alloc_bytes: u64,
+}
+
+/// Why an image could not be turned into a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// Empty, truncated, corrupt or unrecognisable bytes.
+    InvalidInput(String),
+    /// A recognised format this build does not decode.
+    Unsupported(String),
+    /// Over a size limit.
+    TooLarge(String),
+    /// A bad model spec or a bug.
+    Internal(String),
+}
+
+/// The formats this stage decodes, for error messages.
+pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, GIF or BMP";
+
+/// Decodes `bytes`, applies EXIF orientation, converts any pixel format to RGB, resizes only
+/// the centre-crop region and returns the normalized NCHW data (`3 × height × width` floats).
+pub fn preprocess(bytes: &[u8], spec: &Spec, limits: &Limits) -> Result<Vec<f32>, Error> {
+    validate_spec(spec)?;
+    let rgb = decode_rgb(bytes, limits)?;
+    let (w, h) = (rgb.width(), rgb.height());
+    let resized = resize_center_crop(rgb.into_raw(), w, h, spec)?;
+    Ok(normalize_nchw(&resized, spec))
+}
+
+fn validate_spec(spec: &Spec) -> Result<(), Error> {
+    if spec.height == 0 || spec.width == 0 {
+        return Err(Error::Internal("model spec: input height and width must be positive".into()));
+    }
+    if spec.resize < spec.height.max(spec.width) {
+        return Err(Error::Internal(format!(
+            "model spec: resize ({}) must be at least the crop size ({}x{})",
+            spec.resize, spec.width, spec.height
+        )));
+    }
+    if spec.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+        return Err(Error::Internal("model spec: std must be finite and non-zero".into()));
+    }
+    Ok(())
+}
+
+/// Decodes to 8-bit RGB, refusing oversize images from their header.
+pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Error> {
+    if bytes.is_empty() {
+        return Err(Error::InvalidInput("the image is empty (0 bytes)".into()));
+    }
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::InvalidInput(format!(
+            "the bytes are not a recognised image; send {SUPPORTED_FORMATS}"
+        ))
+    })?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp
+    ) {
+        return Err(Error::Unsupported(format!(
+            "{format:?} images are not supported; send {SUPPORTED_FORMATS}"
+        )));
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_pixels {
+        return Err(Error::TooLarge(format!(
+            "the image is {w}x{h} = {pixels} pixels, over the limit of {} pixels; send a smaller image",
+            limits.max_pixels
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(Error::InvalidInput(format!("the image has no pixels ({w}x{h})")));
+    }
+    // A decoder without orientation metadata reports `NoTransforms`; a broken EXIF block is
+    // not worth refusing an otherwise good image for.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
+    match e {
+        image::ImageError::Limits(l) => Error::TooLarge(format!(
+            "decoding the {format:?} image needs more memory than allowed: {l}"
+        )),
+        image::ImageError::Unsupported(u) => Error::Unsupported(format!("{format:?}: {u}")),
+        other => Error::InvalidInput(format!("the {format:?} image could not be decoded: {other}")),
+    }
+}
+
+/// Resizes only the region that survives the centre crop, straight to `width × height`.
+///
+/// Scaling the shorter side to `resize` and then cropping the centre is the same as cropping
+/// the centre `width·s × height·s` source pixels (s = shorter / resize) and scaling that, so a
+/// 2000×3 image never becomes a 170,000-pixel-wide intermediate.
+pub fn resize_center_crop(rgb: Vec<u8>, w: u32, h: u32, spec: &Spec) -> Result<Vec<u8>, Error> {
+    let src = Image::from_vec_u8(w, h, rgb, PixelType::U8x3)
+        .map_err(|e| Error::Internal(format!("resize source buffer: {e}")))?;
+    let scale = f64::from(w.min(h)) / f64::from(spec.resize);
+    let crop_w = f64::from(spec.width) * scale;
+    let crop_h = f64::from(spec.height) * scale;
+    let left = (f64::from(w) - crop_w) / 2.0;
+    let top = (f64::from(h) - crop_h) / 2.0;
+    let mut dst = Image::new(spec.width, spec.height, PixelType::U8x3);
+    // Bilinear convolution with a support that grows when downscaling: the same antialiased
+    // filter PIL (and so torchvision) uses for Resize.
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .crop(left, top, crop_w, crop_h);
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| Error::Internal(format!("resize: {e}")))?;
+    Ok(dst.into_vec())
+}
+
+/// Interleaved RGB u8 → planar (CHW) f32, `(p / 255 − mean[c]) / std[c]`.
+pub fn normalize_nchw(rgb: &[u8], spec: &Spec) -> Vec<f32> {
+    let plane = (spec.width * spec.height) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    // Fold the three operations into one multiply-add per channel.
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * spec.std[c]));
+    let offset: [f32; 3] = std::array::from_fn(|c| -spec.mean[c] / spec.std[c]);
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        r[i] = f32::from(px[0]) * scale[0] + offset[0];
+        g[i] = f32::from(px[1]) * scale[1] + offset[1];
+        b[i] = f32::from(px[2]) * scale[2] + offset[2];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            height: 224,
+            width: 224,
+            resize: 256,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    const LIMITS: Limits = Limits { max_pixels: 40_000_000, max_alloc_bytes: 256 << 20 };
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn uniform_colour_normalizes_exactly() {
+        let img = image::RgbImage::from_pixel(300, 200, image::Rgb([255, 0, 128]));
+        let t = preprocess(&png(img.into()), &spec(), &LIMITS).unwrap();
+        assert_eq!(t.len(), 3 * 224 * 224);
+        let s = spec();
+        let expect = [(1.0 - s.mean[0]) / s.std[0], -s.mean[1] / s.std[1], (128.0 / 255.0 - s.mean[2]) / s.std[2]];
+        for c in 0..3 {
+            let v = t[c * 224 * 224 + 1000];
+            assert!((v - expect[c]).abs() < 1e-5, "channel {c}: {v} vs {}", expect[c]);
+        }
+    }
+
+    #[test]
+    fn extreme_aspect_ratio_is_cropped_before_resizing() {
+        let img = image::GrayImage::from_pixel(2000, 3, image::Luma([200]));
+        let t = preprocess(&png(img.into()), &spec(), &LIMITS).unwrap();
+        assert_eq!(t.len(), 3 * 224 * 224);
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        let img = image::RgbImage::new(100, 100);
+        let err = preprocess(&png(img.into()), &spec(), &Limits { max_pixels: 9_999, ..LIMITS }).unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+    }
+
+    #[test]
+    fn garbage_and_empty_are_invalid_input() {
+        assert!(matches!(preprocess(b"", &spec(), &LIMITS), Err(Error::InvalidInput(_))));
+        assert!(matches!(preprocess(b"hello world", &spec(), &LIMITS), Err(Error::InvalidInput(_))));
+        let mut truncated = png(image::RgbImage::new(64, 64).into());
+        truncated.truncate(60);
+        assert!(matches!(preprocess(&truncated, &spec(), &LIMITS), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn sixteen_bit_alpha_is_converted() {
+        let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(50, 80, image::Rgba([65535, 0, 0, 1000]));
+        let t = preprocess(&png(DynamicImage::ImageRgba16(img)), &spec(), &LIMITS).unwrap();
+        let s = spec();
+        assert!((t[0] - (1.0 - s.mean[0]) / s.std[0]).abs() < 1e-5);
+    }
+}

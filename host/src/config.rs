@@ -1,0 +1,208 @@
+//! Configuration: every address, path and limit, from `tessera.toml` and command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. Each message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key} {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+/// The whole host configuration. Relative paths in a config file are resolved against the
+/// file's directory; defaults are relative to the working directory (the repository root).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where `tessera serve` listens.
+    pub addr: SocketAddr,
+    /// The model repository: `<models_dir>/<name>/model.toml` + `<name>/<version>/model.onnx`.
+    pub models_dir: PathBuf,
+    /// The model used when a request names none. Absent: the only model, or the first by name.
+    pub default_model: Option<String>,
+    pub guests: GuestsConfig,
+    pub limits: Limits,
+}
+
+/// The pipeline's guest components (`.wasm` component files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestsConfig {
+    pub preprocess: PathBuf,
+    pub postprocess: PathBuf,
+    /// Business rules, run in order; the first rejection ends the chain.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One rules guest and the configuration it receives on every call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Every limit the host enforces, each with its unit in its name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted; larger ones get 413 before the rest is read.
+    pub max_body_bytes: u64,
+    /// Largest image (width × height) decoded; larger ones get 422 from their header alone.
+    pub max_image_pixels: u64,
+    /// Largest allocation an image decoder may make inside the guest.
+    pub max_decode_alloc_bytes: u64,
+    /// Default and upper bound of a request's deadline; clients may shorten it with
+    /// `x-request-timeout-ms`.
+    pub deadline_ms: u64,
+    /// Linear memory one guest instance may grow to.
+    pub guest_memory_bytes: u64,
+    /// Requests in the pipeline at once; more get 503 with `Retry-After`.
+    pub max_concurrent_requests: u32,
+    /// Inference worker threads per loaded model version; 0 = one per core.
+    pub inference_workers: u32,
+    /// Inference jobs waiting for a worker per model version; more get 503.
+    pub inference_queue_len: u32,
+    /// How long a stopping server waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Epoch ticks drive guest deadlines: a guest overruns its deadline by at most one tick.
+pub const EPOCH_TICK_MS: u64 = 5;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models_dir: PathBuf::from("models"),
+            default_model: None,
+            guests: GuestsConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Where `just guests` puts the components it builds.
+pub const DEFAULT_GUEST_DIR: &str = "target/guests";
+
+impl Default for GuestsConfig {
+    fn default() -> Self {
+        let dir = Path::new(DEFAULT_GUEST_DIR);
+        GuestsConfig {
+            preprocess: dir.join("preprocess.wasm"),
+            postprocess: dir.join("postprocess.wasm"),
+            rules: vec![RuleConfig {
+                path: dir.join("rules-threshold.wasm"),
+                config: BTreeMap::from([("min-confidence".to_string(), "0.5".to_string())]),
+            }],
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 << 20,
+            max_image_pixels: 40_000_000,
+            max_decode_alloc_bytes: 192 << 20,
+            deadline_ms: 2_000,
+            guest_memory_bytes: 256 << 20,
+            max_concurrent_requests: 64,
+            inference_workers: 0,
+            inference_queue_len: 64,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; relative paths in it are taken from the file's directory.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut config.models_dir);
+        rebase(&mut config.guests.preprocess);
+        rebase(&mut config.guests.postprocess);
+        config.guests.rules.iter_mut().for_each(|r| rebase(&mut r.path));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every limit, naming the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_body_bytes", l.max_body_bytes),
+            ("limits.max_image_pixels", l.max_image_pixels),
+            ("limits.max_decode_alloc_bytes", l.max_decode_alloc_bytes),
+            ("limits.deadline_ms", l.deadline_ms),
+            ("limits.guest_memory_bytes", l.guest_memory_bytes),
+            ("limits.max_concurrent_requests", u64::from(l.max_concurrent_requests)),
+            ("limits.inference_queue_len", u64::from(l.inference_queue_len)),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key, problem: "must be greater than 0".into() });
+            }
+        }
+        if l.guest_memory_bytes > 4 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "limits.guest_memory_bytes",
+                problem: format!("is {} but a 32-bit guest memory cannot exceed 4 GiB", l.guest_memory_bytes),
+            });
+        }
+        if l.deadline_ms > 600_000 {
+            return Err(ConfigError::Invalid { key: "limits.deadline_ms", problem: "must be at most 600000 (10 minutes)".into() });
+        }
+        if let Some(name) = &self.default_model
+            && name.is_empty()
+        {
+            return Err(ConfigError::Invalid { key: "default_model", problem: "must not be empty".into() });
+        }
+        Ok(())
+    }
+
+    /// The number of inference workers per model version, resolving 0 to the core count.
+    pub fn inference_workers(&self) -> usize {
+        match self.limits.inference_workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n as usize,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let err = toml::from_str::<Config>("[limits]\nmax_body_byte = 3\n").unwrap_err().to_string();
+        assert!(err.contains("max_body_byte"), "{err}");
+        let mut c = Config::default();
+        c.limits.deadline_ms = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("limits.deadline_ms"));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,167 @@
+//! Native inference: a tract ONNX model, optimized once, run by a pool of worker threads.
+//!
+//! The optimized plan is shared (`Arc`) by every worker, so the weights exist once per loaded
+//! version; each worker keeps its own `SimpleState` (scratch buffers) and reuses it for every
+//! job. A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job
+//! whose deadline passed while it waited is dropped unrun.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tract_onnx::prelude::*;
+
+use crate::error::{ErrorKind, PipelineError, Stage};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Why a model could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load ONNX model {path}: {message}")]
+pub struct LoadError {
+    pub path: String,
+    pub message: String,
+}
+
+/// A loaded, optimized model and the workers that run it.
+pub struct InferencePool {
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    input_shape: Vec<usize>,
+    output_len: usize,
+}
+
+struct Job {
+    input: Vec<f32>,
+    deadline: Instant,
+    reply: Sender<Result<Vec<f32>, PipelineError>>,
+}
+
+/// Loads an ONNX model for a fixed input shape (batch 1 included).
+///
+/// The shape is made concrete before `into_optimized()`: with a symbolic batch tract keeps
+/// generic kernels and runs 2–3× slower.
+pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> {
+    let err = |e: TractError| LoadError { path: path.display().to_string(), message: format!("{e:#}") };
+    tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(err)
+}
+
+impl InferencePool {
+    /// Loads `path` and starts `workers` threads behind a queue of `queue_len` jobs.
+    pub fn load(path: &Path, input_shape: &[usize], workers: usize, queue_len: usize) -> Result<Self, LoadError> {
+        let plan = load_plan(path, input_shape)?;
+        let output_len = output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_len);
+        let workers = (0..workers.max(1))
+            .map(|i| {
+                let plan = plan.clone();
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("tessera-infer-{i}"))
+                    .spawn(move || worker(plan, rx))
+                    .expect("spawning an inference thread")
+            })
+            .collect();
+        Ok(InferencePool { jobs: Some(tx), workers, input_shape: input_shape.to_vec(), output_len })
+    }
+
+    /// The input shape the plan was optimized for.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Number of output values (classes).
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// Runs one input, waiting at most until `deadline`. Blocks: call it off async workers.
+    pub fn infer(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+        let expected: usize = self.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(PipelineError::new(
+                ErrorKind::Internal,
+                Stage::Inference,
+                format!("input has {} values but the model takes {:?} = {expected}", input.len(), self.input_shape),
+            ));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let jobs = self.jobs.as_ref().expect("pool is running until dropped");
+        match jobs.try_send(Job { input, deadline, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(PipelineError::new(
+                    ErrorKind::Overloaded,
+                    Stage::Inference,
+                    "the inference queue is full; retry shortly",
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, "the inference workers have stopped"));
+            }
+        }
+        match answer.recv_deadline(deadline) {
+            Ok(result) => result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(deadline_exceeded()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(PipelineError::new(
+                ErrorKind::Internal,
+                Stage::Inference,
+                "an inference worker stopped while running this request",
+            )),
+        }
+    }
+}
+
+impl Drop for InferencePool {
+    fn drop(&mut self) {
+        // Closing the queue ends each worker's loop once the jobs already queued are done.
+        self.jobs.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn deadline_exceeded() -> PipelineError {
+    PipelineError::new(ErrorKind::DeadlineExceeded, Stage::Inference, "the request deadline passed before inference finished")
+}
+
+fn output_len(plan: &Plan) -> Result<usize, String> {
+    let fact = plan.model().output_fact(0).map_err(|e| format!("{e:#}"))?;
+    let shape = fact.shape.as_concrete().ok_or_else(|| format!("output shape {:?} is not concrete", fact.shape))?;
+    Ok(shape.iter().product())
+}
+
+fn worker(plan: Plan, jobs: Receiver<Job>) {
+    let mut state = match TypedSimpleState::new(&plan) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "inference worker could not start");
+            return;
+        }
+    };
+    let shape: Vec<usize> = plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
+    for job in jobs {
+        if Instant::now() >= job.deadline {
+            let _ = job.reply.send(Err(deadline_exceeded()));
+            continue;
+        }
+        let result = run_once(&mut state, &shape, job.input);
+        let _ = job.reply.send(result);
+    }
+}
+
+fn run_once(state: &mut TypedSimpleState, shape: &[usize], input: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
+    let internal = |e: TractError| PipelineError::new(ErrorKind::Internal, Stage::Inference, format!("tract: {e:#}"));
+    let tensor = Tensor::from_shape(shape, &input).map_err(internal)?;
+    let outputs = state.run(tvec!(tensor.into())).map_err(internal)?;
+    let view = outputs[0].to_plain_array_view::<f32>().map_err(internal)?;
+    Ok(view.iter().copied().collect())
+}

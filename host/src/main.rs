@@ -1,0 +1,171 @@
+//! The `tessera` command: argument parsing only; everything else is the `tessera` library.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tessera::{ClassifyRequest, Config, Host, RuleConfig};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Image classification: native tract inference, WebAssembly guest stages")]
+struct Cli {
+    /// A tessera.toml; flags override its values.
+    #[arg(long, global = true, env = "TESSERA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API until SIGINT/SIGTERM.
+    Serve {
+        /// Listen address.
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Classify one image through the full pipeline, without a server, and print the JSON.
+    Classify {
+        image: PathBuf,
+        #[arg(long)]
+        top_k: Option<u32>,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Write the preprocess stage's tensors for IMAGES (raw little-endian f32, concatenated in
+    /// order) to OUT: the exact model inputs the server computes, for training tools.
+    Preprocess {
+        #[arg(long)]
+        out: PathBuf,
+        /// A file listing one image path per line (in addition to IMAGES).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        /// The model's model.toml (its weights are not needed).
+        #[arg(long, default_value = "models/shapes/model.toml")]
+        manifest: PathBuf,
+        images: Vec<PathBuf>,
+    },
+}
+
+/// Flags that override the config file, one per key.
+#[derive(Args)]
+struct Overrides {
+    /// Model repository directory.
+    #[arg(long, global = true)]
+    models: Option<PathBuf>,
+    #[arg(long, global = true)]
+    default_model: Option<String>,
+    /// Preprocess guest component (.wasm).
+    #[arg(long, global = true)]
+    preprocess: Option<PathBuf>,
+    /// Postprocess guest component (.wasm).
+    #[arg(long, global = true)]
+    postprocess: Option<PathBuf>,
+    /// Rules guest component; repeat for a chain. Replaces the configured rules.
+    #[arg(long = "rule", global = true)]
+    rules: Vec<PathBuf>,
+    /// Run no rules guests.
+    #[arg(long, global = true, conflicts_with = "rules")]
+    no_rules: bool,
+    #[arg(long, global = true)]
+    max_body_bytes: Option<u64>,
+    #[arg(long, global = true)]
+    max_image_pixels: Option<u64>,
+    #[arg(long, global = true)]
+    max_decode_alloc_bytes: Option<u64>,
+    #[arg(long, global = true)]
+    deadline_ms: Option<u64>,
+    #[arg(long, global = true)]
+    guest_memory_bytes: Option<u64>,
+    #[arg(long, global = true)]
+    max_concurrent_requests: Option<u32>,
+    #[arg(long, global = true)]
+    inference_workers: Option<u32>,
+    #[arg(long, global = true)]
+    inference_queue_len: Option<u32>,
+    #[arg(long, global = true)]
+    shutdown_grace_ms: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(self, c: &mut Config) {
+        let l = &mut c.limits;
+        macro_rules! set {
+            ($($field:ident => $target:expr),* $(,)?) => { $(if let Some(v) = self.$field { $target = v; })* };
+        }
+        set!(
+            models => c.models_dir,
+            preprocess => c.guests.preprocess,
+            postprocess => c.guests.postprocess,
+            max_body_bytes => l.max_body_bytes,
+            max_image_pixels => l.max_image_pixels,
+            max_decode_alloc_bytes => l.max_decode_alloc_bytes,
+            deadline_ms => l.deadline_ms,
+            guest_memory_bytes => l.guest_memory_bytes,
+            max_concurrent_requests => l.max_concurrent_requests,
+            inference_workers => l.inference_workers,
+            inference_queue_len => l.inference_queue_len,
+            shutdown_grace_ms => l.shutdown_grace_ms,
+        );
+        if self.default_model.is_some() {
+            c.default_model = self.default_model;
+        }
+        if self.no_rules {
+            c.guests.rules.clear();
+        } else if !self.rules.is_empty() {
+            c.guests.rules = self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    cli.overrides.apply(&mut config);
+    match cli.command {
+        Command::Serve { addr, log_json } => {
+            tessera::server::init_logging(log_json);
+            if let Some(addr) = addr {
+                config.addr = addr;
+            }
+            tessera::server::serve(config)
+        }
+        Command::Classify { image, top_k, model, version } => {
+            let host = Host::builder().config(config).build()?;
+            let bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
+            let req = ClassifyRequest { image: bytes, top_k, model, version, ..Default::default() };
+            let result = host.classify_request(&req)?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Preprocess { out, list, manifest, mut images } => {
+            if let Some(list) = list {
+                let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
+                images.extend(text.lines().filter(|l| !l.trim().is_empty()).map(PathBuf::from));
+            }
+            let pre = tessera::Preprocessor::new(&config, &manifest)?;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?);
+            for path in &images {
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let tensor = pre.run(&bytes).with_context(|| format!("preprocessing {}", path.display()))?;
+                for v in tensor {
+                    file.write_all(&v.to_le_bytes())?;
+                }
+            }
+            file.flush()?;
+            eprintln!("wrote {} tensors to {}", images.len(), out.display());
+            Ok(())
+        }
+    }
+}

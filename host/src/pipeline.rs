@@ -1,0 +1,200 @@
+//! The classification pipeline: preprocess guest → native inference → postprocess guest →
+//! rules guests, under one deadline, with per-stage timings and typed errors.
+//!
+//! Everything here blocks (guest calls and inference are CPU work): async callers run it on a
+//! blocking thread. The same `Pipeline` serves HTTP, gRPC and the embedding API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Limits;
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::repository::{Model, ModelRepository, ModelVersion};
+use crate::runtime::{Decision, PostprocessGuest, Prediction, PreprocessGuest, RulesGuest, Runtime, SpecView};
+
+/// `top_k` when a request does not say.
+pub const DEFAULT_TOP_K: u32 = 5;
+
+/// One classification request, independent of the protocol it came in on.
+#[derive(Debug, Clone, Default)]
+pub struct ClassifyRequest {
+    /// The encoded image.
+    pub image: Vec<u8>,
+    /// The media type the client declared, if any (the bytes decide the format).
+    pub media_type: Option<String>,
+    /// Model name; `None` = the default model.
+    pub model: Option<String>,
+    /// Model version; `None` = the model's default version.
+    pub version: Option<String>,
+    /// How many classes to return; `None` = [`DEFAULT_TOP_K`], capped at the number of classes.
+    pub top_k: Option<u32>,
+    /// Time allowed from now; `None` or longer than `limits.deadline_ms` = `limits.deadline_ms`.
+    pub timeout: Option<Duration>,
+    /// Key/value pairs the rules guests may read (selected headers, the request id, ...).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Which model answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+}
+
+/// Milliseconds spent in each stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    pub preprocess: f64,
+    pub inference: f64,
+    pub postprocess: f64,
+    pub rules: f64,
+    pub total: f64,
+}
+
+/// The rules chain's verdict, with the rule that gave it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub accepted: bool,
+    pub reason: String,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    /// The guest that decided: the first to reject, else the last to accept; `None` when no
+    /// rules are configured.
+    pub rule: Option<String>,
+}
+
+/// A classification: the model's top-1, the top-k, the rules' decision and where time went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Classification {
+    pub label: String,
+    pub confidence: f32,
+    pub top_k: Vec<Prediction>,
+    pub decision: Verdict,
+    pub model: ModelRef,
+    pub timings_ms: Timings,
+}
+
+/// The guests of one pipeline.
+pub struct Stages {
+    pub preprocess: PreprocessGuest,
+    pub postprocess: PostprocessGuest,
+    pub rules: Vec<RulesGuest>,
+}
+
+/// The pipeline: repository, runtime and stages.
+pub struct Pipeline {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) repo: Arc<ModelRepository>,
+    pub(crate) stages: Stages,
+    pub(crate) limits: Limits,
+    pub(crate) default_model: String,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+impl Pipeline {
+    /// The absolute deadline for a request arriving at `start`.
+    pub fn deadline(&self, start: Instant, timeout: Option<Duration>) -> Instant {
+        let max = Duration::from_millis(self.limits.deadline_ms);
+        start + timeout.map_or(max, |t| t.min(max))
+    }
+
+    /// Resolves the model and version a request asks for.
+    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
+        let model = self.repo.get(model.unwrap_or(&self.default_model))?.clone();
+        let version = model.resolve(version)?;
+        Ok((model, version))
+    }
+
+    /// Runs the whole pipeline for `req`, which arrived at `start`.
+    pub fn classify(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
+        let deadline = self.deadline(start, req.timeout);
+        let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
+        let classes = model.labels.len() as u32;
+        let top_k = match req.top_k {
+            Some(0) => {
+                return Err(PipelineError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1"));
+            }
+            Some(k) => k.min(classes),
+            None => DEFAULT_TOP_K.min(classes),
+        };
+        let spec = spec_view(&model, &version);
+        let mut timings = Timings::default();
+
+        let t = Instant::now();
+        let input = self.preprocess_with(&spec, &req.image, req.media_type.as_deref(), deadline)?;
+        timings.preprocess = ms(t.elapsed());
+
+        let t = Instant::now();
+        let logits = version.pool.infer(input, deadline)?;
+        timings.inference = ms(t.elapsed());
+
+        let t = Instant::now();
+        let stage = &self.stages.postprocess;
+        let top = self
+            .runtime
+            .postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
+            .map_err(|f| f.into_pipeline(Stage::Postprocess, &stage.name))?;
+        timings.postprocess = ms(t.elapsed());
+        let first = top.first().cloned().ok_or_else(|| {
+            PipelineError::new(ErrorKind::GuestFailed, Stage::Postprocess, format!("guest {} returned no prediction", stage.name))
+        })?;
+
+        let t = Instant::now();
+        let decision = self.run_rules(&top, &req.metadata, deadline)?;
+        timings.rules = ms(t.elapsed());
+        timings.total = ms(start.elapsed());
+
+        Ok(Classification {
+            label: first.label,
+            confidence: first.score,
+            top_k: top,
+            decision,
+            model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
+            timings_ms: timings,
+        })
+    }
+
+    /// Runs only the preprocess stage for the default (or named) model: the exact tensor the
+    /// model would see. Used by training tools so training and serving cannot drift.
+    pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+        let (model, version) = self.resolve(model, None)?;
+        self.preprocess_with(&spec_view(&model, &version), image, None, deadline)
+    }
+
+    fn preprocess_with(&self, spec: &SpecView<'_>, image: &[u8], media_type: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+        let stage = &self.stages.preprocess;
+        self.runtime
+            .preprocess(stage, image, media_type, spec, &self.limits, deadline)
+            .map_err(|f| f.into_pipeline(Stage::Preprocess, &stage.name))
+    }
+
+    fn run_rules(&self, preds: &[Prediction], metadata: &[(String, String)], deadline: Instant) -> Result<Verdict, PipelineError> {
+        let mut verdict = Verdict {
+            accepted: true,
+            reason: "no rules configured".into(),
+            category: None,
+            tags: Vec::new(),
+            rule: None,
+        };
+        for rule in &self.stages.rules {
+            let Decision { accepted, reason, category, tags } = self
+                .runtime
+                .decide(rule, preds, metadata, self.repo.clone(), deadline)
+                .map_err(|f| f.into_pipeline(Stage::Rules, &rule.name))?;
+            verdict = Verdict { accepted, reason, category, tags, rule: Some(rule.name.clone()) };
+            if !accepted {
+                break;
+            }
+        }
+        Ok(verdict)
+    }
+}
+
+fn spec_view<'a>(model: &'a Model, version: &ModelVersion) -> SpecView<'a> {
+    SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32)
+}

@@ -1,0 +1,27 @@
+//! Generated WIT bindings, private to the runtime. Only the runtime converts between these
+//! types and the host's own; nothing above `runtime` sees them.
+
+pub mod rules {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "rules",
+    });
+}
+
+pub mod preprocessor {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "preprocessor",
+        with: { "tessera:vision/types": super::rules::tessera::vision::types },
+    });
+}
+
+pub mod postprocessor {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "postprocessor",
+        with: { "tessera:vision/types": super::rules::tessera::vision::types },
+    });
+}
+
+pub use rules::tessera::vision::{inference, types};

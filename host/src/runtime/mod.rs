@@ -1,0 +1,401 @@
+//! The WebAssembly runtime: one wasmtime `Engine` (pooling allocator, epoch interruption), the
+//! linker with the host's `inference` implementation, and the pipeline's guest stages.
+//!
+//! Every guest call gets a fresh `Store` from a pre-linked `InstancePre`: no state survives a
+//! request, a trap poisons nothing, and instantiation from the pool is cheap. Guests are
+//! given no WASI at all: the only imports they can satisfy are Tessera's own interfaces.
+
+mod bindings;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+
+use crate::config::{EPOCH_TICK_MS, Limits};
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::repository::ModelRepository;
+use bindings::{inference, postprocessor, preprocessor, rules, types};
+
+/// Why the runtime or a guest could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("cannot read guest component {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("guest component {path} is not a valid {world} component: {message}")]
+    Invalid { path: PathBuf, world: &'static str, message: String },
+}
+
+/// Per-request guest state: only the capabilities that request has.
+pub struct GuestState {
+    limiter: MemoryLimiter,
+    inference: InferenceAccess,
+}
+
+/// What a guest's calls to the host `inference` interface may reach: the repository, within
+/// the request's deadline.
+struct InferenceAccess {
+    repo: Option<Arc<ModelRepository>>,
+    deadline: Instant,
+}
+
+/// Caps linear-memory growth and remembers that it refused one, so a guest that dies from
+/// an allocation failure is reported as out of memory rather than as a generic trap.
+/// (wasmtime's `StoreLimits` caps the same way but does not record the refusal.)
+struct MemoryLimiter {
+    max_bytes: usize,
+    refused: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Table elements (function references) one guest instance may hold.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl types::Host for GuestState {}
+
+impl inference::Host for GuestState {
+    fn infer(&mut self, model: String, version: Option<String>, input: types::Tensor) -> Result<types::Tensor, types::Error> {
+        let access = &self.inference;
+        let repo = access.repo.as_ref().ok_or_else(|| types::Error::Internal("inference is not available to this stage".into()))?;
+        let to_wit = |e: PipelineError| match e.kind {
+            ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
+            _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
+        };
+        let version = repo.get(&model).and_then(|m| m.resolve(version.as_deref())).map_err(to_wit)?;
+        let shape: Vec<u32> = version.pool.input_shape().iter().map(|&d| d as u32).collect();
+        if input.shape != shape {
+            return Err(types::Error::InvalidInput(format!("model {model:?} takes shape {shape:?}, got {:?}", input.shape)));
+        }
+        let data = version.pool.infer(input.data, access.deadline).map_err(to_wit)?;
+        Ok(types::Tensor { shape: vec![1, data.len() as u32], data })
+    }
+}
+
+/// Advances the engine's epoch every `EPOCH_TICK_MS` on its own OS thread: a tokio task could
+/// be starved exactly when every worker is inside a looping guest.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tessera-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The engine, the linker and the epoch ticker, shared by every guest stage.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    guest_memory_bytes: usize,
+    _ticker: EpochTicker,
+}
+
+/// How a guest call failed.
+#[derive(Debug)]
+pub enum GuestFailure {
+    /// The guest returned its own `error` value.
+    Reported(ErrorKind, String),
+    Trap(String),
+    MemoryExceeded,
+    DeadlineExceeded,
+    Overloaded(String),
+}
+
+impl GuestFailure {
+    /// The pipeline error for a failure in `stage` of guest `name`.
+    pub fn into_pipeline(self, stage: Stage, name: &str) -> PipelineError {
+        let (kind, message) = match self {
+            GuestFailure::Reported(kind, m) => (kind, m),
+            GuestFailure::Trap(m) => (ErrorKind::GuestTrap, format!("guest {name} trapped: {m}")),
+            GuestFailure::MemoryExceeded => (ErrorKind::GuestMemoryExceeded, format!("guest {name} exceeded its memory limit")),
+            GuestFailure::DeadlineExceeded => {
+                (ErrorKind::DeadlineExceeded, format!("guest {name} did not finish before the request deadline"))
+            }
+            GuestFailure::Overloaded(m) => (ErrorKind::Overloaded, format!("no guest instance slot free: {m}")),
+        };
+        PipelineError::new(kind, stage, message)
+    }
+}
+
+impl Runtime {
+    /// Builds the engine for `max_concurrent` simultaneous guest instances.
+    pub fn new(limits: &Limits) -> Result<Self, RuntimeError> {
+        let guest_memory_bytes = limits.guest_memory_bytes as usize;
+        // A request runs its stages one after another, so at most one instance per in-flight
+        // request; twice that leaves room for `tessera` tools sharing the engine. Each component
+        // instance of a Rust guest has a couple of core instances (the module plus adapter
+        // shims) but one memory.
+        let slots = limits.max_concurrent_requests.saturating_mul(2).max(4);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .max_memory_size(guest_memory_bytes)
+            // Python and JS guests bundle several core modules, each with its own memory.
+            .max_memories_per_component(8)
+            .max_core_instances_per_component(64);
+        let mut config = EngineConfig::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime { engine, linker, guest_memory_bytes, _ticker: ticker })
+    }
+
+    fn compile(&self, path: &Path, world: &'static str) -> Result<(Component, wasmtime::component::InstancePre<GuestState>), RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
+        let invalid = |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
+        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        Ok((component, pre))
+    }
+
+    /// A store for one guest call that traps once `deadline` passes.
+    fn store(&self, deadline: Instant, repo: Option<Arc<ModelRepository>>) -> Result<Store<GuestState>, GuestFailure> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(GuestFailure::DeadlineExceeded);
+        }
+        let state = GuestState {
+            limiter: MemoryLimiter { max_bytes: self.guest_memory_bytes, refused: false },
+            inference: InferenceAccess { repo, deadline },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline((remaining.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+}
+
+fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
+    if store.data().limiter.refused {
+        return GuestFailure::MemoryExceeded;
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => GuestFailure::DeadlineExceeded,
+            other => GuestFailure::Trap(other.to_string()),
+        };
+    }
+    if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return GuestFailure::Overloaded(limit.to_string());
+    }
+    GuestFailure::Trap(format!("{err:#}"))
+}
+
+fn reported(e: types::Error) -> GuestFailure {
+    match e {
+        types::Error::InvalidInput(m) => GuestFailure::Reported(ErrorKind::InvalidImage, m),
+        types::Error::Unsupported(m) => GuestFailure::Reported(ErrorKind::UnsupportedMediaType, m),
+        types::Error::TooLarge(m) => GuestFailure::Reported(ErrorKind::ImageTooLarge, m),
+        types::Error::Internal(m) => GuestFailure::Reported(ErrorKind::GuestFailed, m),
+    }
+}
+
+/// Inputs a model spec gives the guests.
+#[derive(Debug, Clone)]
+pub struct SpecView<'a> {
+    pub name: &'a str,
+    pub version: u64,
+    pub input_shape: [u32; 4],
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: u32,
+    pub labels_count: u32,
+}
+
+impl<'a> SpecView<'a> {
+    pub fn new(name: &'a str, version: u64, m: &crate::repository::Manifest, labels_count: u32) -> Self {
+        SpecView { name, version, input_shape: m.input_shape, mean: m.mean, std: m.std, resize: m.resize, labels_count }
+    }
+
+    fn to_wit(&self) -> types::ModelSpec {
+        types::ModelSpec {
+            name: self.name.to_string(),
+            version: self.version.to_string(),
+            input_shape: self.input_shape.to_vec(),
+            mean: self.mean.to_vec(),
+            std: self.std.to_vec(),
+            resize: self.resize,
+            labels_count: self.labels_count,
+        }
+    }
+}
+
+/// A scored class, as the host sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub index: u32,
+    pub label: String,
+    pub score: f32,
+}
+
+/// A rule's verdict, as the host sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Decision {
+    pub accepted: bool,
+    pub reason: String,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// The preprocess stage: a `preprocessor` component ready to instantiate.
+pub struct PreprocessGuest {
+    pub name: String,
+    pre: preprocessor::PreprocessorPre<GuestState>,
+}
+
+/// The postprocess stage.
+pub struct PostprocessGuest {
+    pub name: String,
+    pre: postprocessor::PostprocessorPre<GuestState>,
+}
+
+/// One rules stage with its configuration.
+pub struct RulesGuest {
+    pub name: String,
+    config: Vec<(String, String)>,
+    pre: rules::RulesPre<GuestState>,
+}
+
+fn guest_name(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("guest").to_string()
+}
+
+impl Runtime {
+    pub fn load_preprocess(&self, path: &Path) -> Result<PreprocessGuest, RuntimeError> {
+        let (_, pre) = self.compile(path, "preprocessor")?;
+        let pre = preprocessor::PreprocessorPre::new(pre)
+            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "preprocessor", message: format!("{e:#}") })?;
+        Ok(PreprocessGuest { name: guest_name(path), pre })
+    }
+
+    pub fn load_postprocess(&self, path: &Path) -> Result<PostprocessGuest, RuntimeError> {
+        let (_, pre) = self.compile(path, "postprocessor")?;
+        let pre = postprocessor::PostprocessorPre::new(pre)
+            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "postprocessor", message: format!("{e:#}") })?;
+        Ok(PostprocessGuest { name: guest_name(path), pre })
+    }
+
+    pub fn load_rules(&self, path: &Path, config: Vec<(String, String)>) -> Result<RulesGuest, RuntimeError> {
+        let (_, pre) = self.compile(path, "rules")?;
+        let pre = rules::RulesPre::new(pre)
+            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "rules", message: format!("{e:#}") })?;
+        Ok(RulesGuest { name: guest_name(path), config, pre })
+    }
+
+    /// Decodes and normalizes `image` into the model's input tensor data.
+    pub fn preprocess(
+        &self,
+        guest: &PreprocessGuest,
+        image: &[u8],
+        media_type: Option<&str>,
+        spec: &SpecView<'_>,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, GuestFailure> {
+        let mut store = self.store(deadline, None)?;
+        let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
+        let decode = types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
+        let result = guest
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i| i.call_preprocess(&mut store, &img, &spec.to_wit(), decode));
+        let tensor = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        let expected: Vec<u32> = spec.input_shape.to_vec();
+        if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
+            return Err(GuestFailure::Reported(
+                ErrorKind::GuestFailed,
+                format!("guest {} returned shape {:?} with {} values; the model takes {expected:?}", guest.name, tensor.shape, tensor.data.len()),
+            ));
+        }
+        Ok(tensor.data)
+    }
+
+    /// Softmax, top-k and labels.
+    pub fn postprocess(
+        &self,
+        guest: &PostprocessGuest,
+        logits: Vec<f32>,
+        spec: &SpecView<'_>,
+        labels: &[String],
+        top_k: u32,
+        deadline: Instant,
+    ) -> Result<Vec<Prediction>, GuestFailure> {
+        let mut store = self.store(deadline, None)?;
+        let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
+        let result = guest
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i| i.call_postprocess(&mut store, &tensor, &spec.to_wit(), labels, top_k));
+        let preds = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        Ok(preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect())
+    }
+
+    /// One rule's decision. Rules may call back into inference through `repo`.
+    pub fn decide(
+        &self,
+        guest: &RulesGuest,
+        preds: &[Prediction],
+        metadata: &[(String, String)],
+        repo: Arc<ModelRepository>,
+        deadline: Instant,
+    ) -> Result<Decision, GuestFailure> {
+        let mut store = self.store(deadline, Some(repo))?;
+        let wit_preds: Vec<types::Prediction> =
+            preds.iter().map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score }).collect();
+        let result = guest
+            .pre
+            .instantiate(&mut store)
+            .and_then(|i| i.call_decide(&mut store, &wit_preds, &metadata.to_vec(), &guest.config));
+        let d = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        Ok(Decision { accepted: d.accepted, reason: d.reason, category: d.category, tags: d.tags })
+    }
+}

@@ -1,0 +1,388 @@
+//! HTTP routes: `POST /v1/classify`, `GET /v1/models`, `/healthz`, `/readyz`.
+//!
+//! This is the one place that converts between HTTP and the pipeline: query, headers and
+//! body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status and a JSON body.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::{Classification, ClassifyRequest};
+
+type Body = Full<Bytes>;
+
+/// Header carrying the request id, accepted from the client or generated.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Header a client may use to shorten (never lengthen) the deadline, in milliseconds.
+pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
+/// Longest client-supplied request id kept; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+/// What `Retry-After` says on 503, in seconds.
+const RETRY_AFTER_S: &str = "1";
+
+/// The HTTP status for each error kind (the table in docs/API.md).
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::BadRequest | ErrorKind::InvalidImage => StatusCode::BAD_REQUEST,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        ErrorKind::Overloaded | ErrorKind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+    }
+}
+
+pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let request_id = request_id(req.headers());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = match (&method, path.as_str()) {
+        (&Method::POST, "/v1/classify") => classify(&state, req, start, &request_id).await,
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Ok(readyz(&state)),
+        (&Method::GET, "/v1/models") => models(&state),
+        (_, "/v1/classify" | "/healthz" | "/readyz" | "/v1/models") => Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
+    };
+    let mut response = response.unwrap_or_else(|e| e.into_response(&request_id));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = response.status().as_u16();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
+    } else {
+        tracing::info!(%method, %path, status, ms, request_id, "request");
+    }
+    Ok(response)
+}
+
+/// An error answer: status, code, message and (for pipeline errors) the stage.
+struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    stage: Option<Stage>,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        HttpError { status, code, message: message.into(), stage: None }
+    }
+
+    fn into_response(self, request_id: &str) -> Response<Body> {
+        let body = json!({"error": {
+            "code": self.code,
+            "message": self.message,
+            "stage": self.stage.map(Stage::as_str),
+            "request_id": request_id,
+        }});
+        let mut response = json_response(self.status, &body);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+        }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot be reused.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl From<PipelineError> for HttpError {
+    fn from(e: PipelineError) -> Self {
+        HttpError { status: status_for(e.kind), code: e.kind.code(), message: e.message, stage: Some(e.stage) }
+    }
+}
+
+fn error(kind: ErrorKind, stage: Stage, message: impl Into<String>) -> HttpError {
+    PipelineError::new(kind, stage, message).into()
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).expect("serializing our own response types");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a valid static response")
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn readyz(state: &AppState) -> Response<Body> {
+    match state.host.get() {
+        Some(_) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        None => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "loading"})),
+    }
+}
+
+fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
+    state
+        .host
+        .get()
+        .ok_or_else(|| error(ErrorKind::NotReady, Stage::Admission, "models and guests are still loading; retry shortly"))
+}
+
+fn models(state: &AppState) -> Result<Response<Body>, HttpError> {
+    let host = ready_host(state)?;
+    let models: Vec<_> = host
+        .repository()
+        .models
+        .values()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "default": m.name == host.default_model(),
+                "versions": m.versions.keys().map(|v| v.to_string()).collect::<Vec<_>>(),
+                "default_version": m.resolve(None).ok().map(|v| v.version.to_string()),
+                "input_shape": m.manifest.input_shape,
+                "labels": &*m.labels,
+                "description": m.manifest.description,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "models": models })))
+}
+
+/// Query parameters of `/v1/classify`.
+#[derive(Default)]
+struct ClassifyQuery {
+    top_k: Option<u32>,
+    model: Option<String>,
+    version: Option<String>,
+}
+
+fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
+    let mut q = ClassifyQuery::default();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "top_k" => {
+                let k = value.parse::<u32>().ok().filter(|k| *k > 0).ok_or_else(|| {
+                    error(ErrorKind::BadRequest, Stage::Admission, format!("top_k must be a whole number of at least 1, got {value:?}"))
+                })?;
+                q.top_k = Some(k);
+            }
+            "model" => q.model = Some(value.into_owned()),
+            "version" => q.version = Some(value.into_owned()),
+            other => {
+                return Err(error(
+                    ErrorKind::BadRequest,
+                    Stage::Admission,
+                    format!("unknown query parameter {other:?}; use top_k, model or version"),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, HttpError> {
+    let Some(v) = headers.get(REQUEST_TIMEOUT_MS) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| error(ErrorKind::BadRequest, Stage::Admission, format!("{REQUEST_TIMEOUT_MS} must be a positive number of milliseconds")))
+}
+
+/// How the body carries the image.
+enum Upload {
+    Raw(Option<String>),
+    Multipart(String),
+}
+
+/// Raw bodies may be unlabelled, `application/octet-stream` or `image/*`; forms must be
+/// `multipart/form-data` with a boundary. Anything else is 415.
+fn upload_kind(headers: &HeaderMap) -> Result<Upload, HttpError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(Upload::Raw(None)) };
+    let text = value
+        .to_str()
+        .map_err(|_| error(ErrorKind::UnsupportedMediaType, Stage::Admission, "the Content-Type header is not valid text"))?;
+    let mime: mime_type::MediaType = text.parse().map_err(|_| {
+        error(ErrorKind::UnsupportedMediaType, Stage::Admission, format!("Content-Type {text:?} is not a media type"))
+    })?;
+    match (mime.essence.as_str(), mime.boundary) {
+        ("multipart/form-data", Some(boundary)) => Ok(Upload::Multipart(boundary)),
+        ("multipart/form-data", None) => Err(error(ErrorKind::BadRequest, Stage::Admission, "multipart/form-data needs a boundary parameter")),
+        ("application/octet-stream", _) => Ok(Upload::Raw(None)),
+        (essence, _) if essence.starts_with("image/") => Ok(Upload::Raw(Some(essence.to_string()))),
+        (essence, _) => Err(error(
+            ErrorKind::UnsupportedMediaType,
+            Stage::Admission,
+            format!("Content-Type {essence} is not an image; send the image bytes (image/*, application/octet-stream) or multipart/form-data with a field named image"),
+        )),
+    }
+}
+
+/// A minimal media-type parse: the essence and the multipart boundary are all we need.
+mod mime_type {
+    pub struct MediaType {
+        pub essence: String,
+        pub boundary: Option<String>,
+    }
+
+    impl std::str::FromStr for MediaType {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let mut parts = s.split(';');
+            let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            if !essence.contains('/') || essence.starts_with('/') || essence.ends_with('/') {
+                return Err(());
+            }
+            let boundary = parts.filter_map(|p| p.split_once('=')).find_map(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("boundary").then(|| v.trim().trim_matches('"').to_string())
+            });
+            Ok(MediaType { essence, boundary })
+        }
+    }
+}
+
+async fn classify(state: &Arc<AppState>, req: Request<Incoming>, start: Instant, request_id: &str) -> Result<Response<Body>, HttpError> {
+    let host = ready_host(state)?.clone();
+    let query = parse_query(req.uri().query())?;
+    let timeout = parse_timeout(req.headers())?;
+    let upload = upload_kind(req.headers())?;
+    let limits = &state.config.limits;
+    let deadline = start + timeout.map_or(Duration::from_millis(limits.deadline_ms), |t| t.min(Duration::from_millis(limits.deadline_ms)));
+
+    let max_body = limits.max_body_bytes;
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > max_body
+    {
+        return Err(too_large(len.to_string(), max_body));
+    }
+    let _permit = state.admission.clone().try_acquire_owned().map_err(|_| {
+        error(ErrorKind::Overloaded, Stage::Admission, format!("{} requests are already in flight; retry shortly", limits.max_concurrent_requests))
+    })?;
+
+    let metadata = metadata(req.headers(), request_id);
+    let body = Limited::new(req.into_body(), max_body as usize);
+    let bytes = match tokio::time::timeout_at(deadline.into(), body.collect()).await {
+        Err(_) => return Err(error(ErrorKind::DeadlineExceeded, Stage::Admission, "the request body did not arrive before the deadline")),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large("more".into(), max_body)),
+        Ok(Err(e)) => return Err(error(ErrorKind::BadRequest, Stage::Admission, format!("reading the request body failed: {e}"))),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let (image, media_type) = match upload {
+        Upload::Raw(media_type) => (bytes, media_type),
+        Upload::Multipart(boundary) => multipart_image(bytes, boundary).await?,
+    };
+    if image.is_empty() {
+        return Err(error(ErrorKind::InvalidImage, Stage::Admission, "the request has no image: the body is empty"));
+    }
+
+    let request = ClassifyRequest {
+        image: image.to_vec(),
+        media_type,
+        model: query.model,
+        version: query.version,
+        top_k: query.top_k,
+        timeout,
+        metadata,
+    };
+    let work = tokio::task::spawn_blocking(move || host.classify_since(&request, start));
+    // Guests and inference stop themselves at the deadline; the small margin lets their own,
+    // more precise error (which stage ran out) win over this generic one.
+    let margin = Duration::from_millis(50);
+    let result = match tokio::time::timeout_at((deadline + margin).into(), work).await {
+        Err(_) => return Err(error(ErrorKind::DeadlineExceeded, Stage::Admission, "the request deadline passed")),
+        Ok(Err(join)) => return Err(error(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}"))),
+        Ok(Ok(result)) => result?,
+    };
+    Ok(json_response(StatusCode::OK, &ClassifyResponse { result: &result, request_id }))
+}
+
+#[derive(Serialize)]
+struct ClassifyResponse<'a> {
+    #[serde(flatten)]
+    result: &'a Classification,
+    request_id: &'a str,
+}
+
+fn too_large(got: String, max: u64) -> HttpError {
+    error(
+        ErrorKind::PayloadTooLarge,
+        Stage::Admission,
+        format!("the body is {got} bytes, over the limit of {max} bytes; send a smaller image"),
+    )
+}
+
+/// The request's `x-*` headers (but the deadline header) and the request id: what the rules
+/// guests may read.
+fn metadata(headers: &HeaderMap, request_id: &str) -> Vec<(String, String)> {
+    let mut meta = vec![("request-id".to_string(), request_id.to_string())];
+    meta.extend(headers.iter().filter_map(|(name, value)| {
+        let name = name.as_str();
+        (name.starts_with("x-") && name != REQUEST_TIMEOUT_MS && name != REQUEST_ID)
+            .then(|| Some((name.to_string(), value.to_str().ok()?.to_string())))
+            .flatten()
+    }));
+    meta
+}
+
+async fn multipart_image(body: Bytes, boundary: String) -> Result<(Bytes, Option<String>), HttpError> {
+    let bad = |m: String| error(ErrorKind::BadRequest, Stage::Admission, m);
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart body: {e}")))? {
+        if field.name() == Some("image") {
+            let media_type = field.content_type().map(|m| m.essence_str().to_string()).filter(|m| m.starts_with("image/"));
+            let data = field.bytes().await.map_err(|e| bad(format!("malformed multipart field image: {e}")))?;
+            return Ok((data, media_type));
+        }
+    }
+    Err(bad("the multipart form has no field named image".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(upload_kind(&h), Ok(Upload::Raw(None))));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert_eq!(upload_kind(&h).err().unwrap().status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("multipart/form-data; boundary=\"abc\""));
+        assert!(matches!(upload_kind(&h), Ok(Upload::Multipart(b)) if b == "abc"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("IMAGE/PNG"));
+        assert!(matches!(upload_kind(&h), Ok(Upload::Raw(Some(m))) if m == "image/png"));
+    }
+
+    #[test]
+    fn query() {
+        assert_eq!(parse_query(Some("top_k=3&model=a")).ok().unwrap().top_k, Some(3));
+        for bad in ["top_k=0", "top_k=x", "top_k=-1", "colour=red"] {
+            assert_eq!(parse_query(Some(bad)).err().unwrap().status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The network edge: a hyper 1.x HTTP server over the library's [`Host`], with admission
+//! control, readiness, request ids and graceful shutdown.
+//!
+//! The server listens at once and loads models and guests in the background; `/readyz`
+//! answers 503 until they are loaded. SIGINT/SIGTERM stop accepting, let in-flight requests
+//! finish within `limits.shutdown_grace_ms`, and return.
+
+mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::{Config, Host};
+
+pub use http::status_for;
+
+/// What every connection shares.
+pub(crate) struct AppState {
+    /// Set once models and guests are loaded.
+    host: OnceLock<Arc<Host>>,
+    config: Config,
+    /// One permit per request in the pipeline; none left means 503.
+    admission: Arc<Semaphore>,
+}
+
+/// Sets up `tracing` output on stderr: text, or JSON lines with `json`. `TESSERA_LOG`
+/// (e.g. `debug`, `tessera=trace`) sets the filter; the default is `info`.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Runs the server on `config.addr` until SIGINT or SIGTERM (blocking).
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tessera-io").build()?;
+    let result = runtime.block_on(async {
+        let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        run(listener, config, shutdown_signal()).await
+    });
+    // Guest calls stop at their epoch deadline, so blocking tasks end within one deadline.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains. Models and guests load in
+/// the background; a load failure stops the server with that error.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        host: OnceLock::new(),
+        admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests as usize)),
+        config,
+    });
+    // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0`).
+    println!("tessera listening on http://{addr}");
+    tracing::info!(%addr, "listening; loading models and guests");
+
+    let loader = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let host = Host::builder().config(state.config.clone()).build()?;
+            tracing::info!(
+                models = ?host.repository().models.keys().collect::<Vec<_>>(),
+                default_model = host.default_model(),
+                load_ms = started.elapsed().as_millis() as u64,
+                "ready"
+            );
+            let _ = state.host.set(Arc::new(host));
+            Ok::<(), crate::BuildError>(())
+        })
+    };
+    let load_failed = async move {
+        match loader.await {
+            Ok(Ok(())) => std::future::pending::<anyhow::Error>().await,
+            Ok(Err(e)) => anyhow::Error::new(e).context("cannot load models and guests"),
+            Err(e) => anyhow::anyhow!("the loader panicked: {e}"),
+        }
+    };
+    tokio::pin!(shutdown, load_failed);
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let outcome = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the others.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |req| http::handle(state.clone(), req, peer));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break Ok(()),
+            e = &mut load_failed => break Err(e),
+        }
+    };
+    drop(listener);
+    let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);
+    tracing::info!(grace_ms = grace.as_millis() as u64, "stopped accepting; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained; exiting"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still running; exiting"),
+    }
+    outcome
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,45 @@
+# Tessera recipes. The README's two commands are `./run serve` and `./run test`, which
+# install what is missing (see ./run) and then call these.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+guest_target := "wasm32-unknown-unknown"
+wasm_out := "target/" + guest_target + "/release"
+guest_dir := "target/guests"
+python := ".venv/bin/python"
+wasm_tools := ".venv/bin/wasm-tools"
+
+default:
+    @just --list
+
+# Build every guest component (production guests and test fixtures) into target/guests/.
+guests:
+    cargo build --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules
+    mkdir -p {{guest_dir}}
+    {{wasm_tools}} component new {{wasm_out}}/tessera_preprocess.wasm -o {{guest_dir}}/preprocess.wasm
+    {{wasm_tools}} component new {{wasm_out}}/tessera_postprocess.wasm -o {{guest_dir}}/postprocess.wasm
+    {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
+    {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
+
+# Build the host binary (release: the one profile this workspace uses).
+build: guests
+    cargo build --release -p tessera
+
+# Serve the repository's models with the default guests (flags pass through, e.g. --addr).
+serve *ARGS: build
+    target/release/tessera serve {{ARGS}}
+
+# Every check: formatting, lints, unit and end-to-end tests.
+test: guests
+    cargo fmt --all -- --check
+    cargo clippy --release --all-targets -- -D warnings
+    cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
+    cargo test --release --workspace --exclude tessera-probe-rules
+
+# Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
+train *ARGS: build
+    {{python}} models/tools/train.py {{ARGS}}
+
+# Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
+bench: build
+    cargo bench -p tessera

@@ -1,0 +1,65 @@
+//! Test fixture: a rules guest that misbehaves when the request asks it to, through the
+//! `x-probe` header the host passes as metadata:
+//! - `trap`: panics (a wasm trap);
+//! - `loop`: spins forever (only the host's epoch deadline can stop it);
+//! - `oom`: allocates until the host's memory limit refuses to grow;
+//! - `infer`: calls the host's `inference` interface on an all-zero input of `x-probe-model`
+//!   and reports the winning class in its reason;
+//! - anything else or absent: accepts.
+//!
+//! It exists to prove the host contains guests; it is not built for production.
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    wit_bindgen::generate!({
+        world: "rules",
+        path: "../../../wit",
+    });
+
+    use tessera::vision::inference::{self, Tensor};
+
+    struct Probe;
+
+    fn meta<'a>(meta: &'a Metadata, key: &str) -> Option<&'a str> {
+        meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    impl Guest for Probe {
+        fn decide(_preds: Vec<Prediction>, md: Metadata, _config: Metadata) -> Result<Decision, Error> {
+            let ok = |reason: String| Decision { accepted: true, reason, category: None, tags: vec![] };
+            match meta(&md, "x-probe") {
+                Some("trap") => panic!("probe asked to trap"),
+                Some("loop") => {
+                    let mut n: u64 = 0;
+                    loop {
+                        n = core::hint::black_box(n.wrapping_add(1));
+                    }
+                }
+                Some("oom") => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        let mut chunk = vec![0u8; 16 << 20];
+                        chunk[0] = 1;
+                        hoard.push(core::hint::black_box(chunk));
+                    }
+                }
+                Some("infer") => {
+                    let model = meta(&md, "x-probe-model").unwrap_or("shapes").to_string();
+                    let input = Tensor { shape: vec![1, 3, 224, 224], data: vec![0.0; 3 * 224 * 224] };
+                    let out = inference::infer(&model, None, &input)?;
+                    let best = out
+                        .data
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(i, _)| i)
+                        .ok_or_else(|| Error::Internal("empty output".into()))?;
+                    Ok(ok(format!("inference returned {} logits, argmax {best}", out.data.len())))
+                }
+                _ => Ok(ok("probe accepts".into())),
+            }
+        }
+    }
+
+    export!(Probe);
+}
