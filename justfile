@@ -29,8 +29,8 @@ build: guests
 serve *ARGS: build
     target/release/tessera serve {{ARGS}}
 
-# Every check: formatting, lints, unit and end-to-end tests.
-test: guests
+# Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
+test: build
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
@@ -42,4 +42,5 @@ train *ARGS: build
 
 # Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
 bench: build
-    cargo bench -p tessera
+    command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
+    cargo bench -p tessera --bench pipeline

@@ -127,8 +127,8 @@ impl Default for Limits {
 impl Config {
     /// Reads a TOML config file; relative paths in it are taken from the file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config: Config = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -169,7 +169,10 @@ impl Config {
             });
         }
         if l.deadline_ms > 600_000 {
-            return Err(ConfigError::Invalid { key: "limits.deadline_ms", problem: "must be at most 600000 (10 minutes)".into() });
+            return Err(ConfigError::Invalid {
+                key: "limits.deadline_ms",
+                problem: "must be at most 600000 (10 minutes)".into(),
+            });
         }
         if let Some(name) = &self.default_model
             && name.is_empty()

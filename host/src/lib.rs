@@ -24,7 +24,7 @@ use std::time::Instant;
 
 pub use config::{Config, ConfigError, Limits, RuleConfig};
 pub use error::{ErrorKind, PipelineError, Stage};
-pub use pipeline::{ClassifyRequest, Classification, ModelRef, Timings, Verdict};
+pub use pipeline::{Classification, ClassifyRequest, ModelRef, Timings, Verdict};
 pub use repository::{ModelRepository, RepositoryError};
 pub use runtime::{Decision, Prediction, RuntimeError};
 
@@ -106,7 +106,8 @@ impl HostBuilder {
                 .map(|r| runtime.load_rules(&r.path, r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
                 .collect::<Result<_, _>>()?,
         };
-        let sizing = PoolSizing { workers: config.inference_workers(), queue_len: config.limits.inference_queue_len as usize };
+        let sizing =
+            PoolSizing { workers: config.inference_workers(), queue_len: config.limits.inference_queue_len as usize };
         let repo = Arc::new(ModelRepository::load(&config.models_dir, sizing)?);
         let default_model = match &config.default_model {
             Some(name) if repo.models.contains_key(name) => name.clone(),

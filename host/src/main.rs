@@ -121,7 +121,8 @@ impl Overrides {
         if self.no_rules {
             c.guests.rules.clear();
         } else if !self.rules.is_empty() {
-            c.guests.rules = self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
+            c.guests.rules =
+                self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
         }
     }
 }
@@ -155,7 +156,9 @@ fn main() -> anyhow::Result<()> {
                 images.extend(text.lines().filter(|l| !l.trim().is_empty()).map(PathBuf::from));
             }
             let pre = tessera::Preprocessor::new(&config, &manifest)?;
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?);
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+            );
             for path in &images {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 let tensor = pre.run(&bytes).with_context(|| format!("preprocessing {}", path.display()))?;

@@ -104,7 +104,11 @@ impl Pipeline {
     }
 
     /// Resolves the model and version a request asks for.
-    pub fn resolve(&self, model: Option<&str>, version: Option<&str>) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
+    pub fn resolve(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
         let model = self.repo.get(model.unwrap_or(&self.default_model))?.clone();
         let version = model.resolve(version)?;
         Ok((model, version))
@@ -141,7 +145,11 @@ impl Pipeline {
             .map_err(|f| f.into_pipeline(Stage::Postprocess, &stage.name))?;
         timings.postprocess = ms(t.elapsed());
         let first = top.first().cloned().ok_or_else(|| {
-            PipelineError::new(ErrorKind::GuestFailed, Stage::Postprocess, format!("guest {} returned no prediction", stage.name))
+            PipelineError::new(
+                ErrorKind::GuestFailed,
+                Stage::Postprocess,
+                format!("guest {} returned no prediction", stage.name),
+            )
         })?;
 
         let t = Instant::now();
@@ -166,14 +174,25 @@ impl Pipeline {
         self.preprocess_with(&spec_view(&model, &version), image, None, deadline)
     }
 
-    fn preprocess_with(&self, spec: &SpecView<'_>, image: &[u8], media_type: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+    fn preprocess_with(
+        &self,
+        spec: &SpecView<'_>,
+        image: &[u8],
+        media_type: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, PipelineError> {
         let stage = &self.stages.preprocess;
         self.runtime
             .preprocess(stage, image, media_type, spec, &self.limits, deadline)
             .map_err(|f| f.into_pipeline(Stage::Preprocess, &stage.name))
     }
 
-    fn run_rules(&self, preds: &[Prediction], metadata: &[(String, String)], deadline: Instant) -> Result<Verdict, PipelineError> {
+    fn run_rules(
+        &self,
+        preds: &[Prediction],
+        metadata: &[(String, String)],
+        deadline: Instant,
+    ) -> Result<Verdict, PipelineError> {
         let mut verdict = Verdict {
             accepted: true,
             reason: "no rules configured".into(),

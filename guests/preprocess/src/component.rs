@@ -5,7 +5,6 @@ wit_bindgen::generate!({
     path: "../../wit",
 });
 
-
 struct Preprocess;
 
 impl Guest for Preprocess {
@@ -17,8 +16,7 @@ impl Guest for Preprocess {
             )));
         };
         let channel = |v: &[f32], what: &str| -> Result<[f32; 3], Error> {
-            v.try_into()
-                .map_err(|_| Error::Internal(format!("model spec: {what} needs 3 values, got {}", v.len())))
+            v.try_into().map_err(|_| Error::Internal(format!("model spec: {what} needs 3 values, got {}", v.len())))
         };
         let native = crate::Spec {
             height,
@@ -27,10 +25,7 @@ impl Guest for Preprocess {
             mean: channel(&spec.mean, "mean")?,
             std: channel(&spec.std, "std")?,
         };
-        let limits = crate::Limits {
-            max_pixels: limits.max_pixels,
-            max_alloc_bytes: limits.max_alloc_bytes,
-        };
+        let limits = crate::Limits { max_pixels: limits.max_pixels, max_alloc_bytes: limits.max_alloc_bytes };
         let data = crate::preprocess(&img.bytes, &native, &limits).map_err(|e| match e {
             crate::Error::InvalidInput(m) => Error::InvalidInput(m),
             crate::Error::Unsupported(m) => Error::Unsupported(m),

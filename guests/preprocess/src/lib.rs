@@ -82,18 +82,11 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Erro
     if bytes.is_empty() {
         return Err(Error::InvalidInput("the image is empty (0 bytes)".into()));
     }
-    let format = image::guess_format(bytes).map_err(|_| {
-        Error::InvalidInput(format!(
-            "the bytes are not a recognised image; send {SUPPORTED_FORMATS}"
-        ))
-    })?;
-    if !matches!(
-        format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp
-    ) {
-        return Err(Error::Unsupported(format!(
-            "{format:?} images are not supported; send {SUPPORTED_FORMATS}"
-        )));
+    let format = image::guess_format(bytes)
+        .map_err(|_| Error::InvalidInput(format!("the bytes are not a recognised image; send {SUPPORTED_FORMATS}")))?;
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)
+    {
+        return Err(Error::Unsupported(format!("{format:?} images are not supported; send {SUPPORTED_FORMATS}")));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decoder_limits = image::Limits::default();
@@ -113,9 +106,7 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Erro
     }
     // A decoder without orientation metadata reports `NoTransforms`; a broken EXIF block is
     // not worth refusing an otherwise good image for.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
     img.apply_orientation(orientation);
     Ok(match img {
@@ -126,9 +117,9 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Erro
 
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
     match e {
-        image::ImageError::Limits(l) => Error::TooLarge(format!(
-            "decoding the {format:?} image needs more memory than allowed: {l}"
-        )),
+        image::ImageError::Limits(l) => {
+            Error::TooLarge(format!("decoding the {format:?} image needs more memory than allowed: {l}"))
+        }
         image::ImageError::Unsupported(u) => Error::Unsupported(format!("{format:?}: {u}")),
         other => Error::InvalidInput(format!("the {format:?} image could not be decoded: {other}")),
     }
@@ -150,12 +141,9 @@ pub fn resize_center_crop(rgb: Vec<u8>, w: u32, h: u32, spec: &Spec) -> Result<V
     let mut dst = Image::new(spec.width, spec.height, PixelType::U8x3);
     // Bilinear convolution with a support that grows when downscaling: the same antialiased
     // filter PIL (and so torchvision) uses for Resize.
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(left, top, crop_w, crop_h);
-    Resizer::new()
-        .resize(&src, &mut dst, &options)
-        .map_err(|e| Error::Internal(format!("resize: {e}")))?;
+    let options =
+        ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(left, top, crop_w, crop_h);
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| Error::Internal(format!("resize: {e}")))?;
     Ok(dst.into_vec())
 }
 
@@ -181,13 +169,7 @@ mod tests {
     use super::*;
 
     fn spec() -> Spec {
-        Spec {
-            height: 224,
-            width: 224,
-            resize: 256,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
+        Spec { height: 224, width: 224, resize: 256, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
     const LIMITS: Limits = Limits { max_pixels: 40_000_000, max_alloc_bytes: 256 << 20 };

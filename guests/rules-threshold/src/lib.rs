@@ -62,11 +62,7 @@ impl Rule {
                 Some("label-not-allowed".into()),
             );
         }
-        (
-            true,
-            format!("confidence {score:.3} for {label:?} meets the threshold {:.3}", self.min_confidence),
-            None,
-        )
+        (true, format!("confidence {score:.3} for {label:?} meets the threshold {:.3}", self.min_confidence), None)
     }
 }
 

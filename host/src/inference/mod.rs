@@ -57,7 +57,8 @@ impl InferencePool {
     /// Loads `path` and starts `workers` threads behind a queue of `queue_len` jobs.
     pub fn load(path: &Path, input_shape: &[usize], workers: usize, queue_len: usize) -> Result<Self, LoadError> {
         let plan = load_plan(path, input_shape)?;
-        let output_len = output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
+        let output_len =
+            output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_len);
         let workers = (0..workers.max(1))
             .map(|i| {
@@ -104,7 +105,11 @@ impl InferencePool {
                 ));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, "the inference workers have stopped"));
+                return Err(PipelineError::new(
+                    ErrorKind::Internal,
+                    Stage::Inference,
+                    "the inference workers have stopped",
+                ));
             }
         }
         match answer.recv_deadline(deadline) {
@@ -130,7 +135,11 @@ impl Drop for InferencePool {
 }
 
 fn deadline_exceeded() -> PipelineError {
-    PipelineError::new(ErrorKind::DeadlineExceeded, Stage::Inference, "the request deadline passed before inference finished")
+    PipelineError::new(
+        ErrorKind::DeadlineExceeded,
+        Stage::Inference,
+        "the request deadline passed before inference finished",
+    )
 }
 
 fn output_len(plan: &Plan) -> Result<usize, String> {
@@ -147,7 +156,8 @@ fn worker(plan: Plan, jobs: Receiver<Job>) {
             return;
         }
     };
-    let shape: Vec<usize> = plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
+    let shape: Vec<usize> =
+        plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
     for job in jobs {
         if Instant::now() >= job.deadline {
             let _ = job.reply.send(Err(deadline_exceeded()));

@@ -70,7 +70,11 @@ impl Model {
         };
         match wanted {
             Some(v) => self.versions.get(&v).cloned().ok_or_else(|| {
-                not_found(format!("model {:?} has no version {v}; available: {:?}", self.name, self.versions.keys().collect::<Vec<_>>()))
+                not_found(format!(
+                    "model {:?} has no version {v}; available: {:?}",
+                    self.name,
+                    self.versions.keys().collect::<Vec<_>>()
+                ))
             }),
             None => self
                 .versions
@@ -103,7 +107,8 @@ impl ModelRepository {
             move |source| RepositoryError::Io { path, source }
         };
         let mut models = BTreeMap::new();
-        let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(io(dir))?.filter_map(Result::ok).map(|e| e.path()).collect();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir).map_err(io(dir))?.filter_map(Result::ok).map(|e| e.path()).collect();
         entries.sort();
         for path in entries {
             if !path.join("model.toml").is_file() {
@@ -135,7 +140,8 @@ impl ModelRepository {
 impl Manifest {
     /// Reads and checks a `model.toml`, naming the file and field at fault.
     pub fn from_file(toml_path: &Path) -> Result<Manifest, RepositoryError> {
-        let text = std::fs::read_to_string(toml_path).map_err(|source| RepositoryError::Io { path: toml_path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(toml_path)
+            .map_err(|source| RepositoryError::Io { path: toml_path.to_path_buf(), source })?;
         let invalid = |message: String| RepositoryError::Invalid { path: toml_path.to_path_buf(), message };
         let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let [n, c, h, w] = manifest.input_shape;
@@ -178,13 +184,21 @@ fn load_model(dir: &Path, sizing: PoolSizing) -> Result<Model, RepositoryError> 
         };
         let onnx = path.join("model.onnx");
         if !onnx.is_file() {
-            return Err(RepositoryError::Invalid { path: path.clone(), message: "version directory has no model.onnx".into() });
+            return Err(RepositoryError::Invalid {
+                path: path.clone(),
+                message: "version directory has no model.onnx".into(),
+            });
         }
         let pool = InferencePool::load(&onnx, &shape, sizing.workers, sizing.queue_len)?;
         if pool.output_len() != labels.len() {
             return Err(RepositoryError::Invalid {
                 path: onnx,
-                message: format!("the model outputs {} classes but {} lists {} labels", pool.output_len(), labels_path.display(), labels.len()),
+                message: format!(
+                    "the model outputs {} classes but {} lists {} labels",
+                    pool.output_len(),
+                    labels_path.display(),
+                    labels.len()
+                ),
             });
         }
         tracing::info!(model = %name, version, path = %onnx.display(), "model version loaded");

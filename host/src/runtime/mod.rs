@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 
 use crate::config::{EPOCH_TICK_MS, Limits};
 use crate::error::{ErrorKind, PipelineError, Stage};
@@ -73,9 +75,17 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 impl types::Host for GuestState {}
 
 impl inference::Host for GuestState {
-    fn infer(&mut self, model: String, version: Option<String>, input: types::Tensor) -> Result<types::Tensor, types::Error> {
+    fn infer(
+        &mut self,
+        model: String,
+        version: Option<String>,
+        input: types::Tensor,
+    ) -> Result<types::Tensor, types::Error> {
         let access = &self.inference;
-        let repo = access.repo.as_ref().ok_or_else(|| types::Error::Internal("inference is not available to this stage".into()))?;
+        let repo = access
+            .repo
+            .as_ref()
+            .ok_or_else(|| types::Error::Internal("inference is not available to this stage".into()))?;
         let to_wit = |e: PipelineError| match e.kind {
             ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
             _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
@@ -83,7 +93,10 @@ impl inference::Host for GuestState {
         let version = repo.get(&model).and_then(|m| m.resolve(version.as_deref())).map_err(to_wit)?;
         let shape: Vec<u32> = version.pool.input_shape().iter().map(|&d| d as u32).collect();
         if input.shape != shape {
-            return Err(types::Error::InvalidInput(format!("model {model:?} takes shape {shape:?}, got {:?}", input.shape)));
+            return Err(types::Error::InvalidInput(format!(
+                "model {model:?} takes shape {shape:?}, got {:?}",
+                input.shape
+            )));
         }
         let data = version.pool.infer(input.data, access.deadline).map_err(to_wit)?;
         Ok(types::Tensor { shape: vec![1, data.len() as u32], data })
@@ -148,7 +161,9 @@ impl GuestFailure {
         let (kind, message) = match self {
             GuestFailure::Reported(kind, m) => (kind, m),
             GuestFailure::Trap(m) => (ErrorKind::GuestTrap, format!("guest {name} trapped: {m}")),
-            GuestFailure::MemoryExceeded => (ErrorKind::GuestMemoryExceeded, format!("guest {name} exceeded its memory limit")),
+            GuestFailure::MemoryExceeded => {
+                (ErrorKind::GuestMemoryExceeded, format!("guest {name} exceeded its memory limit"))
+            }
             GuestFailure::DeadlineExceeded => {
                 (ErrorKind::DeadlineExceeded, format!("guest {name} did not finish before the request deadline"))
             }
@@ -183,14 +198,20 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
-        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime { engine, linker, guest_memory_bytes, _ticker: ticker })
     }
 
-    fn compile(&self, path: &Path, world: &'static str) -> Result<(Component, wasmtime::component::InstancePre<GuestState>), RuntimeError> {
+    fn compile(
+        &self,
+        path: &Path,
+        world: &'static str,
+    ) -> Result<(Component, wasmtime::component::InstancePre<GuestState>), RuntimeError> {
         let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
-        let invalid = |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
+        let invalid =
+            |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         Ok((component, pre))
@@ -286,6 +307,14 @@ pub struct Decision {
     pub tags: Vec<String>,
 }
 
+/// Where a guest call's time went: instantiating the component from its `InstancePre`, and
+/// the exported function itself (including lifting and lowering its arguments).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    pub instantiate: Duration,
+    pub call: Duration,
+}
+
 /// The preprocess stage: a `preprocessor` component ready to instantiate.
 pub struct PreprocessGuest {
     pub name: String,
@@ -312,22 +341,31 @@ fn guest_name(path: &Path) -> String {
 impl Runtime {
     pub fn load_preprocess(&self, path: &Path) -> Result<PreprocessGuest, RuntimeError> {
         let (_, pre) = self.compile(path, "preprocessor")?;
-        let pre = preprocessor::PreprocessorPre::new(pre)
-            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "preprocessor", message: format!("{e:#}") })?;
+        let pre = preprocessor::PreprocessorPre::new(pre).map_err(|e| RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world: "preprocessor",
+            message: format!("{e:#}"),
+        })?;
         Ok(PreprocessGuest { name: guest_name(path), pre })
     }
 
     pub fn load_postprocess(&self, path: &Path) -> Result<PostprocessGuest, RuntimeError> {
         let (_, pre) = self.compile(path, "postprocessor")?;
-        let pre = postprocessor::PostprocessorPre::new(pre)
-            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "postprocessor", message: format!("{e:#}") })?;
+        let pre = postprocessor::PostprocessorPre::new(pre).map_err(|e| RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world: "postprocessor",
+            message: format!("{e:#}"),
+        })?;
         Ok(PostprocessGuest { name: guest_name(path), pre })
     }
 
     pub fn load_rules(&self, path: &Path, config: Vec<(String, String)>) -> Result<RulesGuest, RuntimeError> {
         let (_, pre) = self.compile(path, "rules")?;
-        let pre = rules::RulesPre::new(pre)
-            .map_err(|e| RuntimeError::Invalid { path: path.to_path_buf(), world: "rules", message: format!("{e:#}") })?;
+        let pre = rules::RulesPre::new(pre).map_err(|e| RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world: "rules",
+            message: format!("{e:#}"),
+        })?;
         Ok(RulesGuest { name: guest_name(path), config, pre })
     }
 
@@ -341,22 +379,42 @@ impl Runtime {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<Vec<f32>, GuestFailure> {
+        self.preprocess_phases(guest, image, media_type, spec, limits, deadline).map(|(data, _)| data)
+    }
+
+    /// [`Runtime::preprocess`], also reporting how long instantiation and the call took.
+    pub fn preprocess_phases(
+        &self,
+        guest: &PreprocessGuest,
+        image: &[u8],
+        media_type: Option<&str>,
+        spec: &SpecView<'_>,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<(Vec<f32>, Phases), GuestFailure> {
         let mut store = self.store(deadline, None)?;
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
-        let decode = types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
-        let result = guest
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.call_preprocess(&mut store, &img, &spec.to_wit(), decode));
+        let decode =
+            types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
+        let t = Instant::now();
+        let instance = guest.pre.instantiate(&mut store).map_err(|e| failure(e, &store))?;
+        let instantiate = t.elapsed();
+        let result = instance.call_preprocess(&mut store, &img, &spec.to_wit(), decode);
+        let phases = Phases { instantiate, call: t.elapsed() - instantiate };
         let tensor = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
         let expected: Vec<u32> = spec.input_shape.to_vec();
         if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
             return Err(GuestFailure::Reported(
                 ErrorKind::GuestFailed,
-                format!("guest {} returned shape {:?} with {} values; the model takes {expected:?}", guest.name, tensor.shape, tensor.data.len()),
+                format!(
+                    "guest {} returned shape {:?} with {} values; the model takes {expected:?}",
+                    guest.name,
+                    tensor.shape,
+                    tensor.data.len()
+                ),
             ));
         }
-        Ok(tensor.data)
+        Ok((tensor.data, phases))
     }
 
     /// Softmax, top-k and labels.
@@ -369,14 +427,28 @@ impl Runtime {
         top_k: u32,
         deadline: Instant,
     ) -> Result<Vec<Prediction>, GuestFailure> {
+        self.postprocess_phases(guest, logits, spec, labels, top_k, deadline).map(|(p, _)| p)
+    }
+
+    /// [`Runtime::postprocess`], also reporting how long instantiation and the call took.
+    pub fn postprocess_phases(
+        &self,
+        guest: &PostprocessGuest,
+        logits: Vec<f32>,
+        spec: &SpecView<'_>,
+        labels: &[String],
+        top_k: u32,
+        deadline: Instant,
+    ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
         let mut store = self.store(deadline, None)?;
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
-        let result = guest
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.call_postprocess(&mut store, &tensor, &spec.to_wit(), labels, top_k));
+        let t = Instant::now();
+        let instance = guest.pre.instantiate(&mut store).map_err(|e| failure(e, &store))?;
+        let instantiate = t.elapsed();
+        let result = instance.call_postprocess(&mut store, &tensor, &spec.to_wit(), labels, top_k);
+        let phases = Phases { instantiate, call: t.elapsed() - instantiate };
         let preds = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
-        Ok(preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect())
+        Ok((preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
     }
 
     /// One rule's decision. Rules may call back into inference through `repo`.
@@ -389,8 +461,10 @@ impl Runtime {
         deadline: Instant,
     ) -> Result<Decision, GuestFailure> {
         let mut store = self.store(deadline, Some(repo))?;
-        let wit_preds: Vec<types::Prediction> =
-            preds.iter().map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score }).collect();
+        let wit_preds: Vec<types::Prediction> = preds
+            .iter()
+            .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
+            .collect();
         let result = guest
             .pre
             .instantiate(&mut store)

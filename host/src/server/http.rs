@@ -46,7 +46,11 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     }
 }
 
-pub(super) async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+pub(super) async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let request_id = request_id(req.headers());
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -144,10 +148,9 @@ fn readyz(state: &AppState) -> Response<Body> {
 }
 
 fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
-    state
-        .host
-        .get()
-        .ok_or_else(|| error(ErrorKind::NotReady, Stage::Admission, "models and guests are still loading; retry shortly"))
+    state.host.get().ok_or_else(|| {
+        error(ErrorKind::NotReady, Stage::Admission, "models and guests are still loading; retry shortly")
+    })
 }
 
 fn models(state: &AppState) -> Result<Response<Body>, HttpError> {
@@ -185,7 +188,11 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
         match key.as_ref() {
             "top_k" => {
                 let k = value.parse::<u32>().ok().filter(|k| *k > 0).ok_or_else(|| {
-                    error(ErrorKind::BadRequest, Stage::Admission, format!("top_k must be a whole number of at least 1, got {value:?}"))
+                    error(
+                        ErrorKind::BadRequest,
+                        Stage::Admission,
+                        format!("top_k must be a whole number of at least 1, got {value:?}"),
+                    )
                 })?;
                 q.top_k = Some(k);
             }
@@ -210,7 +217,13 @@ fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, HttpError> {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(|ms| Some(Duration::from_millis(ms)))
-        .ok_or_else(|| error(ErrorKind::BadRequest, Stage::Admission, format!("{REQUEST_TIMEOUT_MS} must be a positive number of milliseconds")))
+        .ok_or_else(|| {
+            error(
+                ErrorKind::BadRequest,
+                Stage::Admission,
+                format!("{REQUEST_TIMEOUT_MS} must be a positive number of milliseconds"),
+            )
+        })
 }
 
 /// How the body carries the image.
@@ -219,25 +232,31 @@ enum Upload {
     Multipart(String),
 }
 
-/// Raw bodies may be unlabelled, `application/octet-stream` or `image/*`; forms must be
-/// `multipart/form-data` with a boundary. Anything else is 415.
+/// Raw bodies may be unlabelled, `application/octet-stream`, a urlencoded form (what curl
+/// sends by default) or `image/*`; uploads must be `multipart/form-data` with a boundary.
+/// Anything else is 415.
 fn upload_kind(headers: &HeaderMap) -> Result<Upload, HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(Upload::Raw(None)) };
-    let text = value
-        .to_str()
-        .map_err(|_| error(ErrorKind::UnsupportedMediaType, Stage::Admission, "the Content-Type header is not valid text"))?;
+    let text = value.to_str().map_err(|_| {
+        error(ErrorKind::UnsupportedMediaType, Stage::Admission, "the Content-Type header is not valid text")
+    })?;
     let mime: mime_type::MediaType = text.parse().map_err(|_| {
         error(ErrorKind::UnsupportedMediaType, Stage::Admission, format!("Content-Type {text:?} is not a media type"))
     })?;
     match (mime.essence.as_str(), mime.boundary) {
         ("multipart/form-data", Some(boundary)) => Ok(Upload::Multipart(boundary)),
-        ("multipart/form-data", None) => Err(error(ErrorKind::BadRequest, Stage::Admission, "multipart/form-data needs a boundary parameter")),
-        ("application/octet-stream", _) => Ok(Upload::Raw(None)),
+        ("multipart/form-data", None) => {
+            Err(error(ErrorKind::BadRequest, Stage::Admission, "multipart/form-data needs a boundary parameter"))
+        }
+        // `curl --data-binary @img.png` labels the bytes as a urlencoded form: take them as they are.
+        ("application/octet-stream" | "application/x-www-form-urlencoded", _) => Ok(Upload::Raw(None)),
         (essence, _) if essence.starts_with("image/") => Ok(Upload::Raw(Some(essence.to_string()))),
         (essence, _) => Err(error(
             ErrorKind::UnsupportedMediaType,
             Stage::Admission,
-            format!("Content-Type {essence} is not an image; send the image bytes (image/*, application/octet-stream) or multipart/form-data with a field named image"),
+            format!(
+                "Content-Type {essence} is not an image; send the image bytes (image/*, application/octet-stream) or multipart/form-data with a field named image"
+            ),
         )),
     }
 }
@@ -265,30 +284,50 @@ mod mime_type {
     }
 }
 
-async fn classify(state: &Arc<AppState>, req: Request<Incoming>, start: Instant, request_id: &str) -> Result<Response<Body>, HttpError> {
+async fn classify(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    start: Instant,
+    request_id: &str,
+) -> Result<Response<Body>, HttpError> {
     let host = ready_host(state)?.clone();
     let query = parse_query(req.uri().query())?;
     let timeout = parse_timeout(req.headers())?;
     let upload = upload_kind(req.headers())?;
     let limits = &state.config.limits;
-    let deadline = start + timeout.map_or(Duration::from_millis(limits.deadline_ms), |t| t.min(Duration::from_millis(limits.deadline_ms)));
+    let deadline = start
+        + timeout
+            .map_or(Duration::from_millis(limits.deadline_ms), |t| t.min(Duration::from_millis(limits.deadline_ms)));
 
     let max_body = limits.max_body_bytes;
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
         && len > max_body
     {
         return Err(too_large(len.to_string(), max_body));
     }
     let _permit = state.admission.clone().try_acquire_owned().map_err(|_| {
-        error(ErrorKind::Overloaded, Stage::Admission, format!("{} requests are already in flight; retry shortly", limits.max_concurrent_requests))
+        error(
+            ErrorKind::Overloaded,
+            Stage::Admission,
+            format!("{} requests are already in flight; retry shortly", limits.max_concurrent_requests),
+        )
     })?;
 
     let metadata = metadata(req.headers(), request_id);
     let body = Limited::new(req.into_body(), max_body as usize);
     let bytes = match tokio::time::timeout_at(deadline.into(), body.collect()).await {
-        Err(_) => return Err(error(ErrorKind::DeadlineExceeded, Stage::Admission, "the request body did not arrive before the deadline")),
+        Err(_) => {
+            return Err(error(
+                ErrorKind::DeadlineExceeded,
+                Stage::Admission,
+                "the request body did not arrive before the deadline",
+            ));
+        }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large("more".into(), max_body)),
-        Ok(Err(e)) => return Err(error(ErrorKind::BadRequest, Stage::Admission, format!("reading the request body failed: {e}"))),
+        Ok(Err(e)) => {
+            return Err(error(ErrorKind::BadRequest, Stage::Admission, format!("reading the request body failed: {e}")));
+        }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
     let (image, media_type) = match upload {
@@ -314,7 +353,9 @@ async fn classify(state: &Arc<AppState>, req: Request<Incoming>, start: Instant,
     let margin = Duration::from_millis(50);
     let result = match tokio::time::timeout_at((deadline + margin).into(), work).await {
         Err(_) => return Err(error(ErrorKind::DeadlineExceeded, Stage::Admission, "the request deadline passed")),
-        Ok(Err(join)) => return Err(error(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}"))),
+        Ok(Err(join)) => {
+            return Err(error(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")));
+        }
         Ok(Ok(result)) => result?,
     };
     Ok(json_response(StatusCode::OK, &ClassifyResponse { result: &result, request_id }))
@@ -354,7 +395,8 @@ async fn multipart_image(body: Bytes, boundary: String) -> Result<(Bytes, Option
     let mut form = multer::Multipart::new(stream, boundary);
     while let Some(field) = form.next_field().await.map_err(|e| bad(format!("malformed multipart body: {e}")))? {
         if field.name() == Some("image") {
-            let media_type = field.content_type().map(|m| m.essence_str().to_string()).filter(|m| m.starts_with("image/"));
+            let media_type =
+                field.content_type().map(|m| m.essence_str().to_string()).filter(|m| m.starts_with("image/"));
             let data = field.bytes().await.map_err(|e| bad(format!("malformed multipart field image: {e}")))?;
             return Ok((data, media_type));
         }

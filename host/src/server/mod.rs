@@ -44,7 +44,8 @@ pub fn init_logging(json: bool) {
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tessera-io").build()?;
     let result = runtime.block_on(async {
-        let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        let listener =
+            TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
         run(listener, config, shutdown_signal()).await
     });
     // Guest calls stop at their epoch deadline, so blocking tasks end within one deadline.

@@ -1,0 +1,221 @@
+//! Test support: start the real `tessera` binary on an ephemeral port, wait for readiness,
+//! and make the generated image sets the tests use as data.
+
+#![allow(dead_code)] // each helper is used by some of the tests, not all
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The release binary `just test` builds before running the tests.
+pub fn tessera_bin() -> PathBuf {
+    let bin = root().join("target/release/tessera");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `./run test` (it builds the host and the guests)",
+        bin.display()
+    );
+    bin
+}
+
+/// A guest component built by `just guests`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = root().join("target/guests").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run `./run test` (it builds the guests)", path.display());
+    path
+}
+
+/// How long a server may take to load models and guests.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Interval between readiness probes.
+const READY_POLL: Duration = Duration::from_millis(25);
+
+/// A running `tessera serve`; killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Server {
+    /// Starts `tessera serve --addr 127.0.0.1:0 <args>` and waits until `/readyz` is 200.
+    pub fn start(args: &[&str]) -> Server {
+        let logs = root().join("target/test-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let stderr_path = logs.join(format!("server-{}-{}.log", std::process::id(), unique()));
+        let mut child = Command::new(tessera_bin())
+            .current_dir(root())
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .expect("starting tessera");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("tessera listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                )
+            })
+            .to_string();
+        let server = Server { child: Some(child), addr, stderr_path };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let client = client();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send()
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(started.elapsed() < READY_TIMEOUT, "server not ready after {READY_TIMEOUT:?}: {}", self.stderr());
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Waits for the exit of a server that was sent a signal, returning its code and log.
+    pub fn terminate_after_signal(mut self) -> (Option<i32>, String) {
+        let code = self.child.take().unwrap().wait().unwrap().code();
+        (code, self.stderr())
+    }
+
+    /// POSTs `image` to `/v1/classify` with a query string and extra headers.
+    pub fn classify(
+        &self,
+        image: &[u8],
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = client().post(self.url(&format!("/v1/classify{query}"))).body(image.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body: Value = resp.json().unwrap_or(Value::Null);
+        (status, body, headers)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and returns everything the server answered before
+/// closing (for requests a well-behaved client library would refuse to send).
+pub fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One labelled image of a generated set.
+pub struct Case {
+    pub path: PathBuf,
+    pub label: String,
+}
+
+/// The shapes image set for `seed` (made by the project's generator, cached under target/).
+/// Held-out sets use seeds the training script never uses (it trains on 1 and validates on 1001).
+pub fn shapes(seed: u64, per_class: usize) -> Vec<Case> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join(format!("target/test-data/shapes-{seed}-{per_class}"));
+    let labels = dir.join("labels.csv");
+    if !labels.is_file() {
+        let python = root().join(".venv/bin/python");
+        assert!(python.is_file(), "{} is missing: run `./run test` (it installs the Python tools)", python.display());
+        let status = Command::new(python)
+            .arg(root().join("models/tools/generate_shapes.py"))
+            .args(["--seed", &seed.to_string(), "--per-class", &per_class.to_string(), "--out"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the image generator failed");
+    }
+    std::fs::read_to_string(&labels)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let (file, label) = line.split_once(',').unwrap();
+            Case { path: dir.join(file), label: label.to_string() }
+        })
+        .collect()
+}
+
+/// A PNG of `w × h` pixels of one colour.
+pub fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 30, 30]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A BMP header claiming `w × h` pixels with no pixel data: a decompression-bomb stand-in.
+pub fn bmp_header(w: u32, h: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&(54u32 + 16).to_le_bytes()); // file size (a lie, like a bomb's)
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+    b.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    b.extend_from_slice(&(w as i32).to_le_bytes());
+    b.extend_from_slice(&(h as i32).to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // planes
+    b.extend_from_slice(&24u16.to_le_bytes()); // bits per pixel
+    b.extend_from_slice(&[0; 24]); // no compression, sizes and palette counts
+    b.extend_from_slice(&[0; 16]);
+    b
+}

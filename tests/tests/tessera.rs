@@ -1,0 +1,355 @@
+//! End-to-end tests: the real `tessera` binary over HTTP on an ephemeral loopback port, and
+//! the library's embedding API. Guests and the binary are built by `just test` first.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Server, bmp_header, client, guest, png, raw_exchange, root, shapes};
+
+/// Seeds of held-out image sets: never used by models/tools/train.py (1 and 1001).
+const CLASSES_SEED: u64 = 9_001;
+const ACCURACY_SEED: u64 = 424_242;
+const LABELS: [&str; 8] = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "hexagon"];
+
+fn read(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+fn assert_error(status: u16, body: &Value, expected_status: u16, code: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{body}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["stage"].is_string(), "{body}");
+    assert!(e["request_id"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+/// After any error the server must still classify correctly.
+fn assert_still_serving(server: &Server, image: &[u8], label: &str) {
+    let (status, body, _) = server.classify(image, "", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["label"], label, "{body}");
+}
+
+#[test]
+fn classifies_every_class_with_the_full_response_contract() {
+    let server = Server::start(&[]);
+    let cases = shapes(CLASSES_SEED, 2);
+    for case in &cases {
+        let (status, body, headers) = server.classify(&read(&case.path), "?top_k=3", &[]);
+        assert_eq!(status, 200, "{}: {body}", case.path.display());
+        assert_eq!(body["label"], case.label.as_str(), "{}: {body}", case.path.display());
+        let top = body["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["label"], body["label"]);
+        assert_eq!(top[0]["score"], body["confidence"]);
+        assert!(top.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()), "{body}");
+        assert_eq!(top[0]["index"], LABELS.iter().position(|l| *l == case.label).unwrap());
+        assert_eq!(body["model"]["name"], "shapes");
+        assert_eq!(body["model"]["version"], "1");
+        for stage in ["preprocess", "inference", "postprocess", "rules", "total"] {
+            assert!(body["timings_ms"][stage].as_f64().is_some_and(|t| t >= 0.0), "{stage}: {body}");
+        }
+        assert_eq!(body["decision"]["rule"], "rules-threshold");
+        assert_eq!(body["decision"]["accepted"], body["confidence"].as_f64().unwrap() >= 0.5);
+        assert_eq!(headers["x-request-id"].to_str().unwrap(), body["request_id"].as_str().unwrap());
+    }
+
+    // top_k is capped at the number of classes; the default is 5.
+    let image = read(&cases[0].path);
+    assert_eq!(server.classify(&image, "?top_k=100", &[]).1["top_k"].as_array().unwrap().len(), 8);
+    assert_eq!(server.classify(&image, "", &[]).1["top_k"].as_array().unwrap().len(), 5);
+    // An explicit model and version, image/* and octet-stream content types, a client request id.
+    let (status, body, headers) = server.classify(
+        &image,
+        "?model=shapes&version=1",
+        &[("content-type", "image/png"), ("x-request-id", "req-42")],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["request_id"], "req-42");
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(server.classify(&image, "", &[("content-type", "application/octet-stream")]).0, 200);
+
+    // A multipart/form-data upload with the image in the field `image`.
+    let part =
+        reqwest::blocking::multipart::Part::bytes(image.clone()).file_name("x.png").mime_str("image/png").unwrap();
+    let form = reqwest::blocking::multipart::Form::new().text("note", "hello").part("image", part);
+    let resp = client().post(server.url("/v1/classify?top_k=1")).multipart(form).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["label"], cases[0].label.as_str());
+
+    // Listings and probes.
+    let models: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    assert_eq!(models["models"][0]["name"], "shapes");
+    assert_eq!(models["models"][0]["versions"], serde_json::json!(["1"]));
+    assert_eq!(models["models"][0]["labels"].as_array().unwrap().len(), 8);
+    assert_eq!(client().get(server.url("/healthz")).send().unwrap().status(), 200);
+    assert_eq!(client().get(server.url("/readyz")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn held_out_accuracy_over_http_is_at_least_95_percent() {
+    let server = Server::start(&[]);
+    let cases = shapes(ACCURACY_SEED, 50);
+    assert!(cases.len() >= 400);
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let (status, body, _) = server.classify(&read(&case.path), "?top_k=1", &[]);
+        assert_eq!(status, 200, "{}: {body}", case.path.display());
+        if body["label"] != case.label.as_str() {
+            wrong.push(format!("{} → {}", case.path.file_name().unwrap().to_string_lossy(), body["label"]));
+        }
+    }
+    let accuracy = 1.0 - wrong.len() as f64 / cases.len() as f64;
+    println!("held-out top-1 accuracy over HTTP: {accuracy:.4} ({} images); wrong: {wrong:?}", cases.len());
+    assert!(accuracy >= 0.95, "accuracy {accuracy:.4} < 0.95; wrong: {wrong:?}");
+}
+
+#[test]
+fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
+    let server = Server::start(&["--max-body-bytes", "1000000"]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let tiff = b"II*\x00\x08\x00\x00\x00\x00\x00".to_vec();
+
+    let cases: Vec<(&str, Vec<u8>, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+        ("empty body", vec![], "", vec![], 400, "invalid_image"),
+        ("not an image", b"definitely not an image".to_vec(), "", vec![], 400, "invalid_image"),
+        ("truncated image", truncated, "", vec![], 400, "invalid_image"),
+        ("text content type", good.clone(), "", vec![("content-type", "text/plain")], 415, "unsupported_media_type"),
+        (
+            "json content type",
+            good.clone(),
+            "",
+            vec![("content-type", "application/json")],
+            415,
+            "unsupported_media_type",
+        ),
+        ("TIFF is not decoded", tiff, "", vec![], 415, "unsupported_media_type"),
+        ("40 MP+ header", bmp_header(10_000, 5_000), "", vec![], 422, "image_too_large"),
+        ("top_k=0", good.clone(), "?top_k=0", vec![], 400, "bad_request"),
+        ("top_k not a number", good.clone(), "?top_k=three", vec![], 400, "bad_request"),
+        ("unknown parameter", good.clone(), "?colour=red", vec![], 400, "bad_request"),
+        ("unknown model", good.clone(), "?model=nope", vec![], 404, "model_not_found"),
+        ("unknown version", good.clone(), "?version=99", vec![], 404, "model_not_found"),
+        ("bad deadline header", good.clone(), "", vec![("x-request-timeout-ms", "soon")], 400, "bad_request"),
+        ("body over the limit", vec![0u8; 1_000_001], "", vec![], 413, "payload_too_large"),
+    ];
+    for (what, body, query, headers, status, code) in cases {
+        let (got, json, resp_headers) = server.classify(&body, query, &headers);
+        assert_error(got, &json, status, code);
+        assert!(resp_headers.contains_key("x-request-id"), "{what}");
+        assert_still_serving(&server, &good, &case.label);
+    }
+
+    // A declared length over the limit is refused before the body is sent at all.
+    let answer = raw_exchange(
+        &server.addr,
+        b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 50000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    // A chunked body is cut off as soon as it passes the limit.
+    let mut chunked = b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        chunked.extend_from_slice(b"10000\r\n");
+        chunked.extend_from_slice(&[7u8; 0x10000]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let answer = raw_exchange(&server.addr, &chunked);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_still_serving(&server, &good, &case.label);
+
+    // Unknown routes and methods are JSON errors too.
+    let resp = client().get(server.url("/nope")).send().unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<Value>().unwrap()["error"]["code"], "not_found");
+    let resp = client().get(server.url("/v1/classify")).send().unwrap();
+    assert_eq!(resp.status(), 405);
+}
+
+#[test]
+fn trapping_looping_and_hoarding_guests_are_contained() {
+    let probe = guest("probe-rules");
+    let server = Server::start(&["--rule", probe.to_str().unwrap(), "--guest-memory-bytes", "67108864"]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "trap")]);
+    assert_error(status, &body, 500, "guest_trap");
+    assert_eq!(body["error"]["stage"], "rules");
+    assert_still_serving(&server, &good, &case.label);
+
+    let started = Instant::now();
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "loop"), ("x-request-timeout-ms", "400")]);
+    let elapsed = started.elapsed();
+    assert_error(status, &body, 504, "deadline_exceeded");
+    assert!(elapsed < Duration::from_millis(1_500), "an endless loop took {elapsed:?} to stop with a 400 ms deadline");
+    assert_still_serving(&server, &good, &case.label);
+
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "oom")]);
+    assert_error(status, &body, 500, "guest_memory_exceeded");
+    assert_still_serving(&server, &good, &case.label);
+
+    // A guest that imports the host's inference interface can call the model.
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "infer")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body["decision"]["reason"].as_str().unwrap().contains("returned 8 logits"), "{body}");
+
+    // A looping guest on one request does not stall the others.
+    let slow = {
+        let (url, good) = (server.url("/v1/classify"), good.clone());
+        std::thread::spawn(move || {
+            client()
+                .post(url)
+                .header("x-probe", "loop")
+                .header("x-request-timeout-ms", "1500")
+                .body(good)
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    for _ in 0..5 {
+        assert_still_serving(&server, &good, &case.label);
+    }
+    assert_eq!(slow.join().unwrap(), 504);
+}
+
+#[test]
+fn overload_is_a_503_with_retry_after() {
+    let probe = guest("probe-rules");
+    let server = Server::start(&["--rule", probe.to_str().unwrap(), "--max-concurrent-requests", "1"]);
+    let good = read(&shapes(CLASSES_SEED, 2)[0].path);
+    let busy = {
+        let (url, good) = (server.url("/v1/classify"), good.clone());
+        std::thread::spawn(move || {
+            client()
+                .post(url)
+                .header("x-probe", "loop")
+                .header("x-request-timeout-ms", "1500")
+                .body(good)
+                .send()
+                .unwrap()
+                .status()
+        })
+    };
+    // While the looping request holds the only slot, others are refused, not queued.
+    let until = Instant::now() + Duration::from_millis(1_200);
+    let mut refused = None;
+    while Instant::now() < until {
+        let (status, body, headers) = server.classify(&good, "", &[]);
+        if status == 503 {
+            refused = Some((body, headers));
+            break;
+        }
+    }
+    let (body, headers) = refused.expect("no request was refused while the only slot was taken");
+    assert_error(503, &body, 503, "overloaded");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(busy.join().unwrap(), 504);
+    assert_eq!(server.classify(&good, "", &[]).0, 200);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[]);
+    let good = read(&shapes(CLASSES_SEED, 2)[0].path);
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A request whose body is still arriving is in flight when the signal comes. With
+    // `Expect: 100-continue` the server says "100 Continue" exactly when the handler starts
+    // reading the body, so the test knows the request is in flight without sleeping.
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        good.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
+    let pid = server.pid();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    stream.write_all(&good[..100]).unwrap();
+    stream.write_all(&good[100..]).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"label\""), "{answer}");
+    let (code, stderr) = server.terminate_after_signal();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("drained"), "{stderr}");
+}
+
+#[test]
+fn the_library_runs_the_same_pipeline_without_http() {
+    let host = tessera::Host::builder()
+        .models(root().join("models"))
+        .preprocess(guest("preprocess"))
+        .postprocess(guest("postprocess"))
+        .rules(vec![tessera::RuleConfig {
+            path: guest("rules-threshold"),
+            config: [("min-confidence".to_string(), "0.99999".to_string()), ("allow".to_string(), "star".to_string())]
+                .into(),
+        }])
+        .build()
+        .unwrap();
+    for case in shapes(CLASSES_SEED, 2).iter().take(8) {
+        let result = host.classify(&read(&case.path)).unwrap();
+        assert_eq!(result.label, case.label);
+        // The strict rule rejects as a business outcome, not an error.
+        if !result.decision.accepted {
+            assert!(result.decision.category.is_some());
+        }
+    }
+    let err = host.classify(b"nope").unwrap_err();
+    assert_eq!(err.kind, tessera::ErrorKind::InvalidImage);
+    assert_eq!(err.stage, tessera::Stage::Preprocess);
+    let req = tessera::ClassifyRequest { image: png(64, 64), model: Some("missing".into()), ..Default::default() };
+    assert_eq!(host.classify_request(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
+}
+
+#[test]
+fn invalid_configuration_fails_fast_naming_the_key() {
+    let dir = root().join("target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad-tessera.toml");
+    std::fs::write(&cfg, "[limits]\ndeadline_ms = 0\n").unwrap();
+    let out = std::process::Command::new(support::tessera_bin())
+        .current_dir(root())
+        .args(["--config", cfg.to_str().unwrap(), "classify", "x.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.deadline_ms"), "{stderr}");
+
+    std::fs::write(&cfg, "[limits]\nmax_body_byts = 5\n").unwrap();
+    let out = std::process::Command::new(support::tessera_bin())
+        .args(["--config", cfg.to_str().unwrap(), "classify", "x.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_body_byts"));
+
+    // A guest path that does not exist stops `serve` with the path in the error.
+    let out = std::process::Command::new(support::tessera_bin())
+        .current_dir(root())
+        .args(["serve", "--addr", "127.0.0.1:0", "--preprocess", "/nonexistent/pre.wasm"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pre.wasm"));
+}
