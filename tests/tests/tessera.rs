@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, bmp_header, client, guest, png, raw_exchange, root, shapes};
+use support::{Server, bmp_header, client, finish_upload, guest, png, raw_exchange, root, shapes, start_upload};
 
 /// Seeds of held-out image sets: never used by models/tools/train.py (1 and 1001).
 const CLASSES_SEED: u64 = 9_001;
@@ -108,16 +108,19 @@ fn held_out_accuracy_over_http_is_at_least_95_percent() {
     assert!(accuracy >= 0.95, "accuracy {accuracy:.4} < 0.95; wrong: {wrong:?}");
 }
 
+type BadCase<'a> = (&'a str, Vec<u8>, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+
 #[test]
 fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
     let server = Server::start(&["--max-body-bytes", "1000000"]);
     let case = &shapes(CLASSES_SEED, 2)[0];
     let good = read(&case.path);
-    let mut truncated = good.clone();
-    truncated.truncate(good.len() / 2);
+    let mut truncated = png(300, 200);
+    truncated.truncate(truncated.len() / 2);
     let tiff = b"II*\x00\x08\x00\x00\x00\x00\x00".to_vec();
 
-    let cases: Vec<(&str, Vec<u8>, &str, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (what, body, query, headers, expected status, expected code)
+    let cases: Vec<BadCase> = vec![
         ("empty body", vec![], "", vec![], 400, "invalid_image"),
         ("not an image", b"definitely not an image".to_vec(), "", vec![], 400, "invalid_image"),
         ("truncated image", truncated, "", vec![], 400, "invalid_image"),
@@ -223,71 +226,32 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
 
 #[test]
 fn overload_is_a_503_with_retry_after() {
-    let probe = guest("probe-rules");
-    let server = Server::start(&["--rule", probe.to_str().unwrap(), "--max-concurrent-requests", "1"]);
-    let good = read(&shapes(CLASSES_SEED, 2)[0].path);
-    let busy = {
-        let (url, good) = (server.url("/v1/classify"), good.clone());
-        std::thread::spawn(move || {
-            client()
-                .post(url)
-                .header("x-probe", "loop")
-                .header("x-request-timeout-ms", "1500")
-                .body(good)
-                .send()
-                .unwrap()
-                .status()
-        })
-    };
-    // While the looping request holds the only slot, others are refused, not queued.
-    let until = Instant::now() + Duration::from_millis(1_200);
-    let mut refused = None;
-    while Instant::now() < until {
-        let (status, body, headers) = server.classify(&good, "", &[]);
-        if status == 503 {
-            refused = Some((body, headers));
-            break;
-        }
-    }
-    let (body, headers) = refused.expect("no request was refused while the only slot was taken");
-    assert_error(503, &body, 503, "overloaded");
+    let server = Server::start(&["--max-concurrent-requests", "1"]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+    // An upload whose body is still arriving holds the only slot.
+    let busy = start_upload(&server.addr, good.len());
+    let (status, body, headers) = server.classify(&good, "", &[]);
+    assert_error(status, &body, 503, "overloaded");
     assert_eq!(headers["retry-after"], "1");
-    assert_eq!(busy.join().unwrap(), 504);
-    assert_eq!(server.classify(&good, "", &[]).0, 200);
+    // The held request still completes, and the slot is free again afterwards.
+    let answer = finish_upload(busy, &good);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_still_serving(&server, &good, &case.label);
 }
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
-    use std::io::{Read, Write};
     let server = Server::start(&[]);
-    let good = read(&shapes(CLASSES_SEED, 2)[0].path);
-    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // A request whose body is still arriving is in flight when the signal comes. With
-    // `Expect: 100-continue` the server says "100 Continue" exactly when the handler starts
-    // reading the body, so the test knows the request is in flight without sleeping.
-    let head = format!(
-        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
-        good.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    let mut interim = Vec::new();
-    let mut byte = [0u8; 1];
-    while !interim.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        interim.push(byte[0]);
-    }
-    assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
-    let pid = server.pid();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+    // A request whose body is still arriving is in flight when the signal comes.
+    let in_flight = start_upload(&server.addr, good.len());
+    let status = std::process::Command::new("kill").args(["-TERM", &server.pid().to_string()]).status().unwrap();
     assert!(status.success());
-    stream.write_all(&good[..100]).unwrap();
-    stream.write_all(&good[100..]).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = finish_upload(in_flight, &good);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("\"label\""), "{answer}");
+    assert!(answer.contains(&format!("\"label\":\"{}\"", case.label)), "{answer}");
     let (code, stderr) = server.terminate_after_signal();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("drained"), "{stderr}");

@@ -72,7 +72,9 @@ pub(super) async fn handle(
     }
     let status = response.status().as_u16();
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    if response.status().is_server_error() {
+    if matches!(path.as_str(), "/healthz" | "/readyz") {
+        tracing::debug!(%method, %path, status, ms, request_id, "probe");
+    } else if response.status().is_server_error() {
         tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
     } else {
         tracing::info!(%method, %path, status, ms, request_id, "request");
@@ -326,7 +328,11 @@ async fn classify(
         }
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large("more".into(), max_body)),
         Ok(Err(e)) => {
-            return Err(error(ErrorKind::BadRequest, Stage::Admission, format!("reading the request body failed: {e}")));
+            return Err(error(
+                ErrorKind::BadRequest,
+                Stage::Admission,
+                format!("reading the request body failed: {e}"),
+            ));
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };

@@ -160,6 +160,35 @@ pub fn raw_exchange(addr: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Starts a raw-body upload of `len` bytes with `Expect: 100-continue` and returns once the
+/// server answered "100 Continue", which hyper sends exactly when the handler starts reading
+/// the body: from then on the request is in flight (admitted, holding its slot) and the test
+/// knows it without sleeping. Write the body to the stream to finish it.
+pub fn start_upload(addr: &str, len: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: {len}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{}", String::from_utf8_lossy(&interim));
+    stream
+}
+
+/// Sends the rest of an upload and reads the whole answer (`Connection: close` ends it).
+pub fn finish_upload(mut stream: TcpStream, body: &[u8]) -> String {
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// One labelled image of a generated set.
 pub struct Case {
     pub path: PathBuf,
@@ -195,9 +224,10 @@ pub fn shapes(seed: u64, per_class: usize) -> Vec<Case> {
         .collect()
 }
 
-/// A PNG of `w × h` pixels of one colour.
+/// A PNG of `w × h` pixels of a busy pattern (so it does not compress to nothing).
 pub fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(w, h, image::Rgb([200, 30, 30]));
+    let img =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + y) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()
