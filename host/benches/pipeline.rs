@@ -28,7 +28,11 @@ fn root() -> PathBuf {
 
 fn config() -> Config {
     let root = root();
-    let mut c = Config { models_dir: root.join("models"), ..Config::default() };
+    let mut c = Config {
+        models_dir: root.join("models"),
+        compile_cache_dir: Some(root.join("target/cache/components")),
+        ..Config::default()
+    };
     c.guests.preprocess = root.join("target/guests/preprocess.wasm");
     c.guests.postprocess = root.join("target/guests/postprocess.wasm");
     for r in &mut c.guests.rules {
@@ -121,7 +125,7 @@ fn main() {
     }
 
     // 2. Instantiation vs call.
-    let runtime = Runtime::new(&config.limits).unwrap();
+    let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref()).unwrap();
     let pre = runtime.load_preprocess(&config.guests.preprocess).unwrap();
     let post = runtime.load_postprocess(&config.guests.postprocess).unwrap();
     let repo = ModelRepository::load(&config.models_dir, PoolSizing { workers: 2, queue_len: 64 }).unwrap();

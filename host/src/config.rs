@@ -29,6 +29,8 @@ pub struct Config {
     /// The model used when a request names none. Absent: the only model, or the first by name.
     pub default_model: Option<String>,
     pub guests: GuestsConfig,
+    /// Where compiled guest components are cached across restarts; absent = no disk cache.
+    pub compile_cache_dir: Option<PathBuf>,
     pub limits: Limits,
 }
 
@@ -86,10 +88,14 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             default_model: None,
             guests: GuestsConfig::default(),
+            compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
             limits: Limits::default(),
         }
     }
 }
+
+/// Where compiled components are cached by default (a Python guest takes seconds to compile).
+pub const DEFAULT_COMPILE_CACHE_DIR: &str = "target/cache/components";
 
 /// Where `just guests` puts the components it builds.
 pub const DEFAULT_GUEST_DIR: &str = "target/guests";
@@ -138,6 +144,9 @@ impl Config {
             }
         };
         rebase(&mut config.models_dir);
+        if let Some(dir) = config.compile_cache_dir.as_mut() {
+            rebase(dir);
+        }
         rebase(&mut config.guests.preprocess);
         rebase(&mut config.guests.postprocess);
         config.guests.rules.iter_mut().for_each(|r| rebase(&mut r.path));

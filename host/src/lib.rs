@@ -95,7 +95,7 @@ impl HostBuilder {
     pub fn build(self) -> Result<Host, BuildError> {
         let config = self.config;
         config.validate()?;
-        let runtime = Arc::new(Runtime::new(&config.limits)?);
+        let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
         let stages = Stages {
             preprocess: runtime.load_preprocess(&config.guests.preprocess)?,
             postprocess: runtime.load_postprocess(&config.guests.postprocess)?,
@@ -132,7 +132,7 @@ impl Preprocessor {
     /// Loads `config.guests.preprocess` for the model described by `model_toml`.
     pub fn new(config: &Config, model_toml: &std::path::Path) -> Result<Self, BuildError> {
         config.validate()?;
-        let runtime = Runtime::new(&config.limits)?;
+        let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
         let guest = runtime.load_preprocess(&config.guests.preprocess)?;
         let manifest = repository::Manifest::from_file(model_toml)?;
         Ok(Preprocessor { runtime, guest, manifest, limits: config.limits.clone() })

@@ -72,6 +72,12 @@ struct Overrides {
     /// Rules guest component; repeat for a chain. Replaces the configured rules.
     #[arg(long = "rule", global = true)]
     rules: Vec<PathBuf>,
+    /// Directory for compiled guest components.
+    #[arg(long, global = true)]
+    compile_cache_dir: Option<PathBuf>,
+    /// Compile guests afresh and keep nothing on disk.
+    #[arg(long, global = true, conflicts_with = "compile_cache_dir")]
+    no_compile_cache: bool,
     /// Run no rules guests.
     #[arg(long, global = true, conflicts_with = "rules")]
     no_rules: bool,
@@ -115,6 +121,11 @@ impl Overrides {
             inference_queue_len => l.inference_queue_len,
             shutdown_grace_ms => l.shutdown_grace_ms,
         );
+        if self.no_compile_cache {
+            c.compile_cache_dir = None;
+        } else if self.compile_cache_dir.is_some() {
+            c.compile_cache_dir = self.compile_cache_dir;
+        }
         if self.default_model.is_some() {
             c.default_model = self.default_model;
         }

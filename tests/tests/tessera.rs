@@ -91,6 +91,34 @@ fn classifies_every_class_with_the_full_response_contract() {
 }
 
 #[test]
+fn every_container_and_pixel_format_is_decoded() {
+    let server = Server::start(&[]);
+    let cases = shapes(CLASSES_SEED, 2);
+    let sources: Vec<_> = cases.iter().filter(|c| c.path.extension().is_some_and(|e| e == "png")).take(3).collect();
+    assert!(!sources.is_empty());
+    for case in sources {
+        let out = root().join("target/test-data/variants").join(case.path.file_stem().unwrap());
+        let status = std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("tests/tools/make_variants.py"))
+            .arg(&case.path)
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let listing = std::fs::read_to_string(out.join("variants.csv")).unwrap();
+        for line in listing.lines().skip(1) {
+            let (file, colour) = line.split_once(',').unwrap();
+            let (status, body, _) = server.classify(&read(&out.join(file)), "", &[]);
+            assert_eq!(status, 200, "{file}: {body}");
+            // Grey variants lose the colour contrast the model may rely on; the rest must agree.
+            if colour == "yes" {
+                assert_eq!(body["label"], case.label.as_str(), "{file} of {}: {body}", case.path.display());
+            }
+        }
+    }
+}
+
+#[test]
 fn held_out_accuracy_over_http_is_at_least_95_percent() {
     let server = Server::start(&[]);
     let cases = shapes(ACCURACY_SEED, 50);
@@ -283,6 +311,35 @@ fn the_library_runs_the_same_pipeline_without_http() {
     assert_eq!(err.stage, tessera::Stage::Preprocess);
     let req = tessera::ClassifyRequest { image: png(64, 64), model: Some("missing".into()), ..Default::default() };
     assert_eq!(host.classify_request(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
+}
+
+#[test]
+fn the_wasm_preprocess_matches_its_native_build() {
+    let mut config = tessera::Config::default();
+    config.guests.preprocess = guest("preprocess");
+    config.compile_cache_dir = Some(root().join("target/cache/components"));
+    let wasm = tessera::Preprocessor::new(&config, &root().join("models/shapes/model.toml")).unwrap();
+    let spec = tessera_preprocess::Spec {
+        height: 224,
+        width: 224,
+        resize: 256,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+    let limits = tessera_preprocess::Limits {
+        max_pixels: config.limits.max_image_pixels,
+        max_alloc_bytes: config.limits.max_decode_alloc_bytes,
+    };
+    let mut images: Vec<Vec<u8>> = shapes(CLASSES_SEED, 2).iter().map(|c| read(&c.path)).collect();
+    images.push(png(2000, 3)); // extreme aspect ratio
+    images.push(png(3, 900));
+    for image in &images {
+        let a = wasm.run(image).unwrap();
+        let b = tessera_preprocess::preprocess(image, &spec, &limits).unwrap();
+        assert_eq!(a.len(), b.len());
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max < 1e-5, "WASM and native preprocess differ by {max}");
+    }
 }
 
 #[test]

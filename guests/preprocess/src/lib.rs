@@ -217,6 +217,32 @@ mod tests {
     }
 
     #[test]
+    fn exif_orientation_is_applied() {
+        use image::ImageEncoder;
+        // 40×20: left half red, right half blue; EXIF orientation 6 = "rotate 90° clockwise to
+        // display", so the upright image is 20×40 with red on top.
+        let img =
+            image::RgbImage::from_fn(
+                40,
+                20,
+                |x, _| if x < 20 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) },
+            );
+        let mut exif = b"II*\x00\x08\x00\x00\x00\x01\x00".to_vec(); // TIFF header, IFD with 1 entry
+        exif.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]); // Orientation, SHORT, 1, value 6
+        exif.extend_from_slice(&[0, 0, 0, 0]); // no next IFD
+        let mut out = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder.write_image(&img, 40, 20, image::ExtendedColorType::Rgb8).unwrap();
+        let rgb = decode_rgb(&out, &LIMITS).unwrap();
+        assert_eq!((rgb.width(), rgb.height()), (20, 40));
+        let top = rgb.get_pixel(10, 5);
+        let bottom = rgb.get_pixel(10, 35);
+        assert!(top[0] > 200 && top[2] < 60, "top should be red, got {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
+    }
+
+    #[test]
     fn sixteen_bit_alpha_is_converted() {
         let img = image::ImageBuffer::<image::Rgba<u16>, _>::from_pixel(50, 80, image::Rgba([65535, 0, 0, 1000]));
         let t = preprocess(&png(DynamicImage::ImageRgba16(img)), &spec(), &LIMITS).unwrap();

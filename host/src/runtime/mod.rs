@@ -174,8 +174,10 @@ impl GuestFailure {
 }
 
 impl Runtime {
-    /// Builds the engine for `max_concurrent` simultaneous guest instances.
-    pub fn new(limits: &Limits) -> Result<Self, RuntimeError> {
+    /// Builds the engine for `limits.max_concurrent_requests` simultaneous guest instances.
+    /// With `cache_dir`, compiled components are kept there (wasmtime's own cache, keyed by the
+    /// component's bytes and the engine's settings), so a restart does not recompile them.
+    pub fn new(limits: &Limits, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
         let guest_memory_bytes = limits.guest_memory_bytes as usize;
         // A request runs its stages one after another, so at most one instance per in-flight
         // request; twice that leaves room for `tessera` tools sharing the engine. Each component
@@ -196,6 +198,16 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            // wasmtime's cache insists on an absolute directory.
+            let dir = std::path::absolute(dir)
+                .map_err(|e| RuntimeError::Engine(format!("compile cache at {}: {e}", dir.display())))?;
+            cache.with_directory(&dir);
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(|e| RuntimeError::Engine(format!("compile cache at {}: {e:#}", dir.display())))?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
@@ -212,8 +224,10 @@ impl Runtime {
         let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
         let invalid =
             |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
+        let started = Instant::now();
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        tracing::info!(path = %path.display(), world, bytes = bytes.len(), compile_ms = started.elapsed().as_millis() as u64, "guest loaded");
         Ok((component, pre))
     }
 
