@@ -21,9 +21,12 @@ guests:
     {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
 
-# Build the host binary (release: the one profile this workspace uses).
+# Build the host binary and every test/bench target (release: the one profile this workspace
+# uses). Building all targets of the workspace at once gives the binary the same feature
+# resolution `cargo test` uses, so the tests reuse these artifacts instead of rebuilding
+# wasmtime and tract a second time.
 build: guests
-    cargo build --release -p tessera
+    cargo build --release --workspace --all-targets --exclude tessera-probe-rules
 
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: build

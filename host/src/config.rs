@@ -214,6 +214,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tessera.example.toml");
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.addr, Config::default().addr);
+        assert!(config.models_dir.ends_with("models"));
+    }
+
+    #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
     }

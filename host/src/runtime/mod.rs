@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
@@ -216,19 +216,28 @@ impl Runtime {
         Ok(Runtime { engine, linker, guest_memory_bytes, _ticker: ticker })
     }
 
-    fn compile(
+    /// Compiles (or loads from the cache) the component at `path`, links it, and checks that
+    /// it has the exports of `world` (`typed` is the world's generated `*Pre::new`).
+    fn compile<P>(
         &self,
         path: &Path,
         world: &'static str,
-    ) -> Result<(Component, wasmtime::component::InstancePre<GuestState>), RuntimeError> {
+        typed: impl FnOnce(InstancePre<GuestState>) -> wasmtime::Result<P>,
+    ) -> Result<P, RuntimeError> {
         let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
         let invalid =
             |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
         let started = Instant::now();
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        tracing::info!(path = %path.display(), world, bytes = bytes.len(), compile_ms = started.elapsed().as_millis() as u64, "guest loaded");
-        Ok((component, pre))
+        let pre = self.linker.instantiate_pre(&component).and_then(typed).map_err(invalid)?;
+        tracing::info!(
+            path = %path.display(),
+            world,
+            bytes = bytes.len(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            "guest loaded"
+        );
+        Ok(pre)
     }
 
     /// A store for one guest call that traps once `deadline` passes.
@@ -247,6 +256,22 @@ impl Runtime {
         store.epoch_deadline_trap();
         Ok(store)
     }
+}
+
+/// Instantiates a guest in `store` and makes one call, timing both phases and classifying
+/// any failure (trap, deadline, memory, the guest's own error).
+fn run_guest<I, R>(
+    store: &mut Store<GuestState>,
+    instantiate: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<I>,
+    call: impl FnOnce(I, &mut Store<GuestState>) -> wasmtime::Result<Result<R, types::Error>>,
+) -> Result<(R, Phases), GuestFailure> {
+    let t = Instant::now();
+    let instance = instantiate(store).map_err(|e| failure(e, store))?;
+    let instantiate = t.elapsed();
+    let result = call(instance, store);
+    let phases = Phases { instantiate, call: t.elapsed() - instantiate };
+    let value = result.map_err(|e| failure(e, store))?.map_err(reported)?;
+    Ok((value, phases))
 }
 
 fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
@@ -354,32 +379,17 @@ fn guest_name(path: &Path) -> String {
 
 impl Runtime {
     pub fn load_preprocess(&self, path: &Path) -> Result<PreprocessGuest, RuntimeError> {
-        let (_, pre) = self.compile(path, "preprocessor")?;
-        let pre = preprocessor::PreprocessorPre::new(pre).map_err(|e| RuntimeError::Invalid {
-            path: path.to_path_buf(),
-            world: "preprocessor",
-            message: format!("{e:#}"),
-        })?;
+        let pre = self.compile(path, "preprocessor", preprocessor::PreprocessorPre::new)?;
         Ok(PreprocessGuest { name: guest_name(path), pre })
     }
 
     pub fn load_postprocess(&self, path: &Path) -> Result<PostprocessGuest, RuntimeError> {
-        let (_, pre) = self.compile(path, "postprocessor")?;
-        let pre = postprocessor::PostprocessorPre::new(pre).map_err(|e| RuntimeError::Invalid {
-            path: path.to_path_buf(),
-            world: "postprocessor",
-            message: format!("{e:#}"),
-        })?;
+        let pre = self.compile(path, "postprocessor", postprocessor::PostprocessorPre::new)?;
         Ok(PostprocessGuest { name: guest_name(path), pre })
     }
 
     pub fn load_rules(&self, path: &Path, config: Vec<(String, String)>) -> Result<RulesGuest, RuntimeError> {
-        let (_, pre) = self.compile(path, "rules")?;
-        let pre = rules::RulesPre::new(pre).map_err(|e| RuntimeError::Invalid {
-            path: path.to_path_buf(),
-            world: "rules",
-            message: format!("{e:#}"),
-        })?;
+        let pre = self.compile(path, "rules", rules::RulesPre::new)?;
         Ok(RulesGuest { name: guest_name(path), config, pre })
     }
 
@@ -410,12 +420,11 @@ impl Runtime {
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
         let decode =
             types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
-        let t = Instant::now();
-        let instance = guest.pre.instantiate(&mut store).map_err(|e| failure(e, &store))?;
-        let instantiate = t.elapsed();
-        let result = instance.call_preprocess(&mut store, &img, &spec.to_wit(), decode);
-        let phases = Phases { instantiate, call: t.elapsed() - instantiate };
-        let tensor = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        let (tensor, phases) = run_guest(
+            &mut store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_preprocess(s, &img, &spec.to_wit(), decode),
+        )?;
         let expected: Vec<u32> = spec.input_shape.to_vec();
         if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
             return Err(GuestFailure::Reported(
@@ -456,12 +465,11 @@ impl Runtime {
     ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
         let mut store = self.store(deadline, None)?;
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
-        let t = Instant::now();
-        let instance = guest.pre.instantiate(&mut store).map_err(|e| failure(e, &store))?;
-        let instantiate = t.elapsed();
-        let result = instance.call_postprocess(&mut store, &tensor, &spec.to_wit(), labels, top_k);
-        let phases = Phases { instantiate, call: t.elapsed() - instantiate };
-        let preds = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        let (preds, phases) = run_guest(
+            &mut store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_postprocess(s, &tensor, &spec.to_wit(), labels, top_k),
+        )?;
         Ok((preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
     }
 
@@ -479,11 +487,12 @@ impl Runtime {
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
             .collect();
-        let result = guest
-            .pre
-            .instantiate(&mut store)
-            .and_then(|i| i.call_decide(&mut store, &wit_preds, &metadata.to_vec(), &guest.config));
-        let d = result.map_err(|e| failure(e, &store))?.map_err(reported)?;
+        let metadata = metadata.to_vec();
+        let (d, _) = run_guest(
+            &mut store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_decide(s, &wit_preds, &metadata, &guest.config),
+        )?;
         Ok(Decision { accepted: d.accepted, reason: d.reason, category: d.category, tags: d.tags })
     }
 }
