@@ -129,7 +129,7 @@ fn main() {
     let pre = runtime.load_preprocess(&config.guests.preprocess).unwrap();
     let post = runtime.load_postprocess(&config.guests.postprocess).unwrap();
     let repo = ModelRepository::load(&config.models_dir, PoolSizing { workers: 2, queue_len: 64 }).unwrap();
-    let model = repo.get("shapes").unwrap().clone();
+    let model = repo.snapshot().get("shapes").unwrap().clone();
     let version = model.resolve(None).unwrap();
     let spec = SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32);
     let far = || Instant::now() + Duration::from_secs(10);

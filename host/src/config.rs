@@ -31,6 +31,10 @@ pub struct Config {
     pub guests: GuestsConfig,
     /// Where compiled guest components are cached across restarts; absent = no disk cache.
     pub compile_cache_dir: Option<PathBuf>,
+    /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
+    pub watch: bool,
+    /// Bearer token for `/v1/admin/*`. Absent: admin routes answer loopback clients only.
+    pub admin_token: Option<String>,
     pub limits: Limits,
 }
 
@@ -89,6 +93,8 @@ impl Default for Config {
             default_model: None,
             guests: GuestsConfig::default(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
+            watch: true,
+            admin_token: None,
             limits: Limits::default(),
         }
     }
@@ -182,6 +188,9 @@ impl Config {
                 key: "limits.deadline_ms",
                 problem: "must be at most 600000 (10 minutes)".into(),
             });
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid { key: "admin_token", problem: "must be at least 16 characters".into() });
         }
         if let Some(name) = &self.default_model
             && name.is_empty()

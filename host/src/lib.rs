@@ -17,10 +17,15 @@ pub mod pipeline;
 pub mod repository;
 pub mod runtime;
 pub mod server;
+pub mod watch;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
 
 pub use config::{Config, ConfigError, Limits, RuleConfig};
 pub use error::{ErrorKind, PipelineError, Stage};
@@ -29,7 +34,7 @@ pub use repository::{ModelRepository, RepositoryError};
 pub use runtime::{Decision, Prediction, RuntimeError};
 
 use pipeline::{Pipeline, Stages};
-use repository::PoolSizing;
+use repository::{FileStamp, PoolSizing};
 use runtime::Runtime;
 
 /// Why a host could not be built.
@@ -49,6 +54,8 @@ pub enum BuildError {
 pub struct Host {
     pipeline: Pipeline,
     config: Config,
+    /// One reload (models and guests) at a time.
+    reloading: Mutex<()>,
 }
 
 /// Builds a [`Host`] from a [`Config`] with optional overrides.
@@ -96,27 +103,84 @@ impl HostBuilder {
         let config = self.config;
         config.validate()?;
         let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
-        let stages = Stages {
-            preprocess: runtime.load_preprocess(&config.guests.preprocess)?,
-            postprocess: runtime.load_postprocess(&config.guests.postprocess)?,
-            rules: config
-                .guests
-                .rules
-                .iter()
-                .map(|r| runtime.load_rules(&r.path, r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
-                .collect::<Result<_, _>>()?,
-        };
+        let stages = load_stages(&runtime, &config)?;
         let sizing =
             PoolSizing { workers: config.inference_workers(), queue_len: config.limits.inference_queue_len as usize };
         let repo = Arc::new(ModelRepository::load(&config.models_dir, sizing)?);
-        let default_model = match &config.default_model {
-            Some(name) if repo.models.contains_key(name) => name.clone(),
-            Some(name) => return Err(BuildError::NoDefaultModel(name.clone())),
-            None => repo.models.keys().next().cloned().expect("repository load refuses an empty directory"),
+        if let Some(name) = &config.default_model
+            && !repo.snapshot().models.contains_key(name)
+        {
+            return Err(BuildError::NoDefaultModel(name.clone()));
+        }
+        let pipeline = Pipeline {
+            runtime,
+            repo,
+            stages: ArcSwap::from_pointee(stages),
+            limits: config.limits.clone(),
+            default_model: config.default_model.clone(),
         };
-        let pipeline = Pipeline { runtime, repo, stages, limits: config.limits.clone(), default_model };
-        Ok(Host { pipeline, config })
+        Ok(Host { pipeline, config, reloading: Mutex::new(()) })
     }
+}
+
+/// Compiles (or loads from the compile cache) every configured guest.
+fn load_stages(runtime: &Runtime, config: &Config) -> Result<Stages, RuntimeError> {
+    let g = &config.guests;
+    Ok(Stages {
+        preprocess: runtime.load_preprocess(&g.preprocess)?,
+        postprocess: runtime.load_postprocess(&g.postprocess)?,
+        rules: g
+            .rules
+            .iter()
+            .map(|r| runtime.load_rules(&r.path, r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .collect::<Result<_, _>>()?,
+        sources: guest_stamps(config),
+    })
+}
+
+fn guest_stamps(config: &Config) -> Vec<FileStamp> {
+    let g = &config.guests;
+    [&g.preprocess, &g.postprocess]
+        .into_iter()
+        .chain(g.rules.iter().map(|r| &r.path))
+        .map(|p| FileStamp::of(p))
+        .collect()
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Every model with the state of each version (`ready`, `failed` with a reason).
+    pub models: Vec<ModelStatus>,
+    /// Model directories that could not be read (bad `model.toml` or labels), with the reason;
+    /// a model that was serving before keeps serving.
+    pub failed_models: BTreeMap<String, String>,
+    /// `unchanged`, `reloaded`, or `failed: <reason>` (the old guests keep serving).
+    pub guests: String,
+}
+
+/// A model as listings show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub default: bool,
+    /// The versions that serve.
+    pub ready_versions: Vec<String>,
+    /// The version a request without `version` gets.
+    pub default_version: Option<String>,
+    pub version_policy: repository::VersionPolicy,
+    /// Every version the policy selects, with its state.
+    pub versions: Vec<VersionStatus>,
+    pub input_shape: [u32; 4],
+    pub labels: Vec<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    pub version: String,
+    #[serde(flatten)]
+    pub state: repository::VersionState,
 }
 
 /// The preprocess stage alone, for a model manifest that may have no weights yet: what
@@ -174,14 +238,75 @@ impl Host {
         self.pipeline.preprocess(image, model, self.pipeline.deadline(Instant::now(), None))
     }
 
-    /// The loaded models, for listings.
+    /// The model repository (take a [`repository::Snapshot`] to look inside).
     pub fn repository(&self) -> &ModelRepository {
         &self.pipeline.repo
     }
 
     /// The name of the model used when a request names none.
-    pub fn default_model(&self) -> &str {
-        &self.pipeline.default_model
+    pub fn default_model(&self) -> String {
+        self.pipeline.default_model_name()
+    }
+
+    /// Every model with its versions and their states.
+    pub fn models(&self) -> Vec<ModelStatus> {
+        let snapshot = self.pipeline.repo.snapshot();
+        let default = self.default_model();
+        snapshot
+            .models
+            .values()
+            .map(|m| ModelStatus {
+                name: m.name.clone(),
+                default: m.name == default,
+                ready_versions: m.versions.keys().map(u64::to_string).collect(),
+                default_version: m.resolve(None).ok().map(|v| v.version.to_string()),
+                version_policy: m.manifest.version_policy.clone(),
+                versions: m
+                    .states
+                    .iter()
+                    .map(|(v, state)| VersionStatus { version: v.to_string(), state: state.clone() })
+                    .collect(),
+                input_shape: m.manifest.input_shape,
+                labels: m.labels.to_vec(),
+                description: m.manifest.description.clone(),
+            })
+            .collect()
+    }
+
+    /// Rescans the model repository and the guest files and swaps in whatever changed.
+    /// Requests already running finish on what they started with; anything that fails to
+    /// load is reported and the previous version keeps serving.
+    pub fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let failed_models = match self.pipeline.repo.reload() {
+            Ok(snapshot) => snapshot.failed.clone(),
+            Err(e) => {
+                tracing::error!(error = %e, "model repository not reloaded");
+                BTreeMap::from([("*".to_string(), e.to_string())])
+            }
+        };
+        let guests = if self.pipeline.stages.load().sources == guest_stamps(&self.config) {
+            "unchanged".to_string()
+        } else {
+            match load_stages(&self.pipeline.runtime, &self.config) {
+                Ok(stages) => {
+                    self.pipeline.stages.store(Arc::new(stages));
+                    tracing::info!("guest components reloaded");
+                    "reloaded".to_string()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "guest components not reloaded; the previous ones keep serving");
+                    format!("failed: {e}")
+                }
+            }
+        };
+        ReloadReport { models: self.models(), failed_models, guests }
+    }
+
+    /// Starts watching the model directory and guest files, reloading on changes (debounced).
+    /// Watching stops when the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>) -> Result<watch::WatchGuard, watch::WatchError> {
+        watch::watch(self)
     }
 
     pub fn config(&self) -> &Config {

@@ -78,6 +78,12 @@ struct Overrides {
     /// Compile guests afresh and keep nothing on disk.
     #[arg(long, global = true, conflicts_with = "compile_cache_dir")]
     no_compile_cache: bool,
+    /// Do not watch model and guest files for changes.
+    #[arg(long, global = true)]
+    no_watch: bool,
+    /// Bearer token for /v1/admin/* (else they answer loopback clients only).
+    #[arg(long, global = true, env = "TESSERA_ADMIN_TOKEN")]
+    admin_token: Option<String>,
     /// Run no rules guests.
     #[arg(long, global = true, conflicts_with = "rules")]
     no_rules: bool,
@@ -125,6 +131,12 @@ impl Overrides {
             c.compile_cache_dir = None;
         } else if self.compile_cache_dir.is_some() {
             c.compile_cache_dir = self.compile_cache_dir;
+        }
+        if self.no_watch {
+            c.watch = false;
+        }
+        if self.admin_token.is_some() {
+            c.admin_token = self.admin_token;
         }
         if self.default_model.is_some() {
             c.default_model = self.default_model;

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::config::Limits;
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::repository::{Model, ModelRepository, ModelVersion};
+use arc_swap::ArcSwap;
+
+use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
 use crate::runtime::{Decision, PostprocessGuest, Prediction, PreprocessGuest, RulesGuest, Runtime, SpecView};
 
 /// `top_k` when a request does not say.
@@ -81,15 +83,20 @@ pub struct Stages {
     pub preprocess: PreprocessGuest,
     pub postprocess: PostprocessGuest,
     pub rules: Vec<RulesGuest>,
+    /// Size and mtime of each guest file when loaded, in config order: a reload recompiles
+    /// only when they change.
+    pub(crate) sources: Vec<FileStamp>,
 }
 
 /// The pipeline: repository, runtime and stages.
 pub struct Pipeline {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) repo: Arc<ModelRepository>,
-    pub(crate) stages: Stages,
+    /// Swapped as a whole on reload; a request keeps the `Arc` it started with.
+    pub(crate) stages: ArcSwap<Stages>,
     pub(crate) limits: Limits,
-    pub(crate) default_model: String,
+    /// The configured default model; `None` = the first model by name.
+    pub(crate) default_model: Option<String>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -109,9 +116,21 @@ impl Pipeline {
         model: Option<&str>,
         version: Option<&str>,
     ) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
-        let model = self.repo.get(model.unwrap_or(&self.default_model))?.clone();
+        let snapshot = self.repo.snapshot();
+        let name = match model.or(self.default_model.as_deref()) {
+            Some(name) => name,
+            None => snapshot.models.keys().next().map(String::as_str).unwrap_or_default(),
+        };
+        let model = snapshot.get(name)?.clone();
         let version = model.resolve(version)?;
         Ok((model, version))
+    }
+
+    /// The model requests get when they name none.
+    pub fn default_model_name(&self) -> String {
+        self.default_model
+            .clone()
+            .unwrap_or_else(|| self.repo.snapshot().models.keys().next().cloned().unwrap_or_default())
     }
 
     /// Runs the whole pipeline for `req`, which arrived at `start`.
@@ -127,10 +146,11 @@ impl Pipeline {
             None => DEFAULT_TOP_K.min(classes),
         };
         let spec = spec_view(&model, &version);
+        let stages = self.stages.load_full();
         let mut timings = Timings::default();
 
         let t = Instant::now();
-        let input = self.preprocess_with(&spec, &req.image, req.media_type.as_deref(), deadline)?;
+        let input = self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)?;
         timings.preprocess = ms(t.elapsed());
 
         let t = Instant::now();
@@ -138,7 +158,7 @@ impl Pipeline {
         timings.inference = ms(t.elapsed());
 
         let t = Instant::now();
-        let stage = &self.stages.postprocess;
+        let stage = &stages.postprocess;
         let top = self
             .runtime
             .postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
@@ -153,7 +173,7 @@ impl Pipeline {
         })?;
 
         let t = Instant::now();
-        let decision = self.run_rules(&top, &req.metadata, deadline)?;
+        let decision = self.run_rules(&stages, &top, &req.metadata, deadline)?;
         timings.rules = ms(t.elapsed());
         timings.total = ms(start.elapsed());
 
@@ -171,17 +191,18 @@ impl Pipeline {
     /// model would see. Used by training tools so training and serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
         let (model, version) = self.resolve(model, None)?;
-        self.preprocess_with(&spec_view(&model, &version), image, None, deadline)
+        self.preprocess_with(&self.stages.load(), &spec_view(&model, &version), image, None, deadline)
     }
 
     fn preprocess_with(
         &self,
+        stages: &Stages,
         spec: &SpecView<'_>,
         image: &[u8],
         media_type: Option<&str>,
         deadline: Instant,
     ) -> Result<Vec<f32>, PipelineError> {
-        let stage = &self.stages.preprocess;
+        let stage = &stages.preprocess;
         self.runtime
             .preprocess(stage, image, media_type, spec, &self.limits, deadline)
             .map_err(|f| f.into_pipeline(Stage::Preprocess, &stage.name))
@@ -189,6 +210,7 @@ impl Pipeline {
 
     fn run_rules(
         &self,
+        stages: &Stages,
         preds: &[Prediction],
         metadata: &[(String, String)],
         deadline: Instant,
@@ -200,7 +222,7 @@ impl Pipeline {
             tags: Vec::new(),
             rule: None,
         };
-        for rule in &self.stages.rules {
+        for rule in &stages.rules {
             let Decision { accepted, reason, category, tags } = self
                 .runtime
                 .decide(rule, preds, metadata, self.repo.clone(), deadline)

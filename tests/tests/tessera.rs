@@ -84,7 +84,11 @@ fn classifies_every_class_with_the_full_response_contract() {
     // Listings and probes.
     let models: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
     assert_eq!(models["models"][0]["name"], "shapes");
-    assert_eq!(models["models"][0]["versions"], serde_json::json!(["1"]));
+    assert_eq!(models["models"][0]["ready_versions"], serde_json::json!(["1"]));
+    assert_eq!(models["models"][0]["versions"][0]["state"], "ready");
+    let one: Value = client().get(server.url("/v1/models/shapes")).send().unwrap().json().unwrap();
+    assert_eq!(one["name"], "shapes");
+    assert_eq!(client().get(server.url("/v1/models/nope")).send().unwrap().status(), 404);
     assert_eq!(models["models"][0]["labels"].as_array().unwrap().len(), 8);
     assert_eq!(client().get(server.url("/healthz")).send().unwrap().status(), 200);
     assert_eq!(client().get(server.url("/readyz")).send().unwrap().status(), 200);
@@ -373,4 +377,111 @@ fn invalid_configuration_fails_fast_naming_the_key() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pre.wasm"));
+}
+
+/// Copies `src` to `dst` through a temporary file and a rename, as a deployment should, so
+/// the watcher never sees a half-written file.
+fn install(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    let tmp = dst.with_extension("partial");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
+}
+
+/// Polls `/v1/models/shapes` until `ready` holds, for at most 30 s.
+fn wait_for_models(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = client().get(server.url("/v1/models/shapes")).send().unwrap().json().unwrap();
+        if ready(&status) {
+            return status;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn versions_and_guests_swap_under_load_without_a_failed_request() {
+    // A private model repository and guest directory this test may change under the server.
+    let base = root().join(format!("target/test-data/hot-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (models, guests) = (base.join("models"), base.join("guests"));
+    let shapes_dir = root().join("models/shapes");
+    let onnx = shapes_dir.join("1/model.onnx");
+    for f in ["model.toml", "labels.txt"] {
+        install(&shapes_dir.join(f), &models.join("shapes").join(f));
+    }
+    let toml = models.join("shapes/model.toml");
+    let manifest = std::fs::read_to_string(&toml).unwrap() + "version_policy = \"all\"\n";
+    std::fs::write(&toml, manifest).unwrap();
+    install(&onnx, &models.join("shapes/1/model.onnx"));
+    install(&guest("postprocess"), &guests.join("postprocess.wasm"));
+    let server = Server::start(&[
+        "--models",
+        models.to_str().unwrap(),
+        "--postprocess",
+        guests.join("postprocess.wasm").to_str().unwrap(),
+    ]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+
+    // Two clients classify in a loop for the whole test; every answer must be a 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, good, stop, label) = (server.url("/v1/classify"), good.clone(), stop.clone(), case.label.clone());
+            std::thread::spawn(move || {
+                let (client, mut seen) = (client(), std::collections::BTreeMap::<String, usize>::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client.post(&url).body(good.clone()).send().unwrap();
+                    let status = resp.status();
+                    let body: Value = resp.json().unwrap();
+                    assert_eq!(status, 200, "{body}");
+                    assert_eq!(body["label"], label.as_str());
+                    *seen.entry(body["model"]["version"].as_str().unwrap().to_string()).or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+
+    // Add version 2: the watcher loads it and new requests move to it.
+    install(&onnx, &models.join("shapes/2/model.onnx"));
+    wait_for_models(&server, "version 2", |m| m["ready_versions"] == serde_json::json!(["1", "2"]));
+    assert_eq!(server.classify(&good, "", &[]).1["model"]["version"], "2");
+    assert_eq!(server.classify(&good, "?version=1", &[]).1["model"]["version"], "1");
+
+    // A broken version 3 is reported and never serves; version 2 keeps serving.
+    std::fs::create_dir_all(models.join("shapes/3")).unwrap();
+    std::fs::write(models.join("shapes/3/model.onnx.partial"), b"not an onnx model").unwrap();
+    std::fs::rename(models.join("shapes/3/model.onnx.partial"), models.join("shapes/3/model.onnx")).unwrap();
+    let status = wait_for_models(&server, "version 3 to fail", |m| {
+        m["versions"].as_array().unwrap().iter().any(|v| v["version"] == "3" && v["state"] == "failed")
+    });
+    assert!(status["versions"][2]["reason"].as_str().unwrap().contains("model.onnx"), "{status}");
+    assert_eq!(server.classify(&good, "", &[]).1["model"]["version"], "2");
+    std::fs::remove_dir_all(models.join("shapes/3")).unwrap();
+
+    // Replace version 2 in place, remove version 1, and swap the postprocess guest.
+    install(&onnx, &models.join("shapes/2/model.onnx"));
+    std::fs::remove_dir_all(models.join("shapes/1")).unwrap();
+    wait_for_models(&server, "version 1 to go", |m| m["ready_versions"] == serde_json::json!(["2"]));
+    install(&guest("postprocess"), &guests.join("postprocess.wasm"));
+    // An explicit reload (loopback needs no token) reports what it did.
+    let report: Value = client().post(server.url("/v1/admin/reload")).send().unwrap().json().unwrap();
+    assert!(report["guests"] == "reloaded" || report["guests"] == "unchanged", "{report}");
+    assert_eq!(server.classify(&good, "?version=1", &[]).0, 404);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for handle in load {
+        for (version, n) in handle.join().unwrap() {
+            *seen.entry(version).or_default() += n;
+        }
+    }
+    println!("requests served per version during the swaps: {seen:?}");
+    assert!(seen.contains_key("1") && seen.contains_key("2"), "{seen:?}");
+    assert!(server.stderr().contains("guest components reloaded"), "{}", server.stderr());
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,14 +1,90 @@
 //! The model repository: `<dir>/<name>/model.toml`, its labels file, and integer version
 //! directories `<dir>/<name>/<version>/model.onnx`, each loaded into its own inference pool.
+//!
+//! The repository is a sequence of immutable [`Snapshot`]s behind an `ArcSwap`: a request takes
+//! the current snapshot once and keeps the `Arc`s of what it uses, so a reload can add, replace
+//! or remove versions while requests already running finish on the old ones. A reload reuses
+//! every version whose files did not change, loads the rest off to the side, and publishes
+//! the new snapshot atomically. A version that fails to load is reported (state `failed`, with
+//! the reason) and, if an older copy of it was serving, that copy keeps serving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::inference::InferencePool;
+
+/// Which versions of a model are loaded and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(try_from = "PolicyRepr", into = "PolicyRepr")]
+pub enum VersionPolicy {
+    /// Only the highest version.
+    #[default]
+    Latest,
+    /// The `n` highest versions.
+    LatestN(u32),
+    /// Every version present.
+    All,
+    /// Exactly these versions (those present).
+    Specific(Vec<u64>),
+}
+
+/// How a policy is written in `model.toml`: `"latest"`, `"all"`, `{ latest = 2 }` or
+/// `{ specific = [1, 3] }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum PolicyRepr {
+    Name(String),
+    LatestN { latest: u32 },
+    Specific { specific: Vec<u64> },
+}
+
+impl TryFrom<PolicyRepr> for VersionPolicy {
+    type Error = String;
+    fn try_from(r: PolicyRepr) -> Result<Self, String> {
+        match r {
+            PolicyRepr::Name(n) if n == "latest" => Ok(VersionPolicy::Latest),
+            PolicyRepr::Name(n) if n == "all" => Ok(VersionPolicy::All),
+            PolicyRepr::Name(n) => Err(format!(
+                "version_policy {n:?} is unknown; use \"latest\", \"all\", {{ latest = N }} or {{ specific = [..] }}"
+            )),
+            PolicyRepr::LatestN { latest: 0 } => Err("version_policy: latest = 0 would serve nothing".into()),
+            PolicyRepr::LatestN { latest } => Ok(VersionPolicy::LatestN(latest)),
+            PolicyRepr::Specific { specific } if specific.is_empty() => {
+                Err("version_policy: specific = [] would serve nothing".into())
+            }
+            PolicyRepr::Specific { specific } => Ok(VersionPolicy::Specific(specific)),
+        }
+    }
+}
+
+impl From<VersionPolicy> for PolicyRepr {
+    fn from(p: VersionPolicy) -> Self {
+        match p {
+            VersionPolicy::Latest => PolicyRepr::Name("latest".into()),
+            VersionPolicy::All => PolicyRepr::Name("all".into()),
+            VersionPolicy::LatestN(n) => PolicyRepr::LatestN { latest: n },
+            VersionPolicy::Specific(v) => PolicyRepr::Specific { specific: v },
+        }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those present (sorted ascending).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        match self {
+            VersionPolicy::Latest => present.last().copied().into_iter().collect(),
+            VersionPolicy::LatestN(n) => present[present.len().saturating_sub(*n as usize)..].to_vec(),
+            VersionPolicy::All => present.to_vec(),
+            VersionPolicy::Specific(wanted) => present.iter().copied().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
 
 /// A model's `model.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -22,14 +98,18 @@ pub struct Manifest {
     pub std: [f32; 3],
     /// Labels file, one per line, relative to `model.toml`.
     pub labels: PathBuf,
-    /// The version served when a request names none; absent = the highest.
+    /// Which versions to load and serve.
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    /// The version served when a request names none; absent = the highest ready one.
     #[serde(default)]
     pub default_version: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
 }
 
-/// Why the repository could not be loaded. Each names the file and, where it applies, the field.
+/// Why a model or the repository could not be loaded. Each names the file and, where it
+/// applies, the field.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError {
     #[error("cannot read {path}: {source}")]
@@ -38,103 +118,6 @@ pub enum RepositoryError {
     Invalid { path: PathBuf, message: String },
     #[error(transparent)]
     Load(#[from] crate::inference::LoadError),
-}
-
-/// One loaded version of a model.
-pub struct ModelVersion {
-    pub version: u64,
-    pub pool: InferencePool,
-}
-
-/// A model: its manifest, labels and loaded versions.
-pub struct Model {
-    pub name: String,
-    pub manifest: Manifest,
-    pub labels: Arc<[String]>,
-    pub versions: BTreeMap<u64, Arc<ModelVersion>>,
-}
-
-impl Model {
-    /// The version a request gets: the pinned one, else the manifest's default, else the newest.
-    pub fn resolve(&self, version: Option<&str>) -> Result<Arc<ModelVersion>, PipelineError> {
-        let not_found = |msg: String| PipelineError::new(ErrorKind::ModelNotFound, Stage::Admission, msg);
-        let wanted = match version {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| {
-                PipelineError::new(
-                    ErrorKind::BadRequest,
-                    Stage::Admission,
-                    format!("version {v:?} is not a version number; versions are integers like 1"),
-                )
-            })?),
-            None => self.manifest.default_version,
-        };
-        match wanted {
-            Some(v) => self.versions.get(&v).cloned().ok_or_else(|| {
-                not_found(format!(
-                    "model {:?} has no version {v}; available: {:?}",
-                    self.name,
-                    self.versions.keys().collect::<Vec<_>>()
-                ))
-            }),
-            None => self
-                .versions
-                .values()
-                .next_back()
-                .cloned()
-                .ok_or_else(|| not_found(format!("model {:?} has no loaded version", self.name))),
-        }
-    }
-}
-
-/// Every model under one directory.
-pub struct ModelRepository {
-    pub dir: PathBuf,
-    pub models: BTreeMap<String, Arc<Model>>,
-}
-
-/// How inference pools are sized.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolSizing {
-    pub workers: usize,
-    pub queue_len: usize,
-}
-
-impl ModelRepository {
-    /// Loads every `<dir>/<name>/model.toml` and all of its version directories.
-    pub fn load(dir: &Path, sizing: PoolSizing) -> Result<Self, RepositoryError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RepositoryError::Io { path, source }
-        };
-        let mut models = BTreeMap::new();
-        let mut entries: Vec<_> =
-            std::fs::read_dir(dir).map_err(io(dir))?.filter_map(Result::ok).map(|e| e.path()).collect();
-        entries.sort();
-        for path in entries {
-            if !path.join("model.toml").is_file() {
-                continue; // e.g. models/tools
-            }
-            let model = load_model(&path, sizing)?;
-            models.insert(model.name.clone(), Arc::new(model));
-        }
-        if models.is_empty() {
-            return Err(RepositoryError::Invalid {
-                path: dir.to_path_buf(),
-                message: "no model found: expected <name>/model.toml and <name>/<version>/model.onnx".into(),
-            });
-        }
-        Ok(ModelRepository { dir: dir.to_path_buf(), models })
-    }
-
-    pub fn get(&self, name: &str) -> Result<&Arc<Model>, PipelineError> {
-        self.models.get(name).ok_or_else(|| {
-            PipelineError::new(
-                ErrorKind::ModelNotFound,
-                Stage::Admission,
-                format!("no model named {name:?}; available: {:?}", self.models.keys().collect::<Vec<_>>()),
-            )
-        })
-    }
 }
 
 impl Manifest {
@@ -158,59 +141,316 @@ impl Manifest {
     }
 }
 
-fn load_model(dir: &Path, sizing: PoolSizing) -> Result<Model, RepositoryError> {
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-    let toml_path = dir.join("model.toml");
-    let manifest = Manifest::from_file(&toml_path)?;
-    let invalid = |message: String| RepositoryError::Invalid { path: toml_path.clone(), message };
-    let labels_path = dir.join(&manifest.labels);
-    let labels: Vec<String> = std::fs::read_to_string(&labels_path)
-        .map_err(|source| RepositoryError::Io { path: labels_path.clone(), source })?
+/// One loaded version of a model.
+pub struct ModelVersion {
+    pub version: u64,
+    pub pool: InferencePool,
+    /// What the files looked like when loaded: a reload reuses the version while they match.
+    fingerprint: Fingerprint,
+}
+
+/// Where a version stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum VersionState {
+    Loading,
+    Ready,
+    Failed { reason: String },
+}
+
+/// A model: manifest, labels, the versions that serve and the state of every version present.
+pub struct Model {
+    pub name: String,
+    pub manifest: Manifest,
+    pub labels: Arc<[String]>,
+    /// The versions that can serve, by number.
+    pub versions: BTreeMap<u64, Arc<ModelVersion>>,
+    /// Every version the policy selects, with its state (a failed reload of a version that was
+    /// serving shows `failed` while its older copy stays in `versions`).
+    pub states: BTreeMap<u64, VersionState>,
+    manifest_fingerprint: Fingerprint,
+}
+
+impl Model {
+    /// The version a request gets: the pinned one, else the manifest's default, else the newest
+    /// ready one.
+    pub fn resolve(&self, version: Option<&str>) -> Result<Arc<ModelVersion>, PipelineError> {
+        let not_found = |msg: String| PipelineError::new(ErrorKind::ModelNotFound, Stage::Admission, msg);
+        let wanted = match version {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                PipelineError::new(
+                    ErrorKind::BadRequest,
+                    Stage::Admission,
+                    format!("version {v:?} is not a version number; versions are integers like 1"),
+                )
+            })?),
+            None => self.manifest.default_version.filter(|v| self.versions.contains_key(v)),
+        };
+        match wanted {
+            Some(v) => self.versions.get(&v).cloned().ok_or_else(|| {
+                not_found(format!(
+                    "model {:?} has no ready version {v}; ready: {:?}",
+                    self.name,
+                    self.versions.keys().collect::<Vec<_>>()
+                ))
+            }),
+            None => self
+                .versions
+                .values()
+                .next_back()
+                .cloned()
+                .ok_or_else(|| not_found(format!("model {:?} has no ready version", self.name))),
+        }
+    }
+}
+
+/// One consistent view of every model.
+#[derive(Default)]
+pub struct Snapshot {
+    pub models: BTreeMap<String, Arc<Model>>,
+    /// Model directories that could not be read at all (bad `model.toml`, labels), by name.
+    pub failed: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    pub fn get(&self, name: &str) -> Result<&Arc<Model>, PipelineError> {
+        self.models.get(name).ok_or_else(|| {
+            PipelineError::new(
+                ErrorKind::ModelNotFound,
+                Stage::Admission,
+                format!("no model named {name:?}; available: {:?}", self.models.keys().collect::<Vec<_>>()),
+            )
+        })
+    }
+}
+
+/// How inference pools are sized.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSizing {
+    pub workers: usize,
+    pub queue_len: usize,
+}
+
+/// Every model under one directory, reloadable.
+pub struct ModelRepository {
+    pub dir: PathBuf,
+    sizing: PoolSizing,
+    current: ArcSwap<Snapshot>,
+    /// One reload at a time; requests never take it.
+    reloading: Mutex<()>,
+}
+
+/// A file's size and modification time: what a reload compares to decide whether to reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now; a missing file gets a stamp no real file has.
+    pub fn of(path: &Path) -> FileStamp {
+        std::fs::metadata(path)
+            .map(|m| FileStamp { len: m.len(), modified: m.modified().ok() })
+            .unwrap_or(FileStamp { len: u64::MAX, modified: None })
+    }
+}
+
+type Fingerprint = Vec<FileStamp>;
+
+fn fingerprint(paths: &[&Path]) -> Fingerprint {
+    paths.iter().map(|p| FileStamp::of(p)).collect()
+}
+
+impl ModelRepository {
+    /// Loads every `<dir>/<name>/model.toml` and the versions its policy selects. Fails if no
+    /// model could be loaded at all.
+    pub fn load(dir: &Path, sizing: PoolSizing) -> Result<Self, RepositoryError> {
+        let repo = ModelRepository {
+            dir: dir.to_path_buf(),
+            sizing,
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            reloading: Mutex::new(()),
+        };
+        repo.reload()?;
+        let snapshot = repo.snapshot();
+        if snapshot.models.values().all(|m| m.versions.is_empty()) {
+            let reasons: Vec<String> = snapshot
+                .failed
+                .iter()
+                .map(|(n, r)| format!("{n}: {r}"))
+                .chain(snapshot.models.values().flat_map(|m| {
+                    m.states.iter().filter_map(move |(v, s)| match s {
+                        VersionState::Failed { reason } => Some(format!("{}/{v}: {reason}", m.name)),
+                        _ => None,
+                    })
+                }))
+                .collect();
+            return Err(RepositoryError::Invalid {
+                path: dir.to_path_buf(),
+                message: if reasons.is_empty() {
+                    "no model found: expected <name>/model.toml and <name>/<version>/model.onnx".into()
+                } else {
+                    format!("no model version could be loaded: {}", reasons.join("; "))
+                },
+            });
+        }
+        Ok(repo)
+    }
+
+    /// The current view. Cheap; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Rescans the directory and publishes a new snapshot: unchanged versions are kept as they
+    /// are, new or changed ones are loaded, removed ones are dropped (requests using them
+    /// finish first, holding their `Arc`). Returns an error only if the directory itself
+    /// cannot be read; per-model problems are states in the snapshot.
+    pub fn reload(&self) -> Result<Arc<Snapshot>, RepositoryError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.snapshot();
+        let io = |source| RepositoryError::Io { path: self.dir.clone(), source };
+        let mut dirs: Vec<PathBuf> =
+            std::fs::read_dir(&self.dir).map_err(io)?.filter_map(Result::ok).map(|e| e.path()).collect();
+        dirs.sort();
+        let mut next = Snapshot::default();
+        for dir in dirs.into_iter().filter(|d| d.join("model.toml").is_file()) {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            match self.reload_model(&dir, &name, old.models.get(&name)) {
+                Ok(model) => {
+                    next.models.insert(name, Arc::new(model));
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e, "model not (re)loaded");
+                    // A model that was serving keeps serving as it was.
+                    if let Some(previous) = old.models.get(&name) {
+                        next.models.insert(name.clone(), previous.clone());
+                    }
+                    next.failed.insert(name, e.to_string());
+                }
+            }
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        Ok(next)
+    }
+
+    fn reload_model(&self, dir: &Path, name: &str, old: Option<&Arc<Model>>) -> Result<Model, RepositoryError> {
+        let toml_path = dir.join("model.toml");
+        let manifest = Manifest::from_file(&toml_path)?;
+        let labels_path = dir.join(&manifest.labels);
+        let labels = read_labels(&labels_path)?;
+        let manifest_fingerprint = fingerprint(&[&toml_path, &labels_path]);
+        // A changed manifest or labels file invalidates every loaded version of the model.
+        let old = old.filter(|m| m.manifest_fingerprint == manifest_fingerprint);
+
+        let mut present = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|source| RepositoryError::Io { path: dir.to_path_buf(), source })? {
+            let path = entry.map_err(|source| RepositoryError::Io { path: dir.to_path_buf(), source })?.path();
+            if let Some(v) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok())
+                && path.join("model.onnx").is_file()
+            {
+                present.push(v);
+            }
+        }
+        present.sort_unstable();
+        let shape: Vec<usize> = manifest.input_shape.iter().map(|&d| d as usize).collect();
+        let mut model = Model {
+            name: name.to_string(),
+            manifest,
+            labels: labels.into(),
+            versions: BTreeMap::new(),
+            states: BTreeMap::new(),
+            manifest_fingerprint,
+        };
+        for version in model.manifest.version_policy.select(&present) {
+            let onnx = dir.join(version.to_string()).join("model.onnx");
+            let print = fingerprint(&[&onnx]);
+            let previous = old.and_then(|m| m.versions.get(&version));
+            if let Some(previous) = previous.filter(|p| p.fingerprint == print) {
+                model.versions.insert(version, previous.clone());
+                model.states.insert(version, VersionState::Ready);
+                continue;
+            }
+            match self.load_version(&onnx, &shape, model.labels.len()) {
+                Ok(pool) => {
+                    tracing::info!(model = %name, version, path = %onnx.display(), "model version loaded");
+                    model.versions.insert(version, Arc::new(ModelVersion { version, pool, fingerprint: print }));
+                    model.states.insert(version, VersionState::Ready);
+                }
+                Err(e) => {
+                    tracing::error!(model = %name, version, error = %e, "model version failed to load; the previous copy, if any, keeps serving");
+                    if let Some(previous) = previous {
+                        model.versions.insert(version, previous.clone());
+                    }
+                    model.states.insert(version, VersionState::Failed { reason: e.to_string() });
+                }
+            }
+        }
+        if let Some(v) = model.manifest.default_version
+            && !present.contains(&v)
+        {
+            tracing::warn!(model = %name, default_version = v, "default_version has no directory; serving the newest ready version");
+        }
+        Ok(model)
+    }
+
+    fn load_version(&self, onnx: &Path, shape: &[usize], labels: usize) -> Result<InferencePool, RepositoryError> {
+        let pool = InferencePool::load(onnx, shape, self.sizing.workers, self.sizing.queue_len)?;
+        if pool.output_len() != labels {
+            return Err(RepositoryError::Invalid {
+                path: onnx.to_path_buf(),
+                message: format!("the model outputs {} classes but its labels file lists {labels}", pool.output_len()),
+            });
+        }
+        Ok(pool)
+    }
+}
+
+fn read_labels(path: &Path) -> Result<Vec<String>, RepositoryError> {
+    let labels: Vec<String> = std::fs::read_to_string(path)
+        .map_err(|source| RepositoryError::Io { path: path.to_path_buf(), source })?
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
     if labels.is_empty() {
-        return Err(RepositoryError::Invalid { path: labels_path, message: "labels: the file has no labels".into() });
+        return Err(RepositoryError::Invalid {
+            path: path.to_path_buf(),
+            message: "labels: the file has no labels".into(),
+        });
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_select_versions() {
+        let present = [1, 2, 5, 7];
+        assert_eq!(VersionPolicy::Latest.select(&present), vec![7]);
+        assert_eq!(VersionPolicy::LatestN(2).select(&present), vec![5, 7]);
+        assert_eq!(VersionPolicy::LatestN(9).select(&present), vec![1, 2, 5, 7]);
+        assert_eq!(VersionPolicy::All.select(&present), vec![1, 2, 5, 7]);
+        assert_eq!(VersionPolicy::Specific(vec![2, 3]).select(&present), vec![2]);
+        assert!(VersionPolicy::Latest.select(&[]).is_empty());
     }
 
-    let shape: Vec<usize> = manifest.input_shape.iter().map(|&d| d as usize).collect();
-    let mut versions = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(|source| RepositoryError::Io { path: dir.to_path_buf(), source })? {
-        let path = entry.map_err(|source| RepositoryError::Io { path: dir.to_path_buf(), source })?.path();
-        let Some(version) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
-            continue;
-        };
-        let onnx = path.join("model.onnx");
-        if !onnx.is_file() {
-            return Err(RepositoryError::Invalid {
-                path: path.clone(),
-                message: "version directory has no model.onnx".into(),
-            });
+    #[test]
+    fn policies_parse_from_toml() {
+        #[derive(Deserialize)]
+        struct T {
+            p: VersionPolicy,
         }
-        let pool = InferencePool::load(&onnx, &shape, sizing.workers, sizing.queue_len)?;
-        if pool.output_len() != labels.len() {
-            return Err(RepositoryError::Invalid {
-                path: onnx,
-                message: format!(
-                    "the model outputs {} classes but {} lists {} labels",
-                    pool.output_len(),
-                    labels_path.display(),
-                    labels.len()
-                ),
-            });
-        }
-        tracing::info!(model = %name, version, path = %onnx.display(), "model version loaded");
-        versions.insert(version, Arc::new(ModelVersion { version, pool }));
+        let parse = |s: &str| toml::from_str::<T>(s).map(|t| t.p);
+        assert_eq!(parse("p = \"all\"").unwrap(), VersionPolicy::All);
+        assert_eq!(parse("p = { latest = 3 }").unwrap(), VersionPolicy::LatestN(3));
+        assert_eq!(parse("p = { specific = [1, 4] }").unwrap(), VersionPolicy::Specific(vec![1, 4]));
+        assert!(parse("p = \"newest\"").unwrap_err().to_string().contains("newest"));
+        assert!(parse("p = { latest = 0 }").is_err());
     }
-    if versions.is_empty() {
-        return Err(invalid("no version directory (<name>/<integer>/model.onnx) found".into()));
-    }
-    if let Some(v) = manifest.default_version
-        && !versions.contains_key(&v)
-    {
-        return Err(invalid(format!("default_version = {v} but there is no directory {v}/ with model.onnx")));
-    }
-    Ok(Model { name, manifest, labels: labels.into(), versions })
 }

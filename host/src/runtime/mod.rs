@@ -90,7 +90,8 @@ impl inference::Host for GuestState {
             ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
             _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
         };
-        let version = repo.get(&model).and_then(|m| m.resolve(version.as_deref())).map_err(to_wit)?;
+        let snapshot = repo.snapshot();
+        let version = snapshot.get(&model).and_then(|m| m.resolve(version.as_deref())).map_err(to_wit)?;
         let shape: Vec<u32> = version.pool.input_shape().iter().map(|&d| d as u32).collect();
         if input.shape != shape {
             return Err(types::Error::InvalidInput(format!(

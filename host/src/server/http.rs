@@ -59,7 +59,9 @@ pub(super) async fn handle(
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => Ok(readyz(&state)),
         (&Method::GET, "/v1/models") => models(&state),
-        (_, "/v1/classify" | "/healthz" | "/readyz" | "/v1/models") => Err(HttpError::new(
+        (&Method::GET, p) if p.starts_with("/v1/models/") => model(&state, &p["/v1/models/".len()..]),
+        (&Method::POST, "/v1/admin/reload") => admin_reload(&state, req.headers(), peer).await,
+        (_, "/v1/classify" | "/healthz" | "/readyz" | "/v1/models" | "/v1/admin/reload") => Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{method} is not allowed on {path}"),
@@ -157,23 +159,56 @@ fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
 
 fn models(state: &AppState) -> Result<Response<Body>, HttpError> {
     let host = ready_host(state)?;
-    let models: Vec<_> = host
-        .repository()
-        .models
-        .values()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "default": m.name == host.default_model(),
-                "versions": m.versions.keys().map(|v| v.to_string()).collect::<Vec<_>>(),
-                "default_version": m.resolve(None).ok().map(|v| v.version.to_string()),
-                "input_shape": m.manifest.input_shape,
-                "labels": &*m.labels,
-                "description": m.manifest.description,
-            })
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "models": models })))
+    Ok(json_response(StatusCode::OK, &json!({ "models": host.models() })))
+}
+
+fn model(state: &AppState, name: &str) -> Result<Response<Body>, HttpError> {
+    let host = ready_host(state)?;
+    let name = percent_decode(name);
+    host.models().into_iter().find(|m| m.name == name).map(|m| json_response(StatusCode::OK, &m)).ok_or_else(|| {
+        error(ErrorKind::ModelNotFound, Stage::Admission, format!("no model named {name:?}; GET /v1/models lists them"))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+/// `POST /v1/admin/reload`: rescan models and guests now. With `admin_token` configured it
+/// needs `Authorization: Bearer <token>`; without, it answers loopback clients only.
+async fn admin_reload(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Response<Body>, HttpError> {
+    match &state.config.admin_token {
+        Some(token) => {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(token.as_str()) {
+                return Err(HttpError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "admin routes need Authorization: Bearer <admin_token>",
+                ));
+            }
+        }
+        None if !peer.ip().is_loopback() => {
+            return Err(HttpError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin routes answer loopback clients only unless admin_token is configured",
+            ));
+        }
+        None => {}
+    }
+    let host = ready_host(state)?.clone();
+    let report = tokio::task::spawn_blocking(move || host.reload())
+        .await
+        .map_err(|e| error(ErrorKind::Internal, Stage::Admission, format!("the reload task failed: {e}")))?;
+    Ok(json_response(StatusCode::OK, &report))
 }
 
 /// Query parameters of `/v1/classify`.

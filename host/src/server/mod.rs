@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     config: Config,
     /// One permit per request in the pipeline; none left means 503.
     admission: Arc<Semaphore>,
+    /// Keeps the file watcher alive while the server runs.
+    watch: OnceLock<crate::watch::WatchGuard>,
 }
 
 /// Sets up `tracing` output on stderr: text, or JSON lines with `json`. `TESSERA_LOG`
@@ -60,6 +62,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let state = Arc::new(AppState {
         host: OnceLock::new(),
         admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests as usize)),
+        watch: OnceLock::new(),
         config,
     });
     // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0`).
@@ -72,12 +75,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             let started = std::time::Instant::now();
             let host = Host::builder().config(state.config.clone()).build()?;
             tracing::info!(
-                models = ?host.repository().models.keys().collect::<Vec<_>>(),
+                models = ?host.models().iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
                 default_model = host.default_model(),
                 load_ms = started.elapsed().as_millis() as u64,
                 "ready"
             );
-            let _ = state.host.set(Arc::new(host));
+            let host = Arc::new(host);
+            if state.config.watch {
+                match host.watch() {
+                    Ok(guard) => {
+                        let _ = state.watch.set(guard);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "not watching for changes; POST /v1/admin/reload still reloads")
+                    }
+                }
+            }
+            let _ = state.host.set(host);
             Ok::<(), crate::BuildError>(())
         })
     };

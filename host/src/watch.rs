@@ -1,0 +1,76 @@
+//! Hot reload: a file watcher on the model repository and the guest component files that
+//! reloads the host (models and guests) once the files have been quiet for a moment.
+//!
+//! `notify` reports every write of a file being copied; reloading on each would load
+//! half-written models. Events are debounced: a reload runs `QUIET_MS` after the last one.
+//! A half-written file that still slips through fails to load, is reported, and is retried on
+//! the next event; the old version keeps serving meanwhile.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher as _};
+
+use crate::Host;
+
+/// Quiet time after the last file event before reloading.
+pub const QUIET_MS: u64 = 300;
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct WatchGuard {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// Why watching could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path} for changes: {source}")]
+pub struct WatchError {
+    pub path: PathBuf,
+    pub source: notify::Error,
+}
+
+/// Watches `host`'s model directory (recursively) and the directories of its guest files.
+pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
+    let (tx, rx) = crossbeam_channel::unbounded::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|source| WatchError { path: PathBuf::new(), source })?;
+    let config = host.config();
+    let mut dirs = vec![(config.models_dir.clone(), RecursiveMode::Recursive)];
+    let guests = std::iter::once(&config.guests.preprocess)
+        .chain(std::iter::once(&config.guests.postprocess))
+        .chain(config.guests.rules.iter().map(|r| &r.path));
+    for path in guests {
+        let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
+        if let Some(dir) = dir
+            && !dirs.iter().any(|(d, _)| *d == dir)
+        {
+            dirs.push((dir, RecursiveMode::NonRecursive));
+        }
+    }
+    for (dir, mode) in &dirs {
+        watcher.watch(dir, *mode).map_err(|source| WatchError { path: dir.clone(), source })?;
+    }
+    let weak: Weak<Host> = Arc::downgrade(host);
+    std::thread::Builder::new()
+        .name("tessera-watch".into())
+        .spawn(move || debounce_loop(rx, weak))
+        .expect("spawning the watch thread");
+    tracing::info!(dirs = ?dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(), "watching for model and guest changes");
+    Ok(WatchGuard { _watcher: watcher })
+}
+
+fn debounce_loop(events: crossbeam_channel::Receiver<()>, host: Weak<Host>) {
+    let quiet = Duration::from_millis(QUIET_MS);
+    // Ends when the watcher (the sender) is dropped.
+    while events.recv().is_ok() {
+        while events.recv_timeout(quiet).is_ok() {}
+        let Some(host) = host.upgrade() else { return };
+        let report = host.reload();
+        tracing::info!(?report, "reloaded after file changes");
+    }
+}
