@@ -39,6 +39,13 @@ test: build
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
     cargo test --release --workspace --exclude tessera-probe-rules
 
+# Seeded torchvision-architecture ResNet-18/50 graphs for benchmarks (not committed; see
+# models/tools/make_resnet.py). They land in build/models/<arch>/1/model.onnx.
+models:
+    for arch in resnet18 resnet50; do \
+      [ -f build/models/$arch/1/model.onnx ] || {{python}} models/tools/make_resnet.py --arch $arch --out build/models/$arch/1/model.onnx; \
+    done
+
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
     {{python}} models/tools/train.py {{ARGS}}

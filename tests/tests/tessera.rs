@@ -485,3 +485,74 @@ fn versions_and_guests_swap_under_load_without_a_failed_request() {
     assert!(server.stderr().contains("guest components reloaded"), "{}", server.stderr());
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A seeded ResNet graph made by the project's generator, cached under target/ by a hash of
+/// the generator's source (so a changed generator makes a new graph).
+fn seeded_resnet(arch: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let script = root().join("models/tools/make_resnet.py");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::fs::read(&script).unwrap().hash(&mut h);
+    let out = root().join(format!("target/test-data/models/{arch}-{:016x}.onnx", h.finish()));
+    if !out.is_file() {
+        let status = std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(&script)
+            .args(["--arch", arch, "--check", "0", "--out"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "make_resnet.py failed for {arch}");
+    }
+    out
+}
+
+#[test]
+fn tract_agrees_with_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
+    const INPUTS: usize = 100;
+    let models = [
+        ("shapes", root().join("models/shapes/1/model.onnx")),
+        ("resnet18", seeded_resnet("resnet18")),
+        ("resnet50", seeded_resnet("resnet50")),
+    ];
+    for (name, path) in models {
+        let reference = root().join(format!("target/test-data/ort-{name}"));
+        let status = std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("models/tools/ort_reference.py"))
+            .arg(&path)
+            .arg(&reference)
+            .args(["--count", &INPUTS.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "onnxruntime reference failed for {name}");
+        let floats = |file: &str| -> Vec<f32> {
+            read(&reference.join(file)).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+        };
+        let (inputs, expected) = (floats("inputs.f32"), floats("logits.f32"));
+        let per_input = 3 * 224 * 224;
+        let classes = expected.len() / INPUTS;
+        let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], 1, 4).unwrap();
+        let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
+        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        for i in 0..INPUTS {
+            let input = inputs[i * per_input..(i + 1) * per_input].to_vec();
+            let got = pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
+            let want = &expected[i * classes..(i + 1) * classes];
+            agree += usize::from(argmax(&got) == argmax(want));
+            for (g, w) in got.iter().zip(want) {
+                max_diff = max_diff.max((g - w).abs());
+                max_logit = max_logit.max(w.abs());
+            }
+        }
+        println!(
+            "{name}: top-1 agreement {agree}/{INPUTS}, max |tract − onnxruntime| = {max_diff:.3e} (max |logit| {max_logit:.2})"
+        );
+        assert_eq!(agree, INPUTS, "{name}: tract and onnxruntime disagree on top-1");
+        if name.starts_with("resnet") {
+            // Seeded weights must still give diverse answers, or the comparison proves little.
+            let meta: Value = serde_json::from_slice(&read(&reference.join("meta.json"))).unwrap();
+            assert!(meta["distinct_top1"].as_u64().unwrap() >= 50, "{name}: degenerate outputs {meta}");
+        }
+        // f32 sums in a different order: differences grow with depth and logit scale.
+        assert!(max_diff <= 1e-3 * max_logit.max(1.0), "{name}: max abs logit difference {max_diff} too large");
+    }
+}
