@@ -46,6 +46,10 @@ models:
       [ -f build/models/$arch/1/model.onnx ] || {{python}} models/tools/make_resnet.py --arch $arch --out build/models/$arch/1/model.onnx; \
     done
 
+# tract (both modes) vs onnxruntime on seeded ResNet-18/50; see docs/PERFORMANCE.md.
+bench-engine: build models
+    cargo bench -p tessera --bench engine
+
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
     {{python}} models/tools/train.py {{ARGS}}

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera::repository::{ModelRepository, PoolSizing};
+use tessera::inference::{EngineConfig, EngineMode};
+use tessera::repository::ModelRepository;
 use tessera::runtime::{Runtime, SpecView};
 use tessera::{Config, Host};
 
@@ -128,7 +129,8 @@ fn main() {
     let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref()).unwrap();
     let pre = runtime.load_preprocess(&config.guests.preprocess).unwrap();
     let post = runtime.load_postprocess(&config.guests.postprocess).unwrap();
-    let repo = ModelRepository::load(&config.models_dir, PoolSizing { workers: 2, queue_len: 64 }).unwrap();
+    let engine = EngineConfig { mode: EngineMode::Throughput, threads: 2, queue_len: 64 };
+    let repo = ModelRepository::load(&config.models_dir, engine).unwrap();
     let model = repo.snapshot().get("shapes").unwrap().clone();
     let version = model.resolve(None).unwrap();
     let spec = SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32);

@@ -31,6 +31,9 @@ pub struct Config {
     pub guests: GuestsConfig,
     /// Where compiled guest components are cached across restarts; absent = no disk cache.
     pub compile_cache_dir: Option<PathBuf>,
+    /// `throughput` (one image per worker thread) or `latency` (each image's matrix products
+    /// spread over the threads); `limits.inference_workers` sets the thread count either way.
+    pub inference_mode: crate::inference::EngineMode,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
     pub watch: bool,
     /// Bearer token for `/v1/admin/*`. Absent: admin routes answer loopback clients only.
@@ -74,7 +77,8 @@ pub struct Limits {
     pub guest_memory_bytes: u64,
     /// Requests in the pipeline at once; more get 503 with `Retry-After`.
     pub max_concurrent_requests: u32,
-    /// Inference worker threads per loaded model version; 0 = one per core.
+    /// Inference threads per loaded model version (workers in throughput mode, matrix-multiply
+    /// threads in latency mode); 0 = one per core.
     pub inference_workers: u32,
     /// Inference jobs waiting for a worker per model version; more get 503.
     pub inference_queue_len: u32,
@@ -93,6 +97,7 @@ impl Default for Config {
             default_model: None,
             guests: GuestsConfig::default(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
+            inference_mode: crate::inference::EngineMode::Throughput,
             watch: true,
             admin_token: None,
             limits: Limits::default(),

@@ -33,8 +33,9 @@ pub use pipeline::{Classification, ClassifyRequest, ModelRef, Timings, Verdict};
 pub use repository::{ModelRepository, RepositoryError};
 pub use runtime::{Decision, Prediction, RuntimeError};
 
+use inference::EngineConfig;
 use pipeline::{Pipeline, Stages};
-use repository::{FileStamp, PoolSizing};
+use repository::FileStamp;
 use runtime::Runtime;
 
 /// Why a host could not be built.
@@ -104,9 +105,12 @@ impl HostBuilder {
         config.validate()?;
         let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
         let stages = load_stages(&runtime, &config)?;
-        let sizing =
-            PoolSizing { workers: config.inference_workers(), queue_len: config.limits.inference_queue_len as usize };
-        let repo = Arc::new(ModelRepository::load(&config.models_dir, sizing)?);
+        let engine = EngineConfig {
+            mode: config.inference_mode,
+            threads: config.inference_workers(),
+            queue_len: config.limits.inference_queue_len as usize,
+        };
+        let repo = Arc::new(ModelRepository::load(&config.models_dir, engine)?);
         if let Some(name) = &config.default_model
             && !repo.snapshot().models.contains_key(name)
         {

@@ -101,6 +101,9 @@ struct Overrides {
     max_concurrent_requests: Option<u32>,
     #[arg(long, global = true)]
     inference_workers: Option<u32>,
+    /// throughput or latency.
+    #[arg(long, global = true, value_parser = parse_mode)]
+    inference_mode: Option<tessera::inference::EngineMode>,
     #[arg(long, global = true)]
     inference_queue_len: Option<u32>,
     #[arg(long, global = true)]
@@ -132,6 +135,9 @@ impl Overrides {
         } else if self.compile_cache_dir.is_some() {
             c.compile_cache_dir = self.compile_cache_dir;
         }
+        if let Some(mode) = self.inference_mode {
+            c.inference_mode = mode;
+        }
         if self.no_watch {
             c.watch = false;
         }
@@ -147,6 +153,14 @@ impl Overrides {
             c.guests.rules =
                 self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
         }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<tessera::inference::EngineMode, String> {
+    match s {
+        "throughput" => Ok(tessera::inference::EngineMode::Throughput),
+        "latency" => Ok(tessera::inference::EngineMode::Latency),
+        other => Err(format!("{other:?} is not a mode; use throughput or latency")),
     }
 }
 

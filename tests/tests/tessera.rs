@@ -530,7 +530,12 @@ fn tract_agrees_with_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
         let (inputs, expected) = (floats("inputs.f32"), floats("logits.f32"));
         let per_input = 3 * 224 * 224;
         let classes = expected.len() / INPUTS;
-        let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], 1, 4).unwrap();
+        let engine = tessera::inference::EngineConfig {
+            mode: tessera::inference::EngineMode::Throughput,
+            threads: 1,
+            queue_len: 4,
+        };
+        let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], &engine).unwrap();
         let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
         let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         for i in 0..INPUTS {

@@ -4,6 +4,10 @@
 //! version; each worker keeps its own `SimpleState` (scratch buffers) and reuses it for every
 //! job. A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job
 //! whose deadline passed while it waited is dropped unrun.
+//!
+//! Two scheduling modes ([`EngineMode`]): *throughput* runs `threads` single-threaded workers,
+//! one image each; *latency* runs one worker whose matrix multiplications are split across
+//! `threads` threads (tract's `multithread-mm` executor), so each image finishes sooner.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,11 +15,34 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 use crate::error::{ErrorKind, PipelineError, Stage};
 
 type Plan = Arc<TypedRunnableModel>;
+
+/// How a model version's inference is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineMode {
+    /// `threads` workers, one image each: the most images per second under load.
+    #[default]
+    Throughput,
+    /// One worker, each image's matrix products split over `threads` threads: the lowest
+    /// latency per image.
+    Latency,
+}
+
+/// How an inference pool is sized and scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub mode: EngineMode,
+    /// Worker threads (throughput) or matrix-multiply threads (latency).
+    pub threads: usize,
+    /// Jobs waiting for a worker; more get `Overloaded`.
+    pub queue_len: usize,
+}
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,19 +81,24 @@ pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> 
 }
 
 impl InferencePool {
-    /// Loads `path` and starts `workers` threads behind a queue of `queue_len` jobs.
-    pub fn load(path: &Path, input_shape: &[usize], workers: usize, queue_len: usize) -> Result<Self, LoadError> {
+    /// Loads `path` and starts the workers `engine` asks for.
+    pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result<Self, LoadError> {
         let plan = load_plan(path, input_shape)?;
         let output_len =
             output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(queue_len);
-        let workers = (0..workers.max(1))
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(engine.queue_len.max(1));
+        let threads = engine.threads.max(1);
+        let (workers, executor) = match engine.mode {
+            EngineMode::Throughput => (threads, Executor::SingleThread),
+            EngineMode::Latency if threads == 1 => (1, Executor::SingleThread),
+            EngineMode::Latency => (1, Executor::multithread_with_name(threads, "tessera-mm")),
+        };
+        let workers = (0..workers)
             .map(|i| {
-                let plan = plan.clone();
-                let rx = rx.clone();
+                let (plan, rx, executor) = (plan.clone(), rx.clone(), executor.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || worker(plan, rx))
+                    .spawn(move || multithread_tract_scope(executor, || worker(plan, rx)))
                     .expect("spawning an inference thread")
             })
             .collect();

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::inference::InferencePool;
+use crate::inference::{EngineConfig, InferencePool};
 
 /// Which versions of a model are loaded and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -224,17 +224,10 @@ impl Snapshot {
     }
 }
 
-/// How inference pools are sized.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolSizing {
-    pub workers: usize,
-    pub queue_len: usize,
-}
-
 /// Every model under one directory, reloadable.
 pub struct ModelRepository {
     pub dir: PathBuf,
-    sizing: PoolSizing,
+    engine: EngineConfig,
     current: ArcSwap<Snapshot>,
     /// One reload at a time; requests never take it.
     reloading: Mutex<()>,
@@ -265,10 +258,10 @@ fn fingerprint(paths: &[&Path]) -> Fingerprint {
 impl ModelRepository {
     /// Loads every `<dir>/<name>/model.toml` and the versions its policy selects. Fails if no
     /// model could be loaded at all.
-    pub fn load(dir: &Path, sizing: PoolSizing) -> Result<Self, RepositoryError> {
+    pub fn load(dir: &Path, engine: EngineConfig) -> Result<Self, RepositoryError> {
         let repo = ModelRepository {
             dir: dir.to_path_buf(),
-            sizing,
+            engine,
             current: ArcSwap::from_pointee(Snapshot::default()),
             reloading: Mutex::new(()),
         };
@@ -397,7 +390,7 @@ impl ModelRepository {
     }
 
     fn load_version(&self, onnx: &Path, shape: &[usize], labels: usize) -> Result<InferencePool, RepositoryError> {
-        let pool = InferencePool::load(onnx, shape, self.sizing.workers, self.sizing.queue_len)?;
+        let pool = InferencePool::load(onnx, shape, &self.engine)?;
         if pool.output_len() != labels {
             return Err(RepositoryError::Invalid {
                 path: onnx.to_path_buf(),

@@ -1,0 +1,123 @@
+//! Engine benchmark: tract (both scheduling modes) against onnxruntime (Python, the engine a
+//! user would otherwise pick) on seeded ResNet-18 and ResNet-50 at batch 1, same thread count,
+//! one invocation, figures as ratios. Reproduce with `just bench-engine`.
+//!
+//! - throughput: tract with THREADS single-threaded workers and 2×THREADS concurrent callers,
+//!   vs the faster of onnxruntime's THREADS 1-thread sessions / one THREADS-thread session;
+//! - latency: tract with one worker whose matmuls use THREADS threads, one caller, vs one
+//!   onnxruntime session with THREADS intra-op threads, one caller.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera::inference::{EngineConfig, EngineMode, InferencePool};
+
+const THREADS: usize = 2;
+const SECONDS: u64 = 8;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+struct Figures {
+    images_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
+    let pool = InferencePool::load(model, &[1, 3, 224, 224], &EngineConfig { mode, threads: THREADS, queue_len: 64 })
+        .expect("loading the model");
+    let input: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let far = || Instant::now() + Duration::from_secs(60);
+    pool.infer(input.clone(), far()).unwrap(); // warm-up
+    let stop = Instant::now() + Duration::from_secs(SECONDS);
+    let mut latencies: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..callers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut ms = Vec::new();
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        pool.infer(input.clone(), far()).unwrap();
+                        ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    ms
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    latencies.sort_by(f64::total_cmp);
+    Figures {
+        images_per_s: latencies.len() as f64 / SECONDS as f64,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+fn ort(model: &Path) -> Value {
+    // numpy must be single-threaded for the per-core sgemm figure; the machine's OpenBLAS
+    // overrides slow a current numpy, so they are dropped for this measurement only.
+    let out = Command::new(root().join(".venv/bin/python"))
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .arg(root().join("models/tools/ort_bench.py"))
+        .arg(model)
+        .args(["--threads", &THREADS.to_string(), "--seconds", &SECONDS.to_string()])
+        .output()
+        .expect("running ort_bench.py");
+    assert!(out.status.success(), "ort_bench.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("ort_bench.py output")
+}
+
+fn fig(v: &Value) -> Figures {
+    Figures {
+        images_per_s: v["images_per_s"].as_f64().unwrap(),
+        p50_ms: v["p50_ms"].as_f64().unwrap(),
+        p99_ms: v["p99_ms"].as_f64().unwrap(),
+    }
+}
+
+fn main() {
+    println!("# Engine: tract vs onnxruntime, batch 1, {THREADS} threads, {SECONDS} s per setup\n");
+    println!(
+        "| model | mode | tract img/s | tract p50 / p99 ms | onnxruntime img/s | ort p50 / p99 ms | tract/ort img/s | tract / ort % of FP32 peak |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
+    for (arch, gflop) in [("resnet18", 3.64), ("resnet50", 8.21)] {
+        let model = root().join(format!("build/models/{arch}/1/model.onnx"));
+        assert!(model.is_file(), "{} is missing: run `just models`", model.display());
+        let throughput = tract(&model, EngineMode::Throughput, 2 * THREADS);
+        let latency = tract(&model, EngineMode::Latency, 1);
+        let o = ort(&model);
+        let (sessions, shared) = (fig(&o["throughput_sessions"]), fig(&o["throughput_shared"]));
+        let ort_throughput = if sessions.images_per_s >= shared.images_per_s { sessions } else { shared };
+        let ort_latency = fig(&o["latency"]);
+        let peak = o["sgemm_gflops_per_core"].as_f64().unwrap() * THREADS as f64;
+        for (mode, t, r) in [("throughput", &throughput, &ort_throughput), ("latency", &latency, &ort_latency)] {
+            println!(
+                "| {arch} | {mode} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}×** | {:.0} % / {:.0} % |",
+                t.images_per_s,
+                t.p50_ms,
+                t.p99_ms,
+                r.images_per_s,
+                r.p50_ms,
+                r.p99_ms,
+                t.images_per_s / r.images_per_s,
+                100.0 * t.images_per_s * gflop / peak,
+                100.0 * r.images_per_s * gflop / peak,
+            );
+        }
+        eprintln!("onnxruntime {} setups for {arch}: {o}", o["onnxruntime"]);
+        eprintln!("FP32 peak (single-thread sgemm × {THREADS} cores): {peak:.0} GFLOP/s");
+    }
+}
