@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera::inference::{EngineConfig, EngineMode, InferencePool};
+use tessera::inference::{EngineConfig, EngineMode, InferencePool, profile_ops};
 
 const THREADS: usize = 2;
 const SECONDS: u64 = 8;
@@ -62,6 +62,42 @@ fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
     }
 }
 
+/// This process's resident set size in MiB (Linux).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// Resident memory added by loading `model` with 1 worker, then again with 4 workers beside
+/// it: the weights are shared by the workers, so the two should be close.
+fn rss_per_version(model: &Path) -> (f64, f64) {
+    let input = vec![0.5f32; 3 * 224 * 224];
+    let far = Instant::now() + Duration::from_secs(60);
+    let load = |threads| {
+        let before = rss_mib();
+        let pool = InferencePool::load(
+            model,
+            &[1, 3, 224, 224],
+            &EngineConfig { mode: EngineMode::Throughput, threads, queue_len: 8 },
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| pool.infer(input.clone(), far).unwrap());
+            }
+        });
+        (pool, rss_mib() - before)
+    };
+    let (_one, one_worker) = load(1);
+    let (_four, four_workers) = load(4);
+    (one_worker, four_workers)
+}
+
 fn ort(model: &Path) -> Value {
     // numpy must be single-threaded for the per-core sgemm figure; the machine's OpenBLAS
     // overrides slow a current numpy, so they are dropped for this measurement only.
@@ -93,6 +129,8 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
+    let mut profiles = Vec::new();
+    let mut rss = Vec::new();
     for (arch, gflop) in [("resnet18", 3.64), ("resnet50", 8.21)] {
         let model = root().join(format!("build/models/{arch}/1/model.onnx"));
         assert!(model.is_file(), "{} is missing: run `just models`", model.display());
@@ -118,6 +156,23 @@ fn main() {
             );
         }
         eprintln!("onnxruntime {} setups for {arch}: {o}", o["onnxruntime"]);
+        profiles.push((arch, profile_ops(&model, &[1, 3, 224, 224], 3).expect("profiling")));
+        let (one, four) = rss_per_version(&model);
+        let size = std::fs::metadata(&model).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
+        rss.push(format!("{arch} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers"));
         eprintln!("FP32 peak (single-thread sgemm × {THREADS} cores): {peak:.0} GFLOP/s");
+    }
+    println!("\n## Resident memory per loaded version\n");
+    for line in rss {
+        println!("- {line}");
+    }
+    for (arch, ops) in profiles {
+        let total: f64 = ops.iter().map(|o| o.ms).sum();
+        println!("\n## tract per-op profile, {arch}, 1 thread (3 runs; {total:.1} ms per run)\n");
+        println!("| op | nodes | ms per run | share |");
+        println!("|---|---|---|---|");
+        for o in ops.iter().take(10) {
+            println!("| {} | {} | {:.2} | {:.1} % |", o.op, o.nodes, o.ms, 100.0 * o.ms / total);
+        }
     }
 }

@@ -207,3 +207,45 @@ fn run_once(state: &mut TypedSimpleState, shape: &[usize], input: Vec<f32>) -> R
     let view = outputs[0].to_plain_array_view::<f32>().map_err(internal)?;
     Ok(view.iter().copied().collect())
 }
+
+/// Where one run's time goes, per kind of operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTime {
+    /// tract's name for the operation (after optimization, e.g. `OptMatMul`, `Im2col`).
+    pub op: String,
+    /// Milliseconds per run, summed over the nodes of this kind.
+    pub ms: f64,
+    /// How many nodes of this kind the plan has.
+    pub nodes: usize,
+}
+
+/// Profiles the optimized plan of `path` on a single thread: `runs` timed runs after one
+/// warm-up, every node timed, totals per operation kind, slowest first. A diagnostic for
+/// benchmarks, not for the request path.
+pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<OpTime>, LoadError> {
+    let err = |e: TractError| LoadError { path: path.display().to_string(), message: format!("{e:#}") };
+    let plan = load_plan(path, input_shape)?;
+    let mut state = TypedSimpleState::new(&plan).map_err(err)?;
+    let input: TValue = Tensor::zero::<f32>(input_shape).map_err(err)?.into();
+    state.run(tvec!(input.clone())).map_err(err)?;
+    let mut totals: std::collections::HashMap<String, (std::time::Duration, usize)> = Default::default();
+    let runs = runs.max(1);
+    for _ in 0..runs {
+        state
+            .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
+                let started = Instant::now();
+                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let entry = totals.entry(node.op().name().to_string()).or_default();
+                entry.0 += started.elapsed();
+                entry.1 += 1;
+                out
+            })
+            .map_err(err)?;
+    }
+    let mut ops: Vec<OpTime> = totals
+        .into_iter()
+        .map(|(op, (d, n))| OpTime { op, ms: d.as_secs_f64() * 1e3 / runs as f64, nodes: n / runs })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(ops)
+}
