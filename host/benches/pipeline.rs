@@ -138,10 +138,10 @@ fn main() {
     let (mut pi, mut pc, mut qi, mut qc) = (vec![], vec![], vec![], vec![]);
     let logits = vec![0.5f32; model.labels.len()];
     for _ in 0..ITERATIONS {
-        let (_, p) = runtime.preprocess_phases(&pre, &png, None, &spec, &config.limits, far()).unwrap();
+        let (_, p) = runtime.preprocess(&pre, &png, None, &spec, &config.limits, far()).unwrap();
         pi.push(p.instantiate.as_secs_f64() * 1e6);
         pc.push(p.call.as_secs_f64() * 1e6);
-        let (_, p) = runtime.postprocess_phases(&post, logits.clone(), &spec, &model.labels, 5, far()).unwrap();
+        let (_, p) = runtime.postprocess(&post, logits.clone(), &spec, &model.labels, 5, far()).unwrap();
         qi.push(p.instantiate.as_secs_f64() * 1e6);
         qc.push(p.call.as_secs_f64() * 1e6);
     }
@@ -170,7 +170,7 @@ fn main() {
     let (mut wasm, mut native) = (vec![], vec![]);
     for _ in 0..JPEG_ITERATIONS {
         let t = Instant::now();
-        let a = runtime.preprocess(&pre, &jpeg, None, &spec, &config.limits, far()).unwrap();
+        let (a, _) = runtime.preprocess(&pre, &jpeg, None, &spec, &config.limits, far()).unwrap();
         wasm.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let b = tessera_preprocess::preprocess(&jpeg, &native_spec, &native_limits).unwrap();
@@ -186,7 +186,7 @@ fn main() {
     );
 
     // 4. Throughput: raw inference, in-process pipeline, HTTP.
-    let input = runtime.preprocess(&pre, &png, None, &spec, &config.limits, far()).unwrap();
+    let (input, _) = runtime.preprocess(&pre, &png, None, &spec, &config.limits, far()).unwrap();
     let raw = throughput(LOAD_CONCURRENCY, LOAD_SECONDS, || {
         version.pool.infer(input.clone(), far()).unwrap();
     });

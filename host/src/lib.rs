@@ -212,6 +212,7 @@ impl Preprocessor {
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.deadline_ms);
         self.runtime
             .preprocess(&self.guest, image, None, &spec, &self.limits, deadline)
+            .map(|(data, _)| data)
             .map_err(|f| f.into_pipeline(Stage::Preprocess, &self.guest.name))
     }
 }

@@ -159,7 +159,7 @@ impl Pipeline {
 
         let t = Instant::now();
         let stage = &stages.postprocess;
-        let top = self
+        let (top, _) = self
             .runtime
             .postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
             .map_err(|f| f.into_pipeline(Stage::Postprocess, &stage.name))?;
@@ -205,6 +205,7 @@ impl Pipeline {
         let stage = &stages.preprocess;
         self.runtime
             .preprocess(stage, image, media_type, spec, &self.limits, deadline)
+            .map(|(data, _)| data)
             .map_err(|f| f.into_pipeline(Stage::Preprocess, &stage.name))
     }
 

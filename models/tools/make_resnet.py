@@ -17,6 +17,12 @@ The result: over 100 random inputs, many distinct top-1 classes (checked when wr
 Seeded weights are fine for speed and for engine parity; never for judging accuracy.
 
     python models/tools/make_resnet.py --arch resnet50 --out build/models/resnet50/1/model.onnx
+
+With `--pretrained`, the real ImageNet weights are exported from torchvision instead (needs
+`pip install torch torchvision` and a network that reaches the weights' download host). That
+path cannot run on the project's own machines, which reach no model hub, so it is untested
+here; it uses only torchvision's documented API (`resnet50(weights="DEFAULT")`) and the same
+ONNX export settings as models/tools/train.py.
 """
 from __future__ import annotations
 
@@ -151,16 +157,29 @@ def distinct_top1(path: Path, count: int, seed: int) -> int:
     return len(set(tops))
 
 
+def export_pretrained(arch: str, out: Path) -> None:
+    """Exports torchvision's pretrained ImageNet weights (downloads them; see the module doc)."""
+    import torch
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights="DEFAULT").eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(out), opset_version=17, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=sorted(ARCHS), required=True)
+    p.add_argument("--pretrained", action="store_true", help="export torchvision's ImageNet weights (needs a network)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--check", type=int, default=100, help="random inputs for the distinct top-1 check (0: skip)")
     args = p.parse_args()
-    model = build(args.arch, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(args.out))
+    if args.pretrained:
+        export_pretrained(args.arch, args.out)
+    else:
+        onnx.save(build(args.arch, args.seed), str(args.out))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     if args.check:
         distinct = distinct_top1(args.out, args.check, args.seed + 7)

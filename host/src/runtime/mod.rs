@@ -394,21 +394,9 @@ impl Runtime {
         Ok(RulesGuest { name: guest_name(path), config, pre })
     }
 
-    /// Decodes and normalizes `image` into the model's input tensor data.
+    /// Decodes and normalizes `image` into the model's input tensor data; also reports how
+    /// long instantiation and the call took.
     pub fn preprocess(
-        &self,
-        guest: &PreprocessGuest,
-        image: &[u8],
-        media_type: Option<&str>,
-        spec: &SpecView<'_>,
-        limits: &Limits,
-        deadline: Instant,
-    ) -> Result<Vec<f32>, GuestFailure> {
-        self.preprocess_phases(guest, image, media_type, spec, limits, deadline).map(|(data, _)| data)
-    }
-
-    /// [`Runtime::preprocess`], also reporting how long instantiation and the call took.
-    pub fn preprocess_phases(
         &self,
         guest: &PreprocessGuest,
         image: &[u8],
@@ -441,21 +429,8 @@ impl Runtime {
         Ok((tensor.data, phases))
     }
 
-    /// Softmax, top-k and labels.
+    /// Softmax, top-k and labels; also reports how long instantiation and the call took.
     pub fn postprocess(
-        &self,
-        guest: &PostprocessGuest,
-        logits: Vec<f32>,
-        spec: &SpecView<'_>,
-        labels: &[String],
-        top_k: u32,
-        deadline: Instant,
-    ) -> Result<Vec<Prediction>, GuestFailure> {
-        self.postprocess_phases(guest, logits, spec, labels, top_k, deadline).map(|(p, _)| p)
-    }
-
-    /// [`Runtime::postprocess`], also reporting how long instantiation and the call took.
-    pub fn postprocess_phases(
         &self,
         guest: &PostprocessGuest,
         logits: Vec<f32>,
