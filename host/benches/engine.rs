@@ -174,5 +174,8 @@ fn main() {
         for o in ops.iter().take(10) {
             println!("| {} | {} | {:.2} | {:.1} % |", o.op, o.nodes, o.ms, 100.0 * o.ms / total);
         }
+        for o in ops.iter().take(2) {
+            println!("\nslowest {}: {}", o.op, o.slowest_node);
+        }
     }
 }

@@ -217,6 +217,8 @@ pub struct OpTime {
     pub ms: f64,
     /// How many nodes of this kind the plan has.
     pub nodes: usize,
+    /// tract's description of the slowest node of this kind (e.g. which kernel a matmul uses).
+    pub slowest_node: String,
 }
 
 /// Profiles the optimized plan of `path` on a single thread: `runs` timed runs after one
@@ -229,22 +231,32 @@ pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Ve
     let input: TValue = Tensor::zero::<f32>(input_shape).map_err(err)?.into();
     state.run(tvec!(input.clone())).map_err(err)?;
     let mut totals: std::collections::HashMap<String, (std::time::Duration, usize)> = Default::default();
+    let mut slowest: std::collections::HashMap<String, (std::time::Duration, usize)> = Default::default();
     let runs = runs.max(1);
     for _ in 0..runs {
         state
             .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
                 let started = Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                let took = started.elapsed();
                 let entry = totals.entry(node.op().name().to_string()).or_default();
-                entry.0 += started.elapsed();
+                entry.0 += took;
                 entry.1 += 1;
+                let worst = slowest.entry(node.op().name().to_string()).or_default();
+                if took > worst.0 {
+                    *worst = (took, node.id);
+                }
                 out
             })
             .map_err(err)?;
     }
     let mut ops: Vec<OpTime> = totals
         .into_iter()
-        .map(|(op, (d, n))| OpTime { op, ms: d.as_secs_f64() * 1e3 / runs as f64, nodes: n / runs })
+        .map(|(op, (d, n))| {
+            let node = &plan.model().nodes[slowest[&op].1];
+            let slowest_node = format!("{}: {}", node.name, node.op().info().unwrap_or_default().join("; "));
+            OpTime { op, ms: d.as_secs_f64() * 1e3 / runs as f64, nodes: n / runs, slowest_node }
+        })
         .collect();
     ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     Ok(ops)
