@@ -561,3 +561,19 @@ fn tract_agrees_with_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
         assert!(max_diff <= 1e-3 * max_logit.max(1.0), "{name}: max abs logit difference {max_diff} too large");
     }
 }
+
+#[test]
+fn admin_routes_need_the_token_when_one_is_configured() {
+    let token = "s3cret-token-of-20-chars";
+    let server = Server::start(&["--admin-token", token, "--no-watch"]);
+    let resp = client().post(server.url("/v1/admin/reload")).send().unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().unwrap()["error"]["code"], "unauthorized");
+    let resp = client().post(server.url("/v1/admin/reload")).bearer_auth("wrong-token-wrong-token").send().unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = client().post(server.url("/v1/admin/reload")).bearer_auth(token).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: Value = resp.json().unwrap();
+    assert_eq!(report["guests"], "unchanged", "{report}");
+    assert_eq!(report["models"][0]["ready_versions"], serde_json::json!(["1"]));
+}
