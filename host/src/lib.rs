@@ -94,6 +94,12 @@ impl HostBuilder {
         self
     }
 
+    /// Where compiled guests are cached (`None`: compile afresh, keep nothing on disk).
+    pub fn compile_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.config.compile_cache_dir = dir;
+        self
+    }
+
     pub fn limits(mut self, limits: Limits) -> Self {
         self.config.limits = limits;
         self

@@ -293,6 +293,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 fn the_library_runs_the_same_pipeline_without_http() {
     let host = tessera::Host::builder()
         .models(root().join("models"))
+        .compile_cache_dir(Some(root().join("target/cache/components")))
         .preprocess(guest("preprocess"))
         .postprocess(guest("postprocess"))
         .rules(vec![tessera::RuleConfig {
