@@ -6,6 +6,11 @@
 //!   vs the faster of onnxruntime's THREADS 1-thread sessions / one THREADS-thread session;
 //! - latency: tract with one worker whose matmuls use THREADS threads, one caller, vs one
 //!   onnxruntime session with THREADS intra-op threads, one caller.
+//!
+//! tract runs each model in fp32 and as the int8 graph `models/tools/quantize.py --amx-safe`
+//! makes of it, on AMX (this process asks for it) and on AVX-512 VNNI (a child process of this
+//! bench, since tract fixes its CPU features once per process). onnxruntime runs fp32: the
+//! engine a user would otherwise pick, and the target.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +35,9 @@ struct Figures {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// Set in the child process that measures tract without AMX.
+const CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_NO_AMX";
 
 fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
     let pool = InferencePool::load(model, &[1, 3, 224, 224], &EngineConfig { mode, threads: THREADS, queue_len: 64 })
@@ -114,6 +122,25 @@ fn ort(model: &Path) -> Value {
     serde_json::from_slice(&out.stdout).expect("ort_bench.py output")
 }
 
+/// tract on `model` in a child process without AMX: (throughput, latency).
+fn tract_without_amx(model: &Path) -> (Figures, Figures) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, model)
+        .output()
+        .expect("running the bench's child process");
+    assert!(out.status.success(), "child bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("child bench output");
+    (fig(&v["throughput"]), fig(&v["latency"]))
+}
+
+fn child(model: &Path) {
+    assert!(!tessera::inference::request_amx_int8(false));
+    let json = |f: Figures| serde_json::json!({"images_per_s": f.images_per_s, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms});
+    let throughput = tract(model, EngineMode::Throughput, 2 * THREADS);
+    let latency = tract(model, EngineMode::Latency, 1);
+    println!("{}", serde_json::json!({"throughput": json(throughput), "latency": json(latency)}));
+}
+
 fn fig(v: &Value) -> Figures {
     Figures {
         images_per_s: v["images_per_s"].as_f64().unwrap(),
@@ -123,52 +150,80 @@ fn fig(v: &Value) -> Figures {
 }
 
 fn main() {
-    println!("# Engine: tract vs onnxruntime, batch 1, {THREADS} threads, {SECONDS} s per setup\n");
+    if let Some(model) = std::env::var_os(CHILD_ENV) {
+        return child(Path::new(&model));
+    }
+    let amx = tessera::inference::request_amx_int8(true);
+    println!("# Engine: tract vs onnxruntime fp32, batch 1, {THREADS} threads, {SECONDS} s per setup\n");
     println!(
-        "| model | mode | tract img/s | tract p50 / p99 ms | onnxruntime img/s | ort p50 / p99 ms | tract/ort img/s | tract / ort % of FP32 peak |"
+        "| model | tract engine | mode | tract img/s | tract p50 / p99 ms | onnxruntime fp32 img/s | ort p50 / p99 ms | tract/ort img/s | % of FP32 peak, tract / ort |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
     let mut profiles = Vec::new();
     let mut rss = Vec::new();
     for (arch, gflop) in [("resnet18", 3.64), ("resnet50", 8.21)] {
-        let model = root().join(format!("build/models/{arch}/1/model.onnx"));
-        assert!(model.is_file(), "{} is missing: run `just models`", model.display());
-        let throughput = tract(&model, EngineMode::Throughput, 2 * THREADS);
-        let latency = tract(&model, EngineMode::Latency, 1);
-        let o = ort(&model);
+        let fp32 = root().join(format!("build/models/{arch}/1/model.onnx"));
+        let int8 = root().join(format!("build/models/{arch}-int8/1/model.onnx"));
+        for model in [&fp32, &int8] {
+            assert!(model.is_file(), "{} is missing: run `just models`", model.display());
+        }
+        let mut engines = vec![
+            ("fp32", tract(&fp32, EngineMode::Throughput, 2 * THREADS), tract(&fp32, EngineMode::Latency, 1)),
+            (
+                if amx { "int8, AMX" } else { "int8 (no AMX on this CPU)" },
+                tract(&int8, EngineMode::Throughput, 2 * THREADS),
+                tract(&int8, EngineMode::Latency, 1),
+            ),
+        ];
+        if amx {
+            let (throughput, latency) = tract_without_amx(&int8);
+            engines.push(("int8, AVX-512 VNNI", throughput, latency));
+        }
+        let o = ort(&fp32);
         let (sessions, shared) = (fig(&o["throughput_sessions"]), fig(&o["throughput_shared"]));
         let ort_throughput = if sessions.images_per_s >= shared.images_per_s { sessions } else { shared };
         let ort_latency = fig(&o["latency"]);
         let peak = o["sgemm_gflops_per_core"].as_f64().unwrap() * THREADS as f64;
-        for (mode, t, r) in [("throughput", &throughput, &ort_throughput), ("latency", &latency, &ort_latency)] {
-            println!(
-                "| {arch} | {mode} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}×** | {:.0} % / {:.0} % |",
-                t.images_per_s,
-                t.p50_ms,
-                t.p99_ms,
-                r.images_per_s,
-                r.p50_ms,
-                r.p99_ms,
-                t.images_per_s / r.images_per_s,
-                100.0 * t.images_per_s * gflop / peak,
-                100.0 * r.images_per_s * gflop / peak,
-            );
+        for (engine, throughput, latency) in &engines {
+            for (mode, t, r) in [("throughput", throughput, &ort_throughput), ("latency", latency, &ort_latency)] {
+                let tract_peak = if engine.starts_with("fp32") {
+                    format!("{:.0} %", 100.0 * t.images_per_s * gflop / peak)
+                } else {
+                    "(int8)".to_string()
+                };
+                println!(
+                    "| {arch} | {engine} | {mode} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}×** | {tract_peak} / {:.0} % |",
+                    t.images_per_s,
+                    t.p50_ms,
+                    t.p99_ms,
+                    r.images_per_s,
+                    r.p50_ms,
+                    r.p99_ms,
+                    t.images_per_s / r.images_per_s,
+                    100.0 * r.images_per_s * gflop / peak,
+                );
+            }
         }
         eprintln!("onnxruntime {} setups for {arch}: {o}", o["onnxruntime"]);
-        profiles.push((arch, profile_ops(&model, &[1, 3, 224, 224], 3).expect("profiling")));
-        let (one, four) = rss_per_version(&model);
-        let size = std::fs::metadata(&model).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
-        rss.push(format!("{arch} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers"));
         eprintln!("FP32 peak (single-thread sgemm × {THREADS} cores): {peak:.0} GFLOP/s");
+        for (precision, model) in [("fp32", &fp32), ("int8", &int8)] {
+            profiles
+                .push((format!("{arch} {precision}"), profile_ops(model, &[1, 3, 224, 224], 3).expect("profiling")));
+            let (one, four) = rss_per_version(model);
+            let size = std::fs::metadata(model).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
+            rss.push(format!(
+                "{arch} {precision} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers"
+            ));
+        }
     }
     println!("\n## Resident memory per loaded version\n");
     for line in rss {
         println!("- {line}");
     }
-    for (arch, ops) in profiles {
+    for (what, ops) in profiles {
         let total: f64 = ops.iter().map(|o| o.ms).sum();
-        println!("\n## tract per-op profile, {arch}, 1 thread (3 runs; {total:.1} ms per run)\n");
+        println!("\n## tract per-op profile, {what}, 1 thread (3 runs; {total:.1} ms per run)\n");
         println!("| op | nodes | ms per run | share |");
         println!("|---|---|---|---|");
         for o in ops.iter().take(10) {

@@ -1,10 +1,20 @@
 //! Prints tract's per-op profile of an ONNX image model (batch 1, 3×224×224, one thread):
 //! `cargo run --release -p tessera --example profile -- build/models/resnet50/1/model.onnx`.
+//! `--nodes N` adds the N slowest nodes; `--amx` lets tract use AMX for int8 models.
 
 fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).ok_or_else(|| anyhow::anyhow!("usage: profile MODEL.onnx"))?;
-    let ops = tessera::inference::profile_ops(std::path::Path::new(&path), &[1, 3, 224, 224], 3)?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = args.iter().find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
+    let path = path.ok_or_else(|| anyhow::anyhow!("usage: profile MODEL.onnx [--nodes N] [--amx]"))?;
+    let nodes: usize = match args.iter().position(|a| a == "--nodes") {
+        Some(i) => args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--nodes needs a count"))?.parse()?,
+        None => 0,
+    };
+    tessera::inference::request_amx_int8(args.iter().any(|a| a == "--amx"));
+    let path = std::path::Path::new(path);
+    let ops = tessera::inference::profile_ops(path, &[1, 3, 224, 224], 3)?;
     let total: f64 = ops.iter().map(|o| o.ms).sum();
+    println!("total {total:.2} ms per run");
     for o in &ops {
         println!(
             "{:>8.2} ms {:>5.1} % {:>4} × {:<24} slowest: {}",
@@ -14,6 +24,12 @@ fn main() -> anyhow::Result<()> {
             o.op,
             o.slowest_node
         );
+    }
+    if nodes > 0 {
+        println!();
+        for n in tessera::inference::profile_nodes(path, &[1, 3, 224, 224], 3)?.iter().take(nodes) {
+            println!("{:>8.3} ms  {} [{}] {}", n.ms, n.name, n.op, n.info);
+        }
     }
     Ok(())
 }

@@ -34,6 +34,11 @@ pub struct Config {
     /// `throughput` (one image per worker thread) or `latency` (each image's matrix products
     /// spread over the threads); `limits.inference_workers` sets the thread count either way.
     pub inference_mode: crate::inference::EngineMode,
+    /// Let tract use Intel AMX for int8 models (off by default): faster, but tract 0.23.9's AMX
+    /// kernels read out of bounds unless every int8 matmul's depth is a multiple of 64, so a
+    /// version that has one fails to load (`quantize.py --amx-safe` makes such graphs).
+    /// Process-wide: the first host built in a process decides.
+    pub amx_int8: bool,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
     pub watch: bool,
     /// Bearer token for `/v1/admin/*`. Absent: admin routes answer loopback clients only.
@@ -98,6 +103,7 @@ impl Default for Config {
             guests: GuestsConfig::default(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
             inference_mode: crate::inference::EngineMode::Throughput,
+            amx_int8: false,
             watch: true,
             admin_token: None,
             limits: Limits::default(),

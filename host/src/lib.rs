@@ -109,6 +109,12 @@ impl HostBuilder {
     pub fn build(self) -> Result<Host, BuildError> {
         let config = self.config;
         config.validate()?;
+        if crate::inference::request_amx_int8(config.amx_int8) != config.amx_int8 {
+            tracing::warn!(
+                requested = config.amx_int8,
+                "amx_int8 was already fixed for this process by an earlier host; keeping the earlier choice"
+            );
+        }
         let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
         let stages = load_stages(&runtime, &config)?;
         let engine = EngineConfig {

@@ -78,6 +78,9 @@ struct Overrides {
     /// Compile guests afresh and keep nothing on disk.
     #[arg(long, global = true, conflicts_with = "compile_cache_dir")]
     no_compile_cache: bool,
+    /// Let tract use Intel AMX for int8 models (see amx_int8 in docs/API.md).
+    #[arg(long, global = true)]
+    amx_int8: bool,
     /// Do not watch model and guest files for changes.
     #[arg(long, global = true)]
     no_watch: bool,
@@ -137,6 +140,9 @@ impl Overrides {
         }
         if let Some(mode) = self.inference_mode {
             c.inference_mode = mode;
+        }
+        if self.amx_int8 {
+            c.amx_int8 = true;
         }
         if self.no_watch {
             c.watch = false;

@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 CLASSES = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "hexagon"]
 SIZES = [(256, 256), (320, 240), (240, 320), (300, 300), (400, 300), (288, 352), (512, 384)]
 SUPERSAMPLE = 3
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def regular_polygon(n: int, radius: float, rotation: float, cx: float, cy: float):
@@ -162,6 +164,20 @@ def generate(seed: int, per_class: int, out: Path) -> list[tuple[str, str]]:
         writer.writerow(["file", "label"])
         writer.writerows(rows)
     return rows
+
+
+def tensors(tessera: Path, folder: Path, rows: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the server's preprocess guest (`tessera preprocess`) over the images of `rows` in
+    `folder`; returns the (N,3,224,224) float32 tensors the server would feed the model, and the
+    class indices."""
+    listing = folder / "list.txt"
+    listing.write_text("".join(f"{folder / name}\n" for name, _ in rows))
+    out = folder / "tensors.f32"
+    subprocess.run([str(tessera), "preprocess", "--manifest", str(ROOT / "models/shapes/model.toml"),
+                    "--list", str(listing), "--out", str(out)], check=True, cwd=ROOT)
+    x = np.fromfile(out, dtype="<f4").reshape(len(rows), 3, 224, 224)
+    y = np.array([CLASSES.index(label) for _, label in rows], dtype=np.int64)
+    return x, y
 
 
 def main() -> None:

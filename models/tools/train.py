@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_shapes import CLASSES, generate  # noqa: E402
+from generate_shapes import CLASSES, generate, tensors  # noqa: E402
 
 
 class Block(nn.Module):
@@ -62,18 +61,6 @@ class ShapesNet(nn.Module):
     def forward(self, x):
         x = self.layers(self.stem(x))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def tensors(tessera: Path, folder: Path, rows: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
-    """Runs the server's preprocess guest over the images, returns (N,3,224,224) and labels."""
-    listing = folder / "list.txt"
-    listing.write_text("".join(f"{folder / name}\n" for name, _ in rows))
-    out = folder / "tensors.f32"
-    subprocess.run([str(tessera), "preprocess", "--manifest", str(ROOT / "models/shapes/model.toml"),
-                    "--list", str(listing), "--out", str(out)], check=True, cwd=ROOT)
-    x = np.fromfile(out, dtype="<f4").reshape(len(rows), 3, 224, 224)
-    y = np.array([CLASSES.index(label) for _, label in rows], dtype=np.int64)
-    return x, y
 
 
 def augment(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ use support::{Server, bmp_header, client, finish_upload, guest, png, raw_exchang
 /// Seeds of held-out image sets: never used by models/tools/train.py (1 and 1001).
 const CLASSES_SEED: u64 = 9_001;
 const ACCURACY_SEED: u64 = 424_242;
+/// Held-out images for the int8 agreement test (quantize.py calibrates on seed 77).
+const INT8_SEED: u64 = 515_151;
 const LABELS: [&str; 8] = ["circle", "square", "triangle", "star", "cross", "ring", "crescent", "hexagon"];
 
 fn read(path: &std::path::Path) -> Vec<u8> {
@@ -316,6 +318,114 @@ fn the_library_runs_the_same_pipeline_without_http() {
     assert_eq!(err.stage, tessera::Stage::Preprocess);
     let req = tessera::ClassifyRequest { image: png(64, 64), model: Some("missing".into()), ..Default::default() };
     assert_eq!(host.classify_request(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
+}
+
+#[test]
+fn the_int8_default_model_runs_on_int8_kernels_and_agrees_with_fp32_on_504_held_out_images() {
+    // Every convolution of the quantized graph must reach one of tract's int8 (i32-accumulating)
+    // kernels; only the float classifier may stay fp32. A graph tract could not map would load
+    // and answer just as well, dequantized to fp32, so this is checked, not assumed.
+    let int8 = root().join("models/shapes-int8/1/model.onnx");
+    let kernels = tessera::inference::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
+    let float: Vec<_> = kernels.iter().filter(|k| k.accumulator != "I32").collect();
+    assert!(kernels.len() >= 13 && float.len() <= 1, "not on int8 kernels: {kernels:#?}");
+    println!(
+        "int8 kernels: {:?}",
+        kernels.iter().map(|k| k.kernel.as_str()).collect::<std::collections::BTreeSet<_>>()
+    );
+
+    let host = tessera::Host::builder()
+        .models(root().join("models"))
+        .compile_cache_dir(Some(root().join("target/cache/components")))
+        .preprocess(guest("preprocess"))
+        .postprocess(guest("postprocess"))
+        .rules(Vec::new())
+        .build()
+        .unwrap();
+    let cases = shapes(INT8_SEED, 63);
+    assert_eq!(cases.len(), 504);
+    let (mut agree, mut fp32_right, mut int8_right) = (0, 0, 0);
+    let mut disagreements = Vec::new();
+    for case in &cases {
+        let classify = |model: &str| {
+            let req =
+                tessera::ClassifyRequest { image: read(&case.path), model: Some(model.into()), ..Default::default() };
+            let result = host.classify_request(&req).unwrap();
+            assert_eq!(result.model.name, model);
+            result
+        };
+        let (fp32, int8) = (classify("shapes"), classify("shapes-int8"));
+        agree += usize::from(fp32.label == int8.label);
+        fp32_right += usize::from(fp32.label == case.label);
+        int8_right += usize::from(int8.label == case.label);
+        if fp32.label != int8.label {
+            disagreements.push(format!("{}: fp32 {} int8 {}", case.path.display(), fp32.label, int8.label));
+        }
+    }
+    println!(
+        "int8 vs fp32 top-1 agreement {agree}/{} ({:.2} %); accuracy fp32 {fp32_right}, int8 {int8_right}",
+        cases.len(),
+        100.0 * agree as f64 / cases.len() as f64
+    );
+    assert!(agree * 100 >= cases.len() * 99, "agreement below 99 %: {disagreements:#?}");
+}
+
+/// Whether this CPU has Intel AMX int8 (Linux `/proc/cpuinfo` flags).
+fn cpu_has_amx_int8() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_int8"))
+}
+
+#[test]
+fn with_amx_on_an_int8_graph_amx_would_overread_is_refused_and_an_amx_safe_one_serves() {
+    let base = root().join(format!("target/test-data/amx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let models = base.join("models");
+    for name in ["shapes", "shapes-int8"] {
+        for f in ["model.toml", "labels.txt", "1/model.onnx"] {
+            install(&root().join("models").join(name).join(f), &models.join(name).join(f));
+        }
+    }
+    // The same model quantized with --amx-safe: convs whose depth is not a multiple of 64 stay float.
+    for f in ["model.toml", "labels.txt"] {
+        install(&root().join("models/shapes-int8").join(f), &models.join("shapes-amx").join(f));
+    }
+    let status = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("models/tools/quantize.py"))
+        .args(["--model", root().join("models/shapes/1/model.onnx").to_str().unwrap()])
+        .args(["--out", models.join("shapes-amx/1/model.onnx").to_str().unwrap()])
+        .args(["--calibration", "shapes", "--count", "16", "--amx-safe", "--work"])
+        .arg(base.join("work"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "quantize.py --amx-safe failed");
+
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--amx-int8", "--default-model", "shapes"]);
+    let model = |name: &str| -> Value {
+        client().get(server.url(&format!("/v1/models/{name}"))).send().unwrap().json().unwrap()
+    };
+    let unsafe_graph = model("shapes-int8");
+    if cpu_has_amx_int8() {
+        // Its first conv has K = 3·3·3 = 27: refused at load, named, instead of crashing later.
+        assert_eq!(unsafe_graph["versions"][0]["state"], "failed", "{unsafe_graph}");
+        let reason = unsafe_graph["versions"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains("multiple of 64") && reason.contains("--amx-safe"), "{reason}");
+    } else {
+        // No AMX here: tract never picks those kernels, so there is nothing to refuse.
+        println!("this CPU has no AMX int8; the refusal is not exercised");
+        assert_eq!(unsafe_graph["ready_versions"], serde_json::json!(["1"]), "{unsafe_graph}");
+    }
+    assert_eq!(model("shapes-amx")["ready_versions"], serde_json::json!(["1"]));
+    for case in shapes(CLASSES_SEED, 2).iter().take(8) {
+        let (status, body, _) = server.classify(&read(&case.path), "?model=shapes-amx", &[]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["label"], case.label.as_str(), "{body}");
+    }
+    assert_eq!(server.classify(&read(&shapes(CLASSES_SEED, 2)[0].path), "", &[]).0, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]

@@ -20,6 +20,11 @@ use tract_onnx::prelude::*;
 
 use crate::error::{ErrorKind, PipelineError, Stage};
 
+mod amx;
+mod fold;
+
+pub use amx::request_amx_int8;
+
 type Plan = Arc<TypedRunnableModel>;
 
 /// How a model version's inference is scheduled.
@@ -71,13 +76,18 @@ struct Job {
 /// The shape is made concrete before `into_optimized()`: with a symbolic batch tract keeps
 /// generic kernels and runs 2–3× slower.
 pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> {
-    let err = |e: TractError| LoadError { path: path.display().to_string(), message: format!("{e:#}") };
-    tract_onnx::onnx()
+    let err = |message: String| LoadError { path: path.display().to_string(), message };
+    let amx = amx::amx_allowed();
+    let model = tract_onnx::onnx()
         .model_for_path(path)
         .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
         .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(err)
+        .and_then(|mut m| fold::fold_constant_chains(&mut m).map(|_| m))
+        .map_err(|e| err(format!("{e:#}")))?;
+    if amx {
+        amx::check_plan(&model).map_err(err)?;
+    }
+    model.into_runnable().map_err(|e| err(format!("{e:#}")))
 }
 
 impl InferencePool {
@@ -221,43 +231,102 @@ pub struct OpTime {
     pub slowest_node: String,
 }
 
+/// One node of an optimized plan and its time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeTime {
+    pub name: String,
+    pub op: String,
+    /// tract's description of the node (e.g. the matmul's shape and kernel).
+    pub info: String,
+    /// Milliseconds per run.
+    pub ms: f64,
+}
+
 /// Profiles the optimized plan of `path` on a single thread: `runs` timed runs after one
-/// warm-up, every node timed, totals per operation kind, slowest first. A diagnostic for
-/// benchmarks, not for the request path.
-pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<OpTime>, LoadError> {
+/// warm-up, every node timed; nodes slowest first. A diagnostic for benchmarks, not for the
+/// request path.
+pub fn profile_nodes(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<NodeTime>, LoadError> {
     let err = |e: TractError| LoadError { path: path.display().to_string(), message: format!("{e:#}") };
     let plan = load_plan(path, input_shape)?;
     let mut state = TypedSimpleState::new(&plan).map_err(err)?;
     let input: TValue = Tensor::zero::<f32>(input_shape).map_err(err)?.into();
     state.run(tvec!(input.clone())).map_err(err)?;
-    let mut totals: std::collections::HashMap<String, (std::time::Duration, usize)> = Default::default();
-    let mut slowest: std::collections::HashMap<String, (std::time::Duration, usize)> = Default::default();
     let runs = runs.max(1);
+    let mut took = vec![std::time::Duration::ZERO; plan.model().nodes.len()];
     for _ in 0..runs {
         state
             .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
                 let started = Instant::now();
                 let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                let took = started.elapsed();
-                let entry = totals.entry(node.op().name().to_string()).or_default();
-                entry.0 += took;
-                entry.1 += 1;
-                let worst = slowest.entry(node.op().name().to_string()).or_default();
-                if took > worst.0 {
-                    *worst = (took, node.id);
-                }
+                took[node.id] += started.elapsed();
                 out
             })
             .map_err(err)?;
     }
-    let mut ops: Vec<OpTime> = totals
-        .into_iter()
-        .map(|(op, (d, n))| {
-            let node = &plan.model().nodes[slowest[&op].1];
-            let slowest_node = format!("{}: {}", node.name, node.op().info().unwrap_or_default().join("; "));
-            OpTime { op, ms: d.as_secs_f64() * 1e3 / runs as f64, nodes: n / runs, slowest_node }
+    let mut nodes: Vec<NodeTime> = plan
+        .model()
+        .nodes
+        .iter()
+        .filter(|node| !took[node.id].is_zero())
+        .map(|node| NodeTime {
+            name: node.name.clone(),
+            op: node.op().name().to_string(),
+            info: node.op().info().unwrap_or_default().join("; "),
+            ms: took[node.id].as_secs_f64() * 1e3 / runs as f64,
         })
         .collect();
+    nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(nodes)
+}
+
+/// [`profile_nodes`] totalled per operation kind, slowest first.
+pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<OpTime>, LoadError> {
+    let mut ops: Vec<OpTime> = Vec::new();
+    // Nodes come slowest first, so the first node seen of each kind is its slowest.
+    for node in profile_nodes(path, input_shape, runs)? {
+        match ops.iter_mut().find(|o| o.op == node.op) {
+            Some(o) => {
+                o.ms += node.ms;
+                o.nodes += 1;
+            }
+            None => ops.push(OpTime {
+                op: node.op,
+                ms: node.ms,
+                nodes: 1,
+                slowest_node: format!("{}: {}", node.name, node.info),
+            }),
+        }
+    }
     ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     Ok(ops)
+}
+
+/// One matrix multiplication of an optimized plan and the kernel tract chose for it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MatMulKernel {
+    pub node: String,
+    /// tract-linalg's kernel name(s), e.g. `avx512amx_mmm_i32_16x16`.
+    pub kernel: String,
+    /// What the kernel accumulates in: `I32` for the int8 kernels, `F32` for the float ones.
+    pub accumulator: String,
+}
+
+/// The matrix-multiply kernels of the optimized plan of `path`: tells whether an int8 graph
+/// really reaches tract's int8 kernels (a graph tract cannot map runs dequantized, in fp32).
+pub fn matmul_kernels(path: &Path, input_shape: &[usize]) -> Result<Vec<MatMulKernel>, LoadError> {
+    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+    let plan = load_plan(path, input_shape)?;
+    Ok(plan
+        .model()
+        .nodes
+        .iter()
+        .filter_map(|node| {
+            let op = node.op_as::<OptMatMul>()?;
+            Some(MatMulKernel {
+                node: node.name.clone(),
+                kernel: op.mmm.iter().map(|k| k.name().to_string()).collect::<Vec<_>>().join(","),
+                accumulator: format!("{:?}", op.mmm.first()?.internal_type()),
+            })
+        })
+        .collect())
 }

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Static int8 quantization of a Tessera ONNX image model, shaped for tract's int8 kernels.
+
+Writes a QOperator graph (QuantizeLinear -> QLinearConv ... -> DequantizeLinear) with
+onnxruntime's own quantizer, calibrated on real inputs:
+
+  --calibration shapes   images from generate_shapes.py turned into tensors by
+                         `tessera preprocess` (the serving guest), for the trained default model
+  --calibration random   N(0,1) tensors: enough to time seeded-weight ResNets, which have no
+                         accuracy to keep (see DESIGN.md, "Quantization")
+
+    python models/tools/quantize.py --model models/shapes/1/model.onnx \\
+        --out models/shapes-int8/1/model.onnx --calibration shapes
+    python models/tools/quantize.py --model build/models/resnet50/1/model.onnx \\
+        --out build/models/resnet50-int8/1/model.onnx --calibration random
+
+Choices, each measured with `cargo run --release -p tessera --example profile` on ResNet-50
+(docs/PERFORMANCE.md has the figures):
+- Only Conv (with its ReLU folded into the output range) and MaxPool are quantized. The residual
+  Add, global pooling and the classifier stay float between DequantizeLinear/QuantizeLinear:
+  tract 0.23 cannot load QLinearAdd / QLinearGlobalAveragePool (com.microsoft contrib ops), and
+  the QDQ format is not rewritten to int8 kernels by tract (it dequantizes and runs fp32).
+- Weights per tensor, not per channel: tract fuses the requantization (scale, zero point,
+  clamp, cast) into the matmul kernel's epilogue only when the scale is a single number; with
+  per-channel scales it runs five separate elementwise passes per conv and the int8 graph is
+  slower than fp32 (180 vs 100 ms). Agreement with fp32 is checked by the tests instead.
+- Activations int8 (asymmetric), weights int8 (symmetric): tract's x86 kernels are i8 x i8
+  (AMX TDPBSSD, AVX-512 VNNI); u8 activations only add an offset pass.
+- 1x1 convolutions get dilation 3, which changes nothing (a one-pixel kernel covers one pixel
+  whatever its dilation) but keeps tract on its im2col path. Otherwise tract lowers them to an
+  einsum that, quantized, loops over H and multiplies W-wide slices (n = 14 or 7 columns in
+  the late stages; its axis-merging pass skips einsums with quantization inputs): ResNet-50
+  85 -> 60 ms. 3, not 2: a stride-2 conv becomes a Downsample with its dilation halved, and
+  tract-core's `declutter_as_einsum` only takes dilation 1.
+- `--amx-safe` leaves in float every conv whose K (= Cin x kh x kw) is not a multiple of 64.
+  tract 0.23.9's AMX int8 kernels load 64 K-bytes of the activation panel per step and read
+  past its end otherwise (a SIGSEGV was seen in a test); Tessera refuses such plans when AMX
+  is enabled (see `amx_int8` in docs/API.md), so a graph meant for AMX must avoid them. For a
+  torchvision ResNet that is the 7x7 stem conv only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from generate_shapes import ROOT, generate, tensors  # noqa: E402
+
+
+class Batches(CalibrationDataReader):
+    def __init__(self, input_name: str, x: np.ndarray):
+        self.items = iter([{input_name: x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def calibration_inputs(kind: str, count: int, seed: int, tessera: Path, work: Path) -> np.ndarray:
+    if kind == "random":
+        return np.random.default_rng(seed).normal(0, 1, (count, 3, 224, 224)).astype(np.float32)
+    per_class = max(1, count // 8)
+    folder = work / "calibration"
+    x, _ = tensors(tessera, folder, generate(seed, per_class, folder))
+    return x
+
+
+def amx_unsafe_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the convs whose matmul depth K = Cin x kh x kw is not a multiple of 64."""
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            _, cin, kh, kw = weights[node.input[1]]
+            if cin * kh * kw % 64:
+                out.append(node.name)
+    return out
+
+
+def dilate_pointwise(model: onnx.ModelProto) -> int:
+    """Gives every 1x1 QLinearConv dilation 3 (see the module doc); returns how many."""
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "QLinearConv" and weights[node.input[3]][2:] == [1, 1]:
+            for attr in [a for a in node.attribute if a.name == "dilations"]:
+                node.attribute.remove(attr)
+            node.attribute.append(onnx.helper.make_attribute("dilations", [3, 3]))
+            count += 1
+    return count
+
+
+def quantize(model: Path, out: Path, x: np.ndarray, amx_safe: bool) -> None:
+    fp32 = onnx.load(str(model))
+    input_name = fp32.graph.input[0].name
+    for i, node in enumerate(fp32.graph.node):  # the quantizer excludes nodes by name
+        node.name = node.name or f"{node.op_type.lower()}_{i}"
+    exclude = amx_unsafe_convs(fp32) if amx_safe else []
+    with tempfile.TemporaryDirectory() as tmp:
+        named, raw = Path(tmp) / "named.onnx", Path(tmp) / "quantized.onnx"
+        onnx.save(fp32, str(named))
+        quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QOperator,
+                        op_types_to_quantize=["Conv", "Relu", "MaxPool"], per_channel=False,
+                        nodes_to_exclude=exclude,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        q = onnx.load(str(raw))
+    # The quantizer records shapes inferred for batch 1 while the input keeps its symbolic batch;
+    # tract refuses to unify the two, and the shapes carry nothing tract cannot infer itself.
+    del q.graph.value_info[:]
+    dilate_pointwise(q)
+    if exclude:
+        print(f"left in float (K not a multiple of 64): {', '.join(exclude)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(q, str(out))
+
+
+def agreement(fp32: Path, int8: Path, x: np.ndarray) -> float:
+    """Top-1 agreement of the two graphs under onnxruntime: a quick sanity check only; the tests
+    measure tract's own int8 execution against fp32."""
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, int8))
+    name = a.get_inputs()[0].name
+    same = sum(int(a.run(None, {name: x[i:i + 1]})[0].argmax() == b.run(None, {name: x[i:i + 1]})[0].argmax())
+               for i in range(len(x)))
+    return same / len(x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True, help="fp32 ONNX model")
+    p.add_argument("--out", type=Path, required=True, help="where to write the int8 ONNX model")
+    p.add_argument("--calibration", choices=["shapes", "random"], required=True)
+    p.add_argument("--count", type=int, default=160, help="calibration inputs")
+    p.add_argument("--seed", type=int, default=77, help="calibration seed (distinct from training and test seeds)")
+    p.add_argument("--amx-safe", action="store_true", help="leave convs with K %% 64 != 0 in float")
+    p.add_argument("--check", type=int, default=0, help="held-out inputs for an onnxruntime agreement check")
+    p.add_argument("--work", type=Path, default=ROOT / "build/quantize")
+    p.add_argument("--tessera", type=Path, default=ROOT / "target/release/tessera")
+    args = p.parse_args()
+    x = calibration_inputs(args.calibration, args.count, args.seed, args.tessera, args.work)
+    quantize(args.model, args.out, x, args.amx_safe)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), calibrated on {len(x)} {args.calibration} inputs")
+    if args.check:
+        held_out = calibration_inputs(args.calibration, args.check, args.seed + 1, args.tessera, args.work / "check")
+        print(f"onnxruntime top-1 agreement int8 vs fp32 on {len(held_out)} held-out inputs: "
+              f"{agreement(args.model, args.out, held_out):.4f}")
+
+
+if __name__ == "__main__":
+    main()
