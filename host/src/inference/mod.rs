@@ -22,6 +22,8 @@ use crate::error::{ErrorKind, PipelineError, Stage};
 
 mod amx;
 mod fold;
+mod im2col;
+mod quantize;
 
 pub use amx::request_amx_int8;
 
@@ -83,6 +85,8 @@ pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> 
         .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
         .and_then(|m| m.into_optimized())
         .and_then(|mut m| fold::fold_constant_chains(&mut m).map(|_| m))
+        .and_then(|mut m| im2col::replace_im2col(&mut m).map(|_| m))
+        .and_then(|mut m| quantize::replace_quantize(&mut m).map(|_| m))
         .map_err(|e| err(format!("{e:#}")))?;
     if amx {
         amx::check_plan(&model).map_err(err)?;
