@@ -38,6 +38,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Set in the child process that measures tract without AMX.
 const CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_NO_AMX";
+/// Set in the child processes that measure resident memory: `WORKERS:MODEL`.
+const RSS_CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_RSS";
 
 fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
     let pool = InferencePool::load(model, &[1, 3, 224, 224], &EngineConfig { mode, threads: THREADS, queue_len: 64 })
@@ -81,29 +83,36 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-/// Resident memory added by loading `model` with 1 worker, then again with 4 workers beside
-/// it: the weights are shared by the workers, so the two should be close.
-fn rss_per_version(model: &Path) -> (f64, f64) {
+/// Resident memory added by loading `model` with `workers` workers (and running one image on
+/// each), measured in a fresh child process so no freed memory of an earlier model is reused.
+fn rss_added(model: &Path, workers: usize) -> f64 {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(RSS_CHILD_ENV, format!("{workers}:{}", model.display()))
+        .output()
+        .expect("running the bench's RSS child process");
+    assert!(out.status.success(), "RSS child failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("RSS child output")
+}
+
+fn rss_child(spec: &str) {
+    let (workers, model) = spec.split_once(':').unwrap();
+    let workers: usize = workers.parse().unwrap();
+    tessera::inference::request_amx_int8(true); // as the parent process runs them
     let input = vec![0.5f32; 3 * 224 * 224];
     let far = Instant::now() + Duration::from_secs(60);
-    let load = |threads| {
-        let before = rss_mib();
-        let pool = InferencePool::load(
-            model,
-            &[1, 3, 224, 224],
-            &EngineConfig { mode: EngineMode::Throughput, threads, queue_len: 8 },
-        )
-        .unwrap();
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| pool.infer(input.clone(), far).unwrap());
-            }
-        });
-        (pool, rss_mib() - before)
-    };
-    let (_one, one_worker) = load(1);
-    let (_four, four_workers) = load(4);
-    (one_worker, four_workers)
+    let before = rss_mib();
+    let pool = InferencePool::load(
+        Path::new(model),
+        &[1, 3, 224, 224],
+        &EngineConfig { mode: EngineMode::Throughput, threads: workers, queue_len: 8 },
+    )
+    .unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| pool.infer(input.clone(), far).unwrap());
+        }
+    });
+    println!("{:.1}", rss_mib() - before);
 }
 
 fn ort(model: &Path) -> Value {
@@ -152,6 +161,9 @@ fn fig(v: &Value) -> Figures {
 fn main() {
     if let Some(model) = std::env::var_os(CHILD_ENV) {
         return child(Path::new(&model));
+    }
+    if let Ok(spec) = std::env::var(RSS_CHILD_ENV) {
+        return rss_child(&spec);
     }
     let amx = tessera::inference::request_amx_int8(true);
     println!("# Engine: tract vs onnxruntime fp32, batch 1, {THREADS} threads, {SECONDS} s per setup\n");
@@ -210,7 +222,7 @@ fn main() {
         for (precision, model) in [("fp32", &fp32), ("int8", &int8)] {
             profiles
                 .push((format!("{arch} {precision}"), profile_ops(model, &[1, 3, 224, 224], 3).expect("profiling")));
-            let (one, four) = rss_per_version(model);
+            let (one, four) = (rss_added(model, 1), rss_added(model, 4));
             let size = std::fs::metadata(model).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
             rss.push(format!(
                 "{arch} {precision} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers"
