@@ -1,15 +1,33 @@
 //! Prints tract's per-op profile of an ONNX image model (batch 1, 3×224×224, one thread):
 //! `cargo run --release -p tessera --example profile -- build/models/resnet50/1/model.onnx`.
-//! `--nodes N` adds the N slowest nodes; `--amx` lets tract use AMX for int8 models.
+//! `--nodes N` adds the N slowest nodes; `--amx` lets tract use AMX for int8 models;
+//! `--threads N` runs under tract's multi-threaded executor (as the latency mode does).
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let path = args.iter().find(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
     let path = path.ok_or_else(|| anyhow::anyhow!("usage: profile MODEL.onnx [--nodes N] [--amx]"))?;
-    let nodes: usize = match args.iter().position(|a| a == "--nodes") {
-        Some(i) => args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--nodes needs a count"))?.parse()?,
-        None => 0,
+    let count = |flag: &str| -> anyhow::Result<usize> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => Ok(args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{flag} needs a count"))?.parse()?),
+            None => Ok(0),
+        }
     };
+    let (nodes, threads) = (count("--nodes")?, count("--threads")?);
+    let executor = match threads {
+        0 | 1 => tract_linalg::multithread::Executor::SingleThread,
+        n => tract_linalg::multithread::Executor::multithread(n),
+    };
+    match executor.clone() {
+        // Run on one of the pool's own threads, as the latency mode does.
+        tract_linalg::multithread::Executor::MultiThread(pool) => {
+            pool.install(|| tract_linalg::multithread::multithread_tract_scope(executor, || run(path, nodes, &args)))
+        }
+        _ => run(path, nodes, &args),
+    }
+}
+
+fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {
     tessera::inference::request_amx_int8(args.iter().any(|a| a == "--amx"));
     let path = std::path::Path::new(path);
     let ops = tessera::inference::profile_ops(path, &[1, 3, 224, 224], 3)?;

@@ -14,7 +14,9 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage};
+use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -147,11 +149,10 @@ impl EvalOp for Im2ColI8K4 {
         let input = input.as_slice::<i8>()?;
         let batch = input.len() / (g.c * g.h * g.w);
         let mut values: TVec<Box<dyn MMMInputValue>> = tvec!();
-        let mut rows = vec![0i8; 4 * g.n()];
         for image in input.chunks_exact(g.c * g.h * g.w) {
             let mut blob = unsafe { Blob::new_for_size_and_align(g.panels() * g.panel_bytes(), g.align) };
             blob.as_bytes_mut().fill(0);
-            pack(g, image, pad, &mut rows, blob.as_bytes_mut());
+            pack(g, image, pad, blob.as_bytes_mut());
             values.push(Box::new(EagerPackedInput {
                 fact: PackedExoticFact {
                     format: Box::new(PackedI8K4 { r: g.r, align: g.align }),
@@ -175,13 +176,39 @@ impl TypedOp for Im2ColI8K4 {
     as_op!();
 }
 
-/// Writes one image's patches into `out` (zeroed, `panels · panel_bytes` long).
-fn pack(g: &Geometry, image: &[i8], pad: i8, rows: &mut [i8], out: &mut [u8]) {
-    let n = g.n();
+/// Writes one image's patches into `out` (zeroed, `panels · panel_bytes` long). Under tract's
+/// multi-threaded executor (latency mode) the panels are split over its threads.
+fn pack(g: &Geometry, image: &[i8], pad: i8, out: &mut [u8]) {
+    let panels = g.panels();
+    let threads = match current_tract_executor() {
+        Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    };
+    // Below ~64 KiB of output a rayon dispatch costs more than it saves.
+    match threads.filter(|pool| pool.current_num_threads() > 1 && out.len() >= 64 << 10) {
+        Some(pool) => {
+            let per_chunk = panels.div_ceil(pool.current_num_threads() * 2);
+            pool.install(|| {
+                out.par_chunks_mut(per_chunk * g.panel_bytes()).enumerate().for_each(|(i, chunk)| {
+                    let first = i * per_chunk;
+                    pack_panels(g, image, pad, first..(first + per_chunk).min(panels), chunk)
+                })
+            })
+        }
+        None => pack_panels(g, image, pad, 0..panels, out),
+    }
+}
+
+/// Writes `panels` of one image's patches into `out`, which holds exactly those panels.
+fn pack_panels(g: &Geometry, image: &[i8], pad: i8, panels: std::ops::Range<usize>, out: &mut [u8]) {
+    // The output positions these panels hold.
+    let (n0, n1) = (panels.start * g.r, (panels.end * g.r).min(g.n()));
+    let len = n1 - n0;
+    let mut rows = vec![0i8; 4 * len];
     let (khw, plane) = (g.kh * g.kw, g.h * g.w);
     for kg in 0..g.k4() / 4 {
         // The 4 rows of this k-group: for each k, its input value at every output position.
-        for (kk, row) in rows.chunks_exact_mut(n).enumerate() {
+        for (kk, row) in rows.chunks_exact_mut(len).enumerate() {
             let k = kg * 4 + kk;
             if k >= g.k {
                 row.fill(0); // depth padding: must stay 0 whatever the input's zero point
@@ -196,31 +223,36 @@ fn pack(g: &Geometry, image: &[i8], pad: i8, rows: &mut [i8], out: &mut [u8]) {
             let lo = ((-dx).max(0) + sx - 1) / sx;
             let hi = ((g.w as isize - dx).max(0) + sx - 1) / sx;
             let (lo, hi) = ((lo as usize).min(g.ow), (hi as usize).min(g.ow));
-            for (oy, out_row) in row.chunks_exact_mut(g.ow).enumerate() {
+            for oy in n0 / g.ow..n1.div_ceil(g.ow) {
+                // This output row's columns [a, b) that fall in these panels.
+                let (a, b) = (n0.saturating_sub(oy * g.ow), (n1 - oy * g.ow).min(g.ow));
+                let out_row = &mut row[oy * g.ow + a - n0..oy * g.ow + b - n0];
                 let y = (oy * g.stride[0]) as isize + dy;
-                if y < 0 || y >= g.h as isize || lo >= hi {
+                let (vlo, vhi) = (lo.clamp(a, b), hi.clamp(a, b));
+                if y < 0 || y >= g.h as isize || vlo >= vhi {
                     out_row.fill(pad);
                     continue;
                 }
                 let src = &channel[y as usize * g.w..][..g.w];
-                out_row[..lo].fill(pad);
-                out_row[hi..].fill(pad);
-                let x0 = (lo as isize * sx + dx) as usize;
+                out_row[..vlo - a].fill(pad);
+                out_row[vhi - a..].fill(pad);
+                let x0 = (vlo as isize * sx + dx) as usize;
+                let valid = &mut out_row[vlo - a..vhi - a];
                 if sx == 1 {
-                    out_row[lo..hi].copy_from_slice(&src[x0..x0 + hi - lo]);
+                    valid.copy_from_slice(&src[x0..x0 + valid.len()]);
                 } else {
-                    for (o, x) in out_row[lo..hi].iter_mut().zip((x0..).step_by(sx as usize)) {
+                    for (o, x) in valid.iter_mut().zip((x0..).step_by(sx as usize)) {
                         *o = src[x];
                     }
                 }
             }
         }
-        let (a, rest) = rows.split_at(n);
-        let (b, rest) = rest.split_at(n);
-        let (c, d) = rest.split_at(n);
-        for p in 0..g.panels() {
+        let (a, rest) = rows.split_at(len);
+        let (b, rest) = rest.split_at(len);
+        let (c, d) = rest.split_at(len);
+        for p in 0..panels.len() {
             let m0 = p * g.r;
-            let width = g.r.min(n - m0);
+            let width = g.r.min(len - m0);
             let dst = &mut out[p * g.panel_bytes() + kg * g.r * 4..][..width * 4];
             interleave4(&a[m0..m0 + width], &b[m0..m0 + width], &c[m0..m0 + width], &d[m0..m0 + width], dst);
         }
@@ -289,13 +321,19 @@ mod tests {
                 inputs.push(tensor0(-7i8).into_tvalue());
             }
             let theirs = op.eval_out_of_plan(inputs.clone()).unwrap().unwrap();
-            let ours = Im2ColI8K4 { geo, inner: op.clone() }.eval_out_of_plan(inputs).unwrap().unwrap();
+            let ours = Im2ColI8K4 { geo, inner: op.clone() };
             let bytes = |t: &TValue| -> Vec<u8> {
                 let storage = t.try_storage_as::<PackedMatrixStorage>().unwrap();
                 let value = storage.value().downcast_ref::<EagerPackedInput>().unwrap();
                 value.packed.as_bytes().to_vec()
             };
-            assert_eq!(bytes(&theirs[0]), bytes(&ours[0]), "{}: {:?}", node.name, op);
+            let serial = ours.eval_out_of_plan(inputs.clone()).unwrap().unwrap();
+            assert_eq!(bytes(&theirs[0]), bytes(&serial[0]), "{}: {:?}", node.name, op);
+            // Split over 3 threads, panel ranges start and end mid-row.
+            let parallel = tract_linalg::multithread::multithread_tract_scope(Executor::multithread(3), || {
+                ours.eval_out_of_plan(inputs.clone()).unwrap().unwrap()
+            });
+            assert_eq!(bytes(&theirs[0]), bytes(&parallel[0]), "{} (3 threads)", node.name);
         }
         assert!(seen.len() >= 4, "too few distinct geometries covered: {seen:?}");
     }

@@ -112,7 +112,15 @@ impl InferencePool {
                 let (plan, rx, executor) = (plan.clone(), rx.clone(), executor.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || multithread_tract_scope(executor, || worker(plan, rx)))
+                    .spawn(move || match executor.clone() {
+                        // Latency mode runs the whole plan on one of the pool's own threads:
+                        // from an outside thread, the pool's workers spin between matmuls and
+                        // take the cores the serial ops (im2col, quantize, pooling) run on.
+                        Executor::MultiThread(pool) => {
+                            pool.install(|| multithread_tract_scope(executor, || worker(plan, rx)))
+                        }
+                        _ => multithread_tract_scope(executor, || worker(plan, rx)),
+                    })
                     .expect("spawning an inference thread")
             })
             .collect();

@@ -66,6 +66,19 @@ impl QuantizeF32 {
         if self.unsigned { (0, 255) } else { (-128, 127) }
     }
 
+    /// Quantizes `xs` into `ys`, split over tract's threads under its multi-threaded executor
+    /// (latency mode) when there is enough to share.
+    fn run_maybe_parallel(&self, xs: &[f32], ys: &mut [u8]) {
+        const CHUNK: usize = 64 << 10;
+        match tract_linalg::multithread::current_tract_executor() {
+            tract_linalg::multithread::Executor::MultiThread(pool) if xs.len() >= 2 * CHUNK => {
+                use rayon::prelude::*;
+                pool.install(|| xs.par_chunks(CHUNK).zip(ys.par_chunks_mut(CHUNK)).for_each(|(x, y)| self.run(x, y)))
+            }
+            _ => self.run(xs, ys),
+        }
+    }
+
     /// Quantizes `xs` into `ys` (bytes of the output's type, i8 or u8).
     fn run(&self, xs: &[f32], ys: &mut [u8]) {
         let (lo, hi) = self.range();
@@ -126,7 +139,7 @@ impl EvalOp for QuantizeF32 {
         let xs = input.try_as_plain_ram()?;
         let dt = if self.unsigned { u8::datum_type() } else { i8::datum_type() };
         let mut output = unsafe { Tensor::uninitialized_dt(dt, input.shape())? };
-        self.run(xs.as_slice::<f32>()?, output.as_bytes_mut());
+        self.run_maybe_parallel(xs.as_slice::<f32>()?, output.as_bytes_mut());
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -162,6 +175,14 @@ mod tests {
             let theirs: Vec<u8> = xs.iter().map(|&x| quantize_linear_f32_u8(x, scale, zp)).collect();
             assert_eq!(ours, theirs, "u8 scale {scale} zero point {zp}");
         }
+        // Split over threads (latency mode) the result is the same.
+        let op = QuantizeF32 { scale_bits: f32::to_bits(37.05), zero_point: -128, unsigned: false };
+        let (mut serial, mut parallel) = (vec![0u8; xs.len()], vec![0u8; xs.len()]);
+        op.run(&xs, &mut serial);
+        tract_linalg::multithread::multithread_tract_scope(tract_linalg::multithread::Executor::multithread(3), || {
+            op.run_maybe_parallel(&xs, &mut parallel)
+        });
+        assert_eq!(serial, parallel);
         // Beyond i32 tract's `as i32 + zero_point` wraps; this op saturates, as ONNX says.
         let op = QuantizeF32 { scale_bits: f32::to_bits(512.0), zero_point: 100, unsigned: false };
         let mut ours = [0u8; 4];
