@@ -7,10 +7,10 @@
 //! - latency: tract with one worker whose matmuls use THREADS threads, one caller, vs one
 //!   onnxruntime session with THREADS intra-op threads, one caller.
 //!
-//! tract runs each model in fp32 and as the int8 graph `models/tools/quantize.py --amx-safe`
-//! makes of it, on AMX (this process asks for it) and on AVX-512 VNNI (a child process of this
-//! bench, since tract fixes its CPU features once per process). onnxruntime runs fp32: the
-//! engine a user would otherwise pick, and the target.
+//! tract runs each model in fp32 and as the int8 graph `models/tools/quantize.py` makes of
+//! it, on AMX (this process asks for it) and on AVX-512 VNNI (a child process of this bench,
+//! since tract fixes its CPU features once per process). onnxruntime runs fp32: the engine a
+//! user would otherwise pick, and the target.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -35,8 +35,8 @@ pub struct Config {
     /// spread over the threads); `limits.inference_workers` sets the thread count either way.
     pub inference_mode: crate::inference::EngineMode,
     /// Let tract use Intel AMX for int8 models (off by default): faster, but tract 0.23.9's AMX
-    /// kernels read out of bounds unless every int8 matmul's depth is a multiple of 64, so a
-    /// version that has one fails to load (`quantize.py --amx-safe` makes such graphs).
+    /// kernels read past activations tract packs itself when a matmul's depth is not a multiple
+    /// of 64, so a version with such a matmul fails to load (`inference/amx.rs`).
     /// Process-wide: the first host built in a process decides.
     pub amx_int8: bool,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).

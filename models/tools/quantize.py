@@ -32,11 +32,12 @@ Choices, each measured with `cargo run --release -p tessera --example profile` o
   the late stages; its axis-merging pass skips einsums with quantization inputs): ResNet-50
   85 -> 60 ms. 3, not 2: a stride-2 conv becomes a Downsample with its dilation halved, and
   tract-core's `declutter_as_einsum` only takes dilation 1.
-- `--amx-safe` leaves in float every conv whose K (= Cin x kh x kw) is not a multiple of 64.
-  tract 0.23.9's AMX int8 kernels load 64 K-bytes of the activation panel per step and read
-  past its end otherwise (a SIGSEGV was seen in a test); Tessera refuses such plans when AMX
-  is enabled (see `amx_int8` in docs/API.md), so a graph meant for AMX must avoid them. For a
-  torchvision ResNet that is the 7x7 stem conv only.
+  Keeping every conv on im2col also keeps it safe on AMX: tract 0.23.9's AMX int8 kernels read
+  past the end of the activation panel when K is not a multiple of 64, and Tessera's own im2col
+  (host/src/inference/im2col.rs) leaves room for that read, while tract's einsum packing does not
+  (Tessera refuses such plans when `amx_int8` is on).
+- `--keep-pointwise` skips that dilation: for measuring what it buys, and for testing the AMX
+  refusal.
 """
 from __future__ import annotations
 
@@ -72,18 +73,6 @@ def calibration_inputs(kind: str, count: int, seed: int, tessera: Path, work: Pa
     return x
 
 
-def amx_unsafe_convs(model: onnx.ModelProto) -> list[str]:
-    """Names of the convs whose matmul depth K = Cin x kh x kw is not a multiple of 64."""
-    weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    out = []
-    for node in model.graph.node:
-        if node.op_type == "Conv":
-            _, cin, kh, kw = weights[node.input[1]]
-            if cin * kh * kw % 64:
-                out.append(node.name)
-    return out
-
-
 def dilate_pointwise(model: onnx.ModelProto) -> int:
     """Gives every 1x1 QLinearConv dilation 3 (see the module doc); returns how many."""
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
@@ -97,18 +86,16 @@ def dilate_pointwise(model: onnx.ModelProto) -> int:
     return count
 
 
-def quantize(model: Path, out: Path, x: np.ndarray, amx_safe: bool) -> None:
+def quantize(model: Path, out: Path, x: np.ndarray, keep_pointwise: bool) -> None:
     fp32 = onnx.load(str(model))
     input_name = fp32.graph.input[0].name
-    for i, node in enumerate(fp32.graph.node):  # the quantizer excludes nodes by name
+    for i, node in enumerate(fp32.graph.node):  # readable names in tract's profiles and errors
         node.name = node.name or f"{node.op_type.lower()}_{i}"
-    exclude = amx_unsafe_convs(fp32) if amx_safe else []
     with tempfile.TemporaryDirectory() as tmp:
         named, raw = Path(tmp) / "named.onnx", Path(tmp) / "quantized.onnx"
         onnx.save(fp32, str(named))
         quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QOperator,
                         op_types_to_quantize=["Conv", "Relu", "MaxPool"], per_channel=False,
-                        nodes_to_exclude=exclude,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
@@ -116,9 +103,8 @@ def quantize(model: Path, out: Path, x: np.ndarray, amx_safe: bool) -> None:
     # The quantizer records shapes inferred for batch 1 while the input keeps its symbolic batch;
     # tract refuses to unify the two, and the shapes carry nothing tract cannot infer itself.
     del q.graph.value_info[:]
-    dilate_pointwise(q)
-    if exclude:
-        print(f"left in float (K not a multiple of 64): {', '.join(exclude)}")
+    if not keep_pointwise:
+        dilate_pointwise(q)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(q, str(out))
 
@@ -140,13 +126,13 @@ def main() -> None:
     p.add_argument("--calibration", choices=["shapes", "random"], required=True)
     p.add_argument("--count", type=int, default=160, help="calibration inputs")
     p.add_argument("--seed", type=int, default=77, help="calibration seed (distinct from training and test seeds)")
-    p.add_argument("--amx-safe", action="store_true", help="leave convs with K %% 64 != 0 in float")
+    p.add_argument("--keep-pointwise", action="store_true", help="leave 1x1 convs to tract's einsum lowering")
     p.add_argument("--check", type=int, default=0, help="held-out inputs for an onnxruntime agreement check")
     p.add_argument("--work", type=Path, default=ROOT / "build/quantize")
     p.add_argument("--tessera", type=Path, default=ROOT / "target/release/tessera")
     args = p.parse_args()
     x = calibration_inputs(args.calibration, args.count, args.seed, args.tessera, args.work)
-    quantize(args.model, args.out, x, args.amx_safe)
+    quantize(args.model, args.out, x, args.keep_pointwise)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), calibrated on {len(x)} {args.calibration} inputs")
     if args.check:
         held_out = calibration_inputs(args.calibration, args.check, args.seed + 1, args.tessera, args.work / "check")

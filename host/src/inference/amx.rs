@@ -5,9 +5,11 @@
 //! is not a multiple of 64 the last step reads past the end of the panel; the weights side is
 //! zero-padded so the result is right, but if the read crosses into an unmapped page the
 //! process dies with SIGSEGV (seen in our int8 test on the default model, whose first conv has
-//! K = 27). So AMX is off unless the configuration asks for it, and then a plan with such a
-//! matmul fails to load with a clear reason instead of crashing later. Without AMX tract uses
-//! its AVX-512 VNNI (or AVX2) int8 kernels, which have no such read.
+//! K = 27). Our own im2col (`im2col.rs`) ends its buffer with slack for that read, so a matmul
+//! fed by it is safe; one whose activations tract packs itself (an einsum, a MatMul) is not.
+//! So AMX is off unless the configuration asks for it, and then a plan with an unsafe matmul
+//! fails to load with a clear reason instead of crashing later. Without AMX tract uses its
+//! AVX-512 VNNI (or AVX2) int8 kernels, which have no such read.
 //!
 //! tract probes the CPU once per process, so the choice is process-wide and made before the
 //! first model is loaded.
@@ -16,7 +18,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+
+use super::im2col::Im2ColI8K4;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static IN_FORCE: OnceLock<bool> = OnceLock::new();
@@ -49,7 +53,7 @@ pub(crate) fn amx_allowed() -> bool {
 }
 
 /// Refuses a plan in which an AMX int8 kernel would multiply with a depth that is not a
-/// multiple of 64 (see the module doc).
+/// multiple of 64 and activations not packed by our im2col (see the module doc).
 pub(crate) fn check_plan(model: &TypedModel) -> Result<(), String> {
     for node in &model.nodes {
         let Some(op) = node.op_as::<OptMatMul>() else { continue };
@@ -58,12 +62,16 @@ pub(crate) fn check_plan(model: &TypedModel) -> Result<(), String> {
             continue;
         }
         for spec in &op.micro_ops {
-            if let ProtoFusedSpec::AddMatMul { geo, .. } = spec
-                && geo.k.as_i64().is_none_or(|k| k % 64 != 0)
-            {
+            let ProtoFusedSpec::AddMatMul { geo, b, .. } = spec else { continue };
+            let padded_by_us = match b {
+                MatMulOperand::Input(i) => model.node(node.inputs[*i].node).op_is::<Im2ColI8K4>(),
+                MatMulOperand::Const(_) => false,
+            };
+            if geo.k.as_i64().is_none_or(|k| k % 64 != 0) && !padded_by_us {
                 return Err(format!(
-                    "int8 matmul {} has depth K = {} (not a multiple of 64), which tract's AMX kernels \
-                     read out of bounds; quantize with `quantize.py --amx-safe` or set amx_int8 = false",
+                    "int8 matmul {} has depth K = {} (not a multiple of 64) on activations tract packs \
+                     itself, which its AMX kernels read out of bounds; quantize with \
+                     models/tools/quantize.py (convolutions through im2col) or set amx_int8 = false",
                     node.name, geo.k
                 ));
             }

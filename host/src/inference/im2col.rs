@@ -11,6 +11,11 @@
 //! Scope: 2-D NCHW, one group, i8 input, `PackedI8K4` output — what tract wires for every
 //! int8 convolution of our graphs; any other `Im2Col` is left to tract. The output is
 //! byte-identical (unit test below), and tract's op is kept inside for its output facts.
+//!
+//! The buffer ends with [`AMX_SLACK`] zero bytes: tract's AMX int8 kernels read the activation
+//! panel 64 K-bytes per step and so past the end of the last panel when K is not a multiple of
+//! 64 (see `amx.rs`). The slack keeps that read inside our allocation, which makes every
+//! matmul fed by this op safe on AMX.
 
 use std::sync::Arc;
 
@@ -57,6 +62,9 @@ impl Geometry {
         self.n().div_ceil(self.r)
     }
 }
+
+/// Bytes after the last panel: one 16-wide tile load of 64 K-bytes reads at most 1 KiB past it.
+pub const AMX_SLACK: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Im2ColI8K4 {
@@ -150,9 +158,10 @@ impl EvalOp for Im2ColI8K4 {
         let batch = input.len() / (g.c * g.h * g.w);
         let mut values: TVec<Box<dyn MMMInputValue>> = tvec!();
         for image in input.chunks_exact(g.c * g.h * g.w) {
-            let mut blob = unsafe { Blob::new_for_size_and_align(g.panels() * g.panel_bytes(), g.align) };
+            let size = g.panels() * g.panel_bytes();
+            let mut blob = unsafe { Blob::new_for_size_and_align(size + AMX_SLACK, g.align) };
             blob.as_bytes_mut().fill(0);
-            pack(g, image, pad, blob.as_bytes_mut());
+            pack(g, image, pad, &mut blob.as_bytes_mut()[..size]);
             values.push(Box::new(EagerPackedInput {
                 fact: PackedExoticFact {
                     format: Box::new(PackedI8K4 { r: g.r, align: g.align }),
@@ -321,11 +330,14 @@ mod tests {
                 inputs.push(tensor0(-7i8).into_tvalue());
             }
             let theirs = op.eval_out_of_plan(inputs.clone()).unwrap().unwrap();
-            let ours = Im2ColI8K4 { geo, inner: op.clone() };
+            let ours = Im2ColI8K4 { geo: geo.clone(), inner: op.clone() };
             let bytes = |t: &TValue| -> Vec<u8> {
                 let storage = t.try_storage_as::<PackedMatrixStorage>().unwrap();
                 let value = storage.value().downcast_ref::<EagerPackedInput>().unwrap();
-                value.packed.as_bytes().to_vec()
+                let size = value.panel_bytes * value.mn.div_ceil(geo.r);
+                let (panels, slack) = value.packed.as_bytes().split_at(size.min(value.packed.len()));
+                assert!(slack.iter().all(|b| *b == 0), "slack must be zeros");
+                panels.to_vec()
             };
             let serial = ours.eval_out_of_plan(inputs.clone()).unwrap().unwrap();
             assert_eq!(bytes(&theirs[0]), bytes(&serial[0]), "{}: {:?}", node.name, op);
