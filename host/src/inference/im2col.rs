@@ -213,8 +213,19 @@ fn pack_panels(g: &Geometry, image: &[i8], pad: i8, panels: std::ops::Range<usiz
     // The output positions these panels hold.
     let (n0, n1) = (panels.start * g.r, (panels.end * g.r).min(g.n()));
     let len = n1 - n0;
-    let mut rows = vec![0i8; 4 * len];
     let (khw, plane) = (g.kh * g.kw, g.h * g.w);
+    // A 1×1, stride-1, unpadded conv reads each channel plane as it is: interleave from there.
+    let pointwise = khw == 1 && g.stride == [1, 1] && g.pad_before == [0, 0] && (g.oh, g.ow) == (g.h, g.w);
+    if pointwise {
+        let zeros = vec![0i8; len];
+        let row = |k: usize| if k < g.k { &image[k * plane + n0..k * plane + n1] } else { &zeros[..] };
+        for kg in 0..g.k4() / 4 {
+            let k = kg * 4;
+            interleave_panels(g, kg, [row(k), row(k + 1), row(k + 2), row(k + 3)], out);
+        }
+        return;
+    }
+    let mut rows = vec![0i8; 4 * len];
     for kg in 0..g.k4() / 4 {
         // The 4 rows of this k-group: for each k, its input value at every output position.
         for (kk, row) in rows.chunks_exact_mut(len).enumerate() {
@@ -249,6 +260,8 @@ fn pack_panels(g: &Geometry, image: &[i8], pad: i8, panels: std::ops::Range<usiz
                 let valid = &mut out_row[vlo - a..vhi - a];
                 if sx == 1 {
                     valid.copy_from_slice(&src[x0..x0 + valid.len()]);
+                } else if sx == 2 {
+                    gather_stride2(&src[x0..], valid);
                 } else {
                     for (o, x) in valid.iter_mut().zip((x0..).step_by(sx as usize)) {
                         *o = src[x];
@@ -259,12 +272,36 @@ fn pack_panels(g: &Geometry, image: &[i8], pad: i8, panels: std::ops::Range<usiz
         let (a, rest) = rows.split_at(len);
         let (b, rest) = rest.split_at(len);
         let (c, d) = rest.split_at(len);
-        for p in 0..panels.len() {
-            let m0 = p * g.r;
-            let width = g.r.min(len - m0);
-            let dst = &mut out[p * g.panel_bytes() + kg * g.r * 4..][..width * 4];
-            interleave4(&a[m0..m0 + width], &b[m0..m0 + width], &c[m0..m0 + width], &d[m0..m0 + width], dst);
+        interleave_panels(g, kg, [a, b, c, d], out);
+    }
+}
+
+/// Writes k-group `kg` of the panels in `out` from its 4 rows (one value per output position).
+fn interleave_panels(g: &Geometry, kg: usize, [a, b, c, d]: [&[i8]; 4], out: &mut [u8]) {
+    for m0 in (0..a.len()).step_by(g.r) {
+        let width = g.r.min(a.len() - m0);
+        let dst = &mut out[m0 / g.r * g.panel_bytes() + kg * g.r * 4..][..width * 4];
+        interleave4(&a[m0..m0 + width], &b[m0..m0 + width], &c[m0..m0 + width], &d[m0..m0 + width], dst);
+    }
+}
+
+/// `dst[i] = src[2i]` (stride-2 convolutions, e.g. the ResNet stem).
+fn gather_stride2(src: &[i8], dst: &mut [i8]) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
+        // SSE2: keep the low byte of each 16-bit lane of 32 input bytes, pack to 16.
+        use std::arch::x86_64::*;
+        unsafe {
+            let low_bytes = _mm_set1_epi16(0x00ff);
+            let a = _mm_and_si128(_mm_loadu_si128(src[2 * i..].as_ptr() as *const __m128i), low_bytes);
+            let b = _mm_and_si128(_mm_loadu_si128(src[2 * i + 16..].as_ptr() as *const __m128i), low_bytes);
+            _mm_storeu_si128(dst[i..].as_mut_ptr() as *mut __m128i, _mm_packus_epi16(a, b));
         }
+        i += 16;
+    }
+    for (j, d) in dst.iter_mut().enumerate().skip(i) {
+        *d = src[2 * j];
     }
 }
 
