@@ -18,13 +18,8 @@ fn main() -> anyhow::Result<()> {
         0 | 1 => tract_linalg::multithread::Executor::SingleThread,
         n => tract_linalg::multithread::Executor::multithread(n),
     };
-    match executor.clone() {
-        // Run on one of the pool's own threads, as the latency mode does.
-        tract_linalg::multithread::Executor::MultiThread(pool) => {
-            pool.install(|| tract_linalg::multithread::multithread_tract_scope(executor, || run(path, nodes, &args)))
-        }
-        _ => run(path, nodes, &args),
-    }
+    // As the latency mode runs its plan.
+    tessera::inference::run_on_executor(executor, || run(path, nodes, &args))
 }
 
 fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {

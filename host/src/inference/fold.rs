@@ -19,16 +19,13 @@ fn bytes(values: &[TValue]) -> usize {
 }
 
 /// Folds chains of constant computations whose intermediate outgrows tract's budget but whose
-/// end result is smaller than what they read (a reduction): the fold never adds memory. Returns
-/// how many chains were folded.
+/// end result is smaller than what they read (a reduction): the fold never adds memory. Leaves
+/// the folded nodes dangling for the caller's `compact()`; returns how many chains were folded.
 pub fn fold_constant_chains(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     while let Some(patch) = next_fold(model)? {
         patch.apply(model)?;
         folded += 1;
-    }
-    if folded > 0 {
-        model.compact()?;
     }
     Ok(folded)
 }

@@ -72,22 +72,10 @@ pub struct Im2ColI8K4 {
     inner: Im2Col,
 }
 
-/// Replaces every `Im2Col` of `model` this op covers; returns how many.
-pub fn replace_im2col(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let node = &model.nodes[id];
-        let Some(op) = node.op_as::<Im2Col>() else { continue };
-        let Some(geo) = geometry(model, node, op)? else { continue };
-        let new_op = Im2ColI8K4 { geo, inner: op.clone() };
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, new_op)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
+/// The op to put in place of `node` if it is an `Im2Col` this op covers.
+pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Im2ColI8K4>> {
+    let Some(op) = node.op_as::<Im2Col>() else { return Ok(None) };
+    Ok(geometry(model, node, op)?.map(|geo| Im2ColI8K4 { geo, inner: op.clone() }))
 }
 
 fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Option<Geometry>> {

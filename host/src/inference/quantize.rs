@@ -20,29 +20,21 @@ pub struct QuantizeF32 {
     unsigned: bool,
 }
 
-/// Replaces tract's f32 quantizations in `model`; returns how many.
-pub fn replace_quantize(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes.len() {
-        let node = &model.nodes[id];
-        let Some(ew) = node.op_as::<ElementWiseOp>() else { continue };
-        if node.inputs.len() != 1 || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
-            continue;
-        }
-        let op = if let Some(q) = ew.0.downcast_ref::<QuantizeLinearI8>() {
-            QuantizeF32 { scale_bits: q.scale.to_bits(), zero_point: q.zero_point as i32, unsigned: false }
-        } else if let Some(q) = ew.0.downcast_ref::<QuantizeLinearU8>() {
-            QuantizeF32 { scale_bits: q.scale.to_bits(), zero_point: q.zero_point as i32, unsigned: true }
-        } else {
-            continue;
-        };
-        TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?.apply(model)?;
-        replaced += 1;
+/// The op to put in place of `node` if it is one of tract's f32 quantizations.
+pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<QuantizeF32>> {
+    let Some(ew) = node.op_as::<ElementWiseOp>() else { return Ok(None) };
+    if node.inputs.len() != 1 || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
+        return Ok(None);
     }
-    if replaced > 0 {
-        model.compact()?;
-    }
-    Ok(replaced)
+    Ok(if let Some(q) = ew.0.downcast_ref::<QuantizeLinearI8>() {
+        Some(QuantizeF32 { scale_bits: q.scale.to_bits(), zero_point: q.zero_point as i32, unsigned: false })
+    } else {
+        ew.0.downcast_ref::<QuantizeLinearU8>().map(|q| QuantizeF32 {
+            scale_bits: q.scale.to_bits(),
+            zero_point: q.zero_point as i32,
+            unsigned: true,
+        })
+    })
 }
 
 /// 1.5·2²³: adding it to an f32 of magnitude < 2²² rounds it to an integer, half to even (the
