@@ -93,6 +93,9 @@ pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> 
             Ok(m)
         })
         .map_err(|e| err(format!("{e:#}")))?;
+    // Constant folding ran tract's kernels on this thread and left its upper vector state
+    // dirty; whatever runs here next (often the pipeline's own code) should not pay for it.
+    crate::cpu::clean_upper_state();
     if amx {
         amx::check_plan(&model).map_err(err)?;
     }
