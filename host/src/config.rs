@@ -31,8 +31,9 @@ pub struct Config {
     pub guests: GuestsConfig,
     /// Where compiled guest components are cached across restarts; absent = no disk cache.
     pub compile_cache_dir: Option<PathBuf>,
-    /// `throughput` (one image per worker thread) or `latency` (each image's matrix products
-    /// spread over the threads); `limits.inference_workers` sets the thread count either way.
+    /// `adaptive` (a lone image's matrix products spread over every thread, concurrent images
+    /// one thread each), `throughput` (always one image per worker thread) or `latency` (always
+    /// one image at a time over all threads); `limits.inference_workers` sets the thread count.
     pub inference_mode: crate::inference::EngineMode,
     /// Let tract use Intel AMX for int8 models (off by default): faster, but tract 0.23.9's AMX
     /// kernels read past activations tract packs itself when a matmul's depth is not a multiple
@@ -102,7 +103,7 @@ impl Default for Config {
             default_model: None,
             guests: GuestsConfig::default(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
-            inference_mode: crate::inference::EngineMode::Throughput,
+            inference_mode: crate::inference::EngineMode::Adaptive,
             amx_int8: false,
             watch: true,
             admin_token: None,

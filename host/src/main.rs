@@ -104,8 +104,8 @@ struct Overrides {
     max_concurrent_requests: Option<u32>,
     #[arg(long, global = true)]
     inference_workers: Option<u32>,
-    /// throughput or latency.
-    #[arg(long, global = true, value_parser = parse_mode)]
+    /// adaptive (default), throughput or latency.
+    #[arg(long, global = true)]
     inference_mode: Option<tessera::inference::EngineMode>,
     #[arg(long, global = true)]
     inference_queue_len: Option<u32>,
@@ -159,14 +159,6 @@ impl Overrides {
             c.guests.rules =
                 self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
         }
-    }
-}
-
-fn parse_mode(s: &str) -> Result<tessera::inference::EngineMode, String> {
-    match s {
-        "throughput" => Ok(tessera::inference::EngineMode::Throughput),
-        "latency" => Ok(tessera::inference::EngineMode::Latency),
-        other => Err(format!("{other:?} is not a mode; use throughput or latency")),
     }
 }
 

@@ -5,14 +5,22 @@
 //! job. A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job
 //! whose deadline passed while it waited is dropped unrun.
 //!
-//! Two scheduling modes ([`EngineMode`]): *throughput* runs `threads` single-threaded workers,
-//! one image each; *latency* runs one worker whose matrix multiplications are split across
-//! `threads` threads (tract's `multithread-mm` executor), so each image finishes sooner.
+//! Three scheduling modes ([`EngineMode`]): *adaptive* (the default) runs `threads` workers
+//! and decides per node of the plan: while a job is the only one in the pool its matrix
+//! products are split over all threads, as soon as another job waits each runs on its own
+//! thread; *throughput* runs `threads` single-threaded workers, one image each; *latency* runs
+//! one worker whose matrix multiplications are always split across `threads` threads (tract's
+//! `multithread-mm` executor), so each image finishes sooner but a second image waits.
+//!
+//! Admission is sized to what the workers can finish: a job whose deadline would pass before
+//! the work already accepted ahead of it is done (estimated from the measured time per job) is
+//! refused at once as `Overloaded` instead of being queued to time out.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tract_linalg::multithread::{Executor, multithread_tract_scope};
@@ -33,8 +41,12 @@ type Plan = Arc<TypedRunnableModel>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EngineMode {
-    /// `threads` workers, one image each: the most images per second under load.
+    /// `threads` workers; a lone image gets every thread for its matrix products, concurrent
+    /// images one thread each. Neither a single client's latency nor throughput under load is
+    /// given up.
     #[default]
+    Adaptive,
+    /// `threads` workers, one image each: the most images per second under load.
     Throughput,
     /// One worker, each image's matrix products split over `threads` threads: the lowest
     /// latency per image.
@@ -59,12 +71,61 @@ pub struct LoadError {
     pub message: String,
 }
 
+impl std::str::FromStr for EngineMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "adaptive" => Ok(EngineMode::Adaptive),
+            "throughput" => Ok(EngineMode::Throughput),
+            "latency" => Ok(EngineMode::Latency),
+            other => Err(format!("{other:?} is not an inference mode; use adaptive, throughput or latency")),
+        }
+    }
+}
+
 /// A loaded, optimized model and the workers that run it.
 pub struct InferencePool {
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     input_shape: Vec<usize>,
     output_len: usize,
+    load: Arc<Load>,
+    /// Jobs that can run at the same time (worker threads).
+    parallel_jobs: usize,
+}
+
+/// What the pool has accepted and how fast it gets through it; shared with the workers.
+#[derive(Default)]
+struct Load {
+    /// Jobs accepted and not yet answered (queued and running).
+    in_flight: AtomicUsize,
+    /// Moving average of one job's run time, microseconds; 0 until a job has run.
+    job_us: AtomicU64,
+}
+
+impl Load {
+    /// Weight of the newest job in the moving average (1/8: a few jobs to follow a change in
+    /// load, not fooled by one slow run).
+    const NEW_JOB_WEIGHT: f64 = 0.125;
+
+    fn record(&self, took: Duration) {
+        let us = took.as_micros() as f64;
+        let old = self.job_us.load(Ordering::Relaxed) as f64;
+        let new = if old == 0.0 { us } else { old + Self::NEW_JOB_WEIGHT * (us - old) };
+        self.job_us.store(new as u64, Ordering::Relaxed);
+    }
+
+    /// When a job accepted now would be done, with `ahead` jobs in front of it and `parallel`
+    /// running at once; `None` before the first job has been timed.
+    fn estimated_finish(&self, now: Instant, ahead: usize, parallel: usize) -> Option<Instant> {
+        let job_us = self.job_us.load(Ordering::Relaxed);
+        if job_us == 0 {
+            return None;
+        }
+        let rounds = (ahead / parallel.max(1) + 1) as u64;
+        Some(now + Duration::from_micros(job_us.saturating_mul(rounds)))
+    }
 }
 
 struct Job {
@@ -135,21 +196,35 @@ impl InferencePool {
             output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
         let (tx, rx) = crossbeam_channel::bounded::<Job>(engine.queue_len.max(1));
         let threads = engine.threads.max(1);
-        let (workers, executor) = match engine.mode {
-            EngineMode::Throughput => (threads, Executor::SingleThread),
-            EngineMode::Latency if threads == 1 => (1, Executor::SingleThread),
-            EngineMode::Latency => (1, Executor::multithread_with_name(threads, "tessera-mm")),
+        // (workers, the executor each worker loop runs under, the pool lone jobs may borrow)
+        let (workers, executor, shared_pool) = match engine.mode {
+            EngineMode::Throughput => (threads, Executor::SingleThread, None),
+            EngineMode::Adaptive if threads == 1 => (1, Executor::SingleThread, None),
+            EngineMode::Adaptive => {
+                (threads, Executor::SingleThread, Some(Executor::multithread_with_name(threads, "tessera-mm")))
+            }
+            EngineMode::Latency if threads == 1 => (1, Executor::SingleThread, None),
+            EngineMode::Latency => (1, Executor::multithread_with_name(threads, "tessera-mm"), None),
         };
-        let workers = (0..workers)
+        let load = Arc::new(Load::default());
+        let workers_handles = (0..workers)
             .map(|i| {
                 let (plan, rx, executor) = (plan.clone(), rx.clone(), executor.clone());
+                let (load, shared_pool) = (load.clone(), shared_pool.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || run_on_executor(executor, || worker(plan, rx)))
+                    .spawn(move || run_on_executor(executor, || worker(plan, rx, load, shared_pool)))
                     .expect("spawning an inference thread")
             })
             .collect();
-        Ok(InferencePool { jobs: Some(tx), workers, input_shape: input_shape.to_vec(), output_len })
+        Ok(InferencePool {
+            jobs: Some(tx),
+            workers: workers_handles,
+            input_shape: input_shape.to_vec(),
+            output_len,
+            load,
+            parallel_jobs: workers,
+        })
     }
 
     /// The input shape the plan was optimized for.
@@ -174,7 +249,27 @@ impl InferencePool {
         }
         let (reply, answer) = crossbeam_channel::bounded(1);
         let jobs = self.jobs.as_ref().expect("pool is running until dropped");
-        match jobs.try_send(Job { input, deadline, reply }) {
+        let ahead = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(finish) = self.load.estimated_finish(Instant::now(), ahead, self.parallel_jobs)
+            && finish > deadline
+        {
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let job_ms = self.load.job_us.load(Ordering::Relaxed) as f64 / 1e3;
+            return Err(PipelineError::new(
+                ErrorKind::Overloaded,
+                Stage::Inference,
+                format!(
+                    "{ahead} images are ahead of this one (about {job_ms:.0} ms each on {} workers): it could not \
+                     finish before its deadline; retry shortly",
+                    self.parallel_jobs
+                ),
+            ));
+        }
+        let sent = jobs.try_send(Job { input, deadline, reply });
+        if sent.is_err() {
+            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(PipelineError::new(
@@ -227,7 +322,7 @@ fn output_len(plan: &Plan) -> Result<usize, String> {
     Ok(shape.iter().product())
 }
 
-fn worker(plan: Plan, jobs: Receiver<Job>) {
+fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<Executor>) {
     let mut state = match TypedSimpleState::new(&plan) {
         Ok(s) => s,
         Err(e) => {
@@ -239,18 +334,48 @@ fn worker(plan: Plan, jobs: Receiver<Job>) {
         plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
     for job in jobs {
         if Instant::now() >= job.deadline {
+            load.in_flight.fetch_sub(1, Ordering::AcqRel);
             let _ = job.reply.send(Err(deadline_exceeded()));
             continue;
         }
-        let result = run_once(&mut state, &shape, job.input);
+        let started = Instant::now();
+        let result = match &shared_pool {
+            // Alone: run the job on a thread of the pool it borrows, so its serial nodes do not
+            // compete with the pool's spinning threads (as the latency mode does).
+            Some(pool) if load.in_flight.load(Ordering::Relaxed) <= 1 => {
+                run_on_executor(pool.clone(), || run_once(&mut state, &shape, job.input, Some((pool, &load))))
+            }
+            Some(pool) => run_once(&mut state, &shape, job.input, Some((pool, &load))),
+            None => run_once(&mut state, &shape, job.input, None),
+        };
+        load.record(started.elapsed());
+        load.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(result);
     }
 }
 
-fn run_once(state: &mut TypedSimpleState, shape: &[usize], input: Vec<f32>) -> Result<Vec<f32>, PipelineError> {
+/// Runs one input. With `adaptive`, each node of the plan runs under the shared pool while
+/// this job is the only one accepted, and single-threaded as soon as another one is: the
+/// decision is taken per node, so a job that started alone gives the threads back within one
+/// node when others arrive.
+fn run_once(
+    state: &mut TypedSimpleState,
+    shape: &[usize],
+    input: Vec<f32>,
+    adaptive: Option<(&Executor, &Load)>,
+) -> Result<Vec<f32>, PipelineError> {
     let internal = |e: TractError| PipelineError::new(ErrorKind::Internal, Stage::Inference, format!("tract: {e:#}"));
     let tensor = Tensor::from_shape(shape, &input).map_err(internal)?;
-    let outputs = state.run(tvec!(tensor.into())).map_err(internal)?;
+    let outputs = match adaptive {
+        None => state.run(tvec!(tensor.into())),
+        Some((pool, load)) => state.run_plan_with_eval(tvec!(tensor.into()), |ctx, op_state, node, inputs| {
+            let eval = || tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+            let executor =
+                if load.in_flight.load(Ordering::Relaxed) <= 1 { pool.clone() } else { Executor::SingleThread };
+            multithread_tract_scope(executor, eval)
+        }),
+    }
+    .map_err(internal)?;
     let view = outputs[0].to_plain_array_view::<f32>().map_err(internal)?;
     Ok(view.iter().copied().collect())
 }
