@@ -26,7 +26,7 @@ guests:
 # resolution `cargo test` uses, so the tests reuse these artifacts instead of rebuilding
 # wasmtime and tract a second time.
 build: guests
-    cargo build --release --workspace --all-targets --exclude tessera-probe-rules
+    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-loadgen
 
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: build
@@ -37,7 +37,7 @@ test: build
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
-    cargo test --release --workspace --exclude tessera-probe-rules
+    cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen
 
 # Seeded torchvision-architecture ResNet-18/50 graphs for benchmarks (not committed; see
 # models/tools/make_resnet.py). They land in build/models/<arch>/1/model.onnx.
@@ -57,7 +57,12 @@ quantize: build
 
 # tract (both modes) vs onnxruntime on seeded ResNet-18/50; see docs/PERFORMANCE.md.
 bench-engine: build models
-    cargo bench -p tessera --bench engine
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench engine
+
+# The preprocess guest on photo-sized JPEGs: WASM vs native vs Pillow (full and draft), and the
+# slow-thread check; see docs/PERFORMANCE.md.
+bench-photos: build
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench photos
 
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
@@ -66,4 +71,4 @@ train *ARGS: build
 # Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
 bench: build
     command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
-    cargo bench -p tessera --bench pipeline
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench pipeline

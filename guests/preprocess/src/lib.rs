@@ -53,9 +53,13 @@ pub const SUPPORTED_FORMATS: &str = "JPEG, PNG, WebP, GIF or BMP";
 
 /// Decodes `bytes`, applies EXIF orientation, converts any pixel format to RGB, resizes only
 /// the centre-crop region and returns the normalized NCHW data (`3 × height × width` floats).
+///
+/// A large JPEG is decoded at a reduced scale (see [`decode_rgb_scaled`]): never below the
+/// resolution the resize step needs, so the result differs from a full decode only by the
+/// filter that does the shrinking (the DCT's instead of the bilinear convolution's).
 pub fn preprocess(bytes: &[u8], spec: &Spec, limits: &Limits) -> Result<Vec<f32>, Error> {
     validate_spec(spec)?;
-    let rgb = decode_rgb(bytes, limits)?;
+    let rgb = decode_rgb_scaled(bytes, limits, spec.resize)?;
     let (w, h) = (rgb.width(), rgb.height());
     let resized = resize_center_crop(rgb.into_raw(), w, h, spec)?;
     Ok(normalize_nchw(&resized, spec))
@@ -77,8 +81,28 @@ fn validate_spec(spec: &Spec) -> Result<(), Error> {
     Ok(())
 }
 
-/// Decodes to 8-bit RGB, refusing oversize images from their header.
+/// Decodes to 8-bit RGB at full size, refusing oversize images from their header.
 pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Error> {
+    let format = sniff(bytes)?;
+    decode_full(bytes, format, limits)
+}
+
+/// Decodes to 8-bit RGB, a JPEG at the smallest of its full, 1/2, 1/4 or 1/8 scales whose
+/// shorter side is still at least `min_short_side` pixels (the decoder's DCT-domain scaling,
+/// as Pillow's `draft()` does: a 12 MP photo decodes to 1/8 for a 256 px resize, ~8× less
+/// work). Other formats, images already small enough, and JPEGs in CMYK or 12-bit precision
+/// are decoded at full size, exactly as [`decode_rgb`] does.
+pub fn decode_rgb_scaled(bytes: &[u8], limits: &Limits, min_short_side: u32) -> Result<image::RgbImage, Error> {
+    let format = sniff(bytes)?;
+    if format == ImageFormat::Jpeg
+        && let Some(rgb) = decode_jpeg_scaled(bytes, limits, min_short_side)?
+    {
+        return Ok(rgb);
+    }
+    decode_full(bytes, format, limits)
+}
+
+fn sniff(bytes: &[u8]) -> Result<ImageFormat, Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidInput("the image is empty (0 bytes)".into()));
     }
@@ -88,12 +112,50 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Erro
     {
         return Err(Error::Unsupported(format!("{format:?} images are not supported; send {SUPPORTED_FORMATS}")));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_alloc_bytes);
-    reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
-    let (w, h) = decoder.dimensions();
+    Ok(format)
+}
+
+/// The reduced-scale JPEG path of [`decode_rgb_scaled`]; `None` when it does not apply (the
+/// image is too small to reduce, or its pixel format is not 8-bit grey or YCbCr/RGB).
+fn decode_jpeg_scaled(bytes: &[u8], limits: &Limits, min_short_side: u32) -> Result<Option<image::RgbImage>, Error> {
+    use jpeg_decoder::PixelFormat;
+    let invalid = |e: jpeg_decoder::Error| Error::InvalidInput(format!("the Jpeg image could not be decoded: {e}"));
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().map_err(invalid)?;
+    let info = decoder.info().ok_or_else(|| Error::InvalidInput("the Jpeg image has no frame header".into()))?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    check_pixels(w, h, limits)?;
+    let Some(divisor) = [8u32, 4, 2].into_iter().find(|d| w.min(h).div_ceil(*d) >= min_short_side.max(1)) else {
+        return Ok(None);
+    };
+    if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
+        return Ok(None);
+    }
+    // The decoder picks the smallest scale at which either side reaches the request, so
+    // asking for exactly the 1/divisor size selects 1/divisor.
+    let request = |side: u32| u16::try_from(side.div_ceil(divisor)).unwrap_or(u16::MAX);
+    let (sw, sh) = decoder.scale(request(w), request(h)).map_err(invalid)?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc_bytes).unwrap_or(usize::MAX));
+    let pixels = decoder.decode().map_err(|e| match e {
+        jpeg_decoder::Error::Unsupported(u) => Error::Unsupported(format!("Jpeg: {u:?}")),
+        other => invalid(other),
+    })?;
+    let rgb = match info.pixel_format {
+        PixelFormat::RGB24 => image::RgbImage::from_raw(sw, sh, pixels),
+        _ => image::GrayImage::from_raw(sw, sh, pixels).map(|g| DynamicImage::ImageLuma8(g).to_rgb8()),
+    }
+    .ok_or_else(|| Error::Internal(format!("the Jpeg decoder returned a short buffer for {sw}x{sh}")))?;
+    let orientation = decoder
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(Some(img.into_rgb8()))
+}
+
+fn check_pixels(w: u32, h: u32, limits: &Limits) -> Result<(), Error> {
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels {
         return Err(Error::TooLarge(format!(
@@ -104,6 +166,17 @@ pub fn decode_rgb(bytes: &[u8], limits: &Limits) -> Result<image::RgbImage, Erro
     if w == 0 || h == 0 {
         return Err(Error::InvalidInput(format!("the image has no pixels ({w}x{h})")));
     }
+    Ok(())
+}
+
+fn decode_full(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<image::RgbImage, Error> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, limits)?;
     // A decoder without orientation metadata reports `NoTransforms`; a broken EXIF block is
     // not worth refusing an otherwise good image for.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -240,6 +313,77 @@ mod tests {
         let bottom = rgb.get_pixel(10, 35);
         assert!(top[0] > 200 && top[2] < 60, "top should be red, got {top:?}");
         assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
+    }
+
+    /// A smooth, photo-like RGB image (gradients and a few edges), `w × h`.
+    fn photo(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let edge = if (x / 97 + y / 131) % 2 == 0 { 40.0 } else { 0.0 };
+            image::Rgb([(200.0 * fx + edge) as u8, (180.0 * fy + 30.0) as u8, (120.0 * (fx + fy) / 2.0 + edge) as u8])
+        })
+    }
+
+    fn jpeg(img: &image::RgbImage, exif: Option<Vec<u8>>) -> Vec<u8> {
+        use image::ImageEncoder;
+        let mut out = Vec::new();
+        let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92);
+        if let Some(exif) = exif {
+            encoder.set_exif_metadata(exif).unwrap();
+        }
+        encoder.write_image(img, img.width(), img.height(), image::ExtendedColorType::Rgb8).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_large_jpeg_decodes_at_the_smallest_scale_the_resize_allows() {
+        let bytes = jpeg(&photo(2048, 1536), None);
+        // 1536 / 8 = 192 < 256 <= 1536 / 4: a quarter.
+        let scaled = decode_rgb_scaled(&bytes, &LIMITS, 256).unwrap();
+        assert_eq!((scaled.width(), scaled.height()), (512, 384));
+        // Small enough already: full size, the same pixels as the full decode path.
+        let small = jpeg(&photo(400, 300), None);
+        assert_eq!(decode_rgb_scaled(&small, &LIMITS, 256).unwrap(), decode_rgb(&small, &LIMITS).unwrap());
+    }
+
+    #[test]
+    fn the_scaled_decode_gives_nearly_the_full_decodes_tensor() {
+        let bytes = jpeg(&photo(3000, 2000), None);
+        let fast = preprocess(&bytes, &spec(), &LIMITS).unwrap();
+        let full = decode_rgb(&bytes, &LIMITS).unwrap();
+        let (w, h) = (full.width(), full.height());
+        let reference = normalize_nchw(&resize_center_crop(full.into_raw(), w, h, &spec()).unwrap(), &spec());
+        let mean_abs = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum::<f32>() / fast.len() as f32;
+        // One 8-bit level is 1/(255·0.225) ≈ 0.017 in normalized units.
+        assert!(mean_abs < 0.03, "mean |scaled - full| = {mean_abs}");
+    }
+
+    #[test]
+    fn the_scaled_decode_applies_exif_orientation() {
+        // Landscape 2400×1200, left half red; orientation 6 makes it a portrait with red on top.
+        let img = image::RgbImage::from_fn(2400, 1200, |x, _| {
+            if x < 1200 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) }
+        });
+        let mut exif = b"II*\x00\x08\x00\x00\x00\x01\x00".to_vec();
+        exif.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]);
+        exif.extend_from_slice(&[0, 0, 0, 0]);
+        let rgb = decode_rgb_scaled(&jpeg(&img, Some(exif)), &LIMITS, 256).unwrap();
+        assert_eq!((rgb.width(), rgb.height()), (300, 600));
+        assert!(rgb.get_pixel(150, 50)[0] > 200 && rgb.get_pixel(150, 550)[2] > 200);
+    }
+
+    #[test]
+    fn a_truncated_large_jpeg_is_invalid_input_or_decodes_without_panicking() {
+        let mut bytes = jpeg(&photo(2048, 1536), None);
+        bytes.truncate(bytes.len() / 3);
+        // jpeg-decoder fills a truncated scan like zune-jpeg does; what matters is no panic
+        // and, if it fails, the precise kind.
+        match preprocess(&bytes, &spec(), &LIMITS) {
+            Ok(t) => assert_eq!(t.len(), 3 * 224 * 224),
+            Err(e) => assert!(matches!(e, Error::InvalidInput(_)), "{e:?}"),
+        }
+        bytes.truncate(100);
+        assert!(matches!(preprocess(&bytes, &spec(), &LIMITS), Err(Error::InvalidInput(_))));
     }
 
     #[test]

@@ -380,6 +380,16 @@ fn run_once(
     Ok(view.iter().copied().collect())
 }
 
+/// Runs `plan` once on the calling thread, single-threaded: for benchmarks and diagnostics
+/// (the server runs plans on its worker pools).
+pub fn run_plan_once(plan: &Plan, input: &[f32]) -> Result<Vec<f32>, PipelineError> {
+    let internal = |e: TractError| PipelineError::new(ErrorKind::Internal, Stage::Inference, format!("tract: {e:#}"));
+    let mut state = TypedSimpleState::new(plan).map_err(internal)?;
+    let shape: Vec<usize> =
+        plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
+    run_once(&mut state, &shape, input.to_vec(), None)
+}
+
 /// Where one run's time goes, per kind of operation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct OpTime {

@@ -1,0 +1,157 @@
+//! Photos at native speed: the preprocess stage on photo-sized JPEGs, every figure a ratio of
+//! things measured side by side in this one run. Reproduce with `just bench-photos`.
+//!
+//! For each JPEG (224 px, 1920×1080, 4000×3000, photo-like, generated here and written to
+//! `target/bench-data/` so Pillow reads the same bytes):
+//! - the WASM preprocess guest, through the runtime as the server calls it;
+//! - the same crate built natively (`tessera-preprocess` as an rlib);
+//! - Pillow: the seed's path (full decode + Resize(256) + CenterCrop + normalize) and the same
+//!   with `draft()` (`bench/peers/pillow_preprocess.py`, run by the project's `.venv` Python).
+//!
+//! Then the slow-thread check: guest time right after tract ran on the thread (what the thread
+//! that loaded the models used to pay) vs on a clean thread; the fix in `tessera::cpu` keeps the
+//! ratio near 1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tessera::Config;
+use tessera::runtime::{Runtime, SpecView};
+
+const RUNS: usize = 15;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A photo-like JPEG: smooth colour fields, edges and sensor-like noise (a deterministic hash),
+/// encoded at quality 90 as cameras and phones do.
+fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(97) >> 27;
+        let base = [
+            128.0 + 100.0 * (fx * 9.0 + fy * 5.0).sin(),
+            128.0 + 90.0 * (fx * 7.0 - fy * 6.0).cos(),
+            128.0 + 80.0 * ((fx + fy) * 4.0).sin(),
+        ];
+        let edge = if (x * 7 / w + y * 5 / h).is_multiple_of(2) { 25.0 } else { -25.0 };
+        image::Rgb(base.map(|c| (c + edge + noise as f32 - 16.0).clamp(0.0, 255.0) as u8))
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&img).unwrap();
+    out.into_inner()
+}
+
+fn time_ms(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn main() {
+    let root = root();
+    let config = Config::default();
+    let runtime = Runtime::new(&config.limits, Some(&root.join("target/cache/components"))).unwrap();
+    let guest = runtime.load_preprocess(&root.join("target/guests/preprocess.wasm")).unwrap();
+    let manifest = tessera::repository::Manifest::from_file(&root.join("models/shapes/model.toml")).unwrap();
+    let spec = SpecView::new("shapes", 1, &manifest, 8);
+    let native_spec = tessera_preprocess::Spec {
+        height: 224,
+        width: 224,
+        resize: manifest.resize,
+        mean: manifest.mean,
+        std: manifest.std,
+    };
+    let native_limits = tessera_preprocess::Limits {
+        max_pixels: config.limits.max_image_pixels,
+        max_alloc_bytes: config.limits.max_decode_alloc_bytes,
+    };
+    let far = || Instant::now() + Duration::from_secs(60);
+    let data = root.join("target/bench-data");
+    std::fs::create_dir_all(&data).unwrap();
+
+    let mut files = Vec::new();
+    println!("preprocess (decode, resize 256, crop 224, normalize), medians of {RUNS} interleaved runs:");
+    let mut rows = Vec::new();
+    for (name, w, h) in [("224px", 224, 224), ("1080p", 1920, 1080), ("12MP", 4000, 3000)] {
+        let bytes = photo_jpeg(w, h);
+        let path = data.join(format!("photo-{name}.jpg"));
+        std::fs::write(&path, &bytes).unwrap();
+        files.push(path);
+        let (mut wasm, mut native) = (vec![], vec![]);
+        for _ in 0..RUNS {
+            let mut a = Vec::new();
+            wasm.push(time_ms(|| {
+                a = runtime.preprocess(&guest, &bytes, None, &spec, &config.limits, far()).unwrap().0
+            }));
+            let mut b = Vec::new();
+            native.push(time_ms(|| b = tessera_preprocess::preprocess(&bytes, &native_spec, &native_limits).unwrap()));
+            let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(max_diff < 1e-5, "WASM and native preprocess differ by {max_diff}");
+        }
+        rows.push((name, bytes.len(), median(wasm), median(native)));
+    }
+    let pillow = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("bench/peers/pillow_preprocess.py"))
+        .args(["--runs", &RUNS.to_string()])
+        .args(&files)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let pillow: Vec<serde_json::Value> = pillow.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    println!(
+        "{:<7} {:>8} {:>9} {:>9} {:>11} {:>11} {:>12} {:>12} {:>13}",
+        "image", "bytes", "wasm ms", "native ms", "pillow ms", "draft ms", "wasm/native", "wasm/pillow", "wasm/draft"
+    );
+    for (i, (name, len, wasm, native)) in rows.iter().enumerate() {
+        let full = pillow.get(i).and_then(|p| p["full_ms"].as_f64()).unwrap_or(f64::NAN);
+        let draft = pillow.get(i).and_then(|p| p["draft_ms"].as_f64()).unwrap_or(f64::NAN);
+        println!(
+            "{name:<7} {len:>8} {wasm:>9.2} {native:>9.2} {full:>11.2} {draft:>11.2} {:>11.2}× {:>11.2}× {:>12.2}×",
+            wasm / native,
+            wasm / full,
+            wasm / draft
+        );
+    }
+    if pillow.is_empty() {
+        println!("(Pillow figures missing: run `./run build` first so .venv has Pillow)");
+    }
+
+    // The slow-thread check. A thread that just ran tract's kernels (here: the default model's
+    // optimized plan, as model loading does) vs a fresh thread, same guest, same image.
+    let bytes = photo_jpeg(224, 224);
+    let plan = tessera::inference::load_plan(&root.join("models/shapes/1/model.onnx"), &[1, 3, 224, 224]).unwrap();
+    let input = vec![0f32; 3 * 224 * 224];
+    let (mut after_tract, mut clean) = (vec![], vec![]);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..RUNS {
+                tessera::inference::run_plan_once(&plan, &input).unwrap();
+                after_tract.push(time_ms(|| {
+                    runtime.preprocess(&guest, &bytes, None, &spec, &config.limits, far()).unwrap();
+                }));
+            }
+        });
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..RUNS {
+                clean.push(time_ms(|| {
+                    runtime.preprocess(&guest, &bytes, None, &spec, &config.limits, far()).unwrap();
+                }));
+            }
+        });
+    });
+    let (a, c) = (median(after_tract), median(clean));
+    println!(
+        "slow-thread check, 224 px preprocess: right after tract on the thread {a:.2} ms vs clean thread {c:.2} ms = {:.2}× (target ≤ 1.3×)",
+        a / c
+    );
+}
