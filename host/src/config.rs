@@ -240,6 +240,7 @@ mod tests {
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.addr, Config::default().addr);
+        assert_eq!(config.inference_mode, Config::default().inference_mode);
         assert!(config.models_dir.ends_with("models"));
     }
 

@@ -149,12 +149,16 @@ impl Pipeline {
         let stages = self.stages.load_full();
         let mut timings = Timings::default();
 
+        // The inference place is taken first: a request the workers cannot finish in time is
+        // refused before its image is decoded, so an overload costs no preprocessing.
+        let admission = version.pool.admit(deadline)?;
+
         let t = Instant::now();
         let input = self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)?;
         timings.preprocess = ms(t.elapsed());
 
         let t = Instant::now();
-        let logits = version.pool.infer(input, deadline)?;
+        let logits = admission.infer(input, deadline)?;
         timings.inference = ms(t.elapsed());
 
         let t = Instant::now();

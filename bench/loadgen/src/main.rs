@@ -8,6 +8,10 @@
 //! (`grpc://host:port`) get the seed's `ImageRecognitionService/Recognize` with a 2 s deadline,
 //! as the seed's Go client sets it.
 //!
+//! A closed-loop client that gets a refusal with `Retry-After` waits that long (at most 1 s)
+//! before its next request, as a well-behaved HTTP client does; gRPC peers have no such signal
+//! (their overload shows as deadline errors after the full 2 s).
+//!
 //! It prints one JSON object: requests, errors by kind, rps, latency percentiles, the top-1
 //! labels seen, Tessera's per-stage `timings_ms` (first answers and settled ones), and, given
 //! `--server-pid`, the server's CPU seconds per answered image and its peak RSS.
@@ -78,6 +82,8 @@ struct Sample {
     started: Instant,
     latency: Duration,
     outcome: Result<Answer, String>,
+    /// The server's Retry-After on a refusal (capped at 1 s).
+    retry_after: Option<Duration>,
 }
 
 struct Answer {
@@ -133,7 +139,13 @@ async fn connect(target: &Target) -> anyhow::Result<Conn> {
     }
 }
 
-async fn send(conn: &mut Conn, target: &Target, image: &Bytes, image_type: &str) -> Result<Answer, String> {
+async fn send(
+    conn: &mut Conn,
+    target: &Target,
+    image: &Bytes,
+    image_type: &str,
+    retry_after: &mut Option<Duration>,
+) -> Result<Answer, String> {
     match (conn, target) {
         (Conn::Http(send), Target::Http { authority, path_and_query, .. }) => {
             send.ready().await.map_err(|e| format!("connection: {e}"))?;
@@ -144,8 +156,16 @@ async fn send(conn: &mut Conn, target: &Target, image: &Bytes, image_type: &str)
                 .map_err(|e| e.to_string())?;
             let resp = send.send_request(req).await.map_err(|e| format!("connection: {e}"))?;
             let status = resp.status();
+            let resp_retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let body = resp.into_body().collect().await.map_err(|e| format!("connection: {e}"))?.to_bytes();
             if !status.is_success() {
+                // A closed-loop client honours Retry-After (capped at 1 s), as a well-behaved
+                // HTTP client would; without it a 503 becomes a busy loop of refusals.
+                *retry_after = resp_retry_after.map(|s| Duration::from_secs(s.min(1)));
                 let code = serde_json::from_slice::<Value>(&body)
                     .ok()
                     .and_then(|v| v["error"]["code"].as_str().map(String::from))
@@ -172,11 +192,13 @@ async fn send(conn: &mut Conn, target: &Target, image: &Bytes, image_type: &str)
 }
 
 async fn timed(conn: &mut Conn, target: &Target, image: &Bytes, image_type: &str, started: Instant) -> Sample {
-    let outcome = match tokio::time::timeout(CLIENT_TIMEOUT, send(conn, target, image, image_type)).await {
-        Ok(r) => r,
-        Err(_) => Err("client_timeout".into()),
-    };
-    Sample { started, latency: started.elapsed(), outcome }
+    let mut retry_after = None;
+    let outcome =
+        match tokio::time::timeout(CLIENT_TIMEOUT, send(conn, target, image, image_type, &mut retry_after)).await {
+            Ok(r) => r,
+            Err(_) => Err("client_timeout".into()),
+        };
+    Sample { started, latency: started.elapsed(), outcome, retry_after }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,6 +244,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
                     started: scheduled,
                     latency: Duration::ZERO,
                     outcome: Err("client_overflow".into()),
+                    retry_after: None,
                 });
                 continue;
             }
@@ -239,6 +262,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
                                 started: scheduled,
                                 latency: scheduled.elapsed(),
                                 outcome: Err(format!("connect: {e}")),
+                                retry_after: None,
                             });
                             in_flight.fetch_sub(1, Ordering::Relaxed);
                             return;
@@ -268,6 +292,11 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let sample = timed(&mut conn, &target, &image, &image_type, Instant::now()).await;
+                    if let Some(wait) = sample.retry_after {
+                        samples.lock().await.push(sample);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
                     let broken =
                         matches!(&sample.outcome, Err(e) if e.starts_with("connection") || e == "client_timeout");
                     samples.lock().await.push(sample);

@@ -213,7 +213,7 @@ impl InferencePool {
                 let (load, shared_pool) = (load.clone(), shared_pool.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || run_on_executor(executor, || worker(plan, rx, load, shared_pool)))
+                    .spawn(move || run_on_executor(executor, || worker(plan, rx, load, shared_pool, threads)))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -239,21 +239,19 @@ impl InferencePool {
 
     /// Runs one input, waiting at most until `deadline`. Blocks: call it off async workers.
     pub fn infer(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
-        let expected: usize = self.input_shape.iter().product();
-        if input.len() != expected {
-            return Err(PipelineError::new(
-                ErrorKind::Internal,
-                Stage::Inference,
-                format!("input has {} values but the model takes {:?} = {expected}", input.len(), self.input_shape),
-            ));
-        }
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let jobs = self.jobs.as_ref().expect("pool is running until dropped");
+        self.admit(deadline)?.infer(input, deadline)
+    }
+
+    /// Takes a place in this pool's work before the input exists, so a request that could not
+    /// finish in time is refused before anything is spent on it (decoding a photo costs as
+    /// much as the inference of a small model). `Overloaded` when the jobs already accepted,
+    /// at the measured time per job, would keep this one past `deadline`.
+    pub fn admit(&self, deadline: Instant) -> Result<Admission<'_>, PipelineError> {
         let ahead = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
+        let admission = Admission { pool: self, counted: true };
         if let Some(finish) = self.load.estimated_finish(Instant::now(), ahead, self.parallel_jobs)
             && finish > deadline
         {
-            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
             let job_ms = self.load.job_us.load(Ordering::Relaxed) as f64 / 1e3;
             return Err(PipelineError::new(
                 ErrorKind::Overloaded,
@@ -265,9 +263,36 @@ impl InferencePool {
                 ),
             ));
         }
+        Ok(admission)
+    }
+}
+
+/// A place taken in an [`InferencePool`]'s work by [`InferencePool::admit`]; given back when
+/// dropped unused.
+pub struct Admission<'a> {
+    pool: &'a InferencePool,
+    /// Still counted in the pool's in-flight jobs by this admission (the worker takes over
+    /// the count once the job is queued).
+    counted: bool,
+}
+
+impl Admission<'_> {
+    /// Runs `input` in the place taken, waiting at most until `deadline`. Blocks.
+    pub fn infer(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+        let pool = self.pool;
+        let expected: usize = pool.input_shape.iter().product();
+        if input.len() != expected {
+            return Err(PipelineError::new(
+                ErrorKind::Internal,
+                Stage::Inference,
+                format!("input has {} values but the model takes {:?} = {expected}", input.len(), pool.input_shape),
+            ));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let jobs = pool.jobs.as_ref().expect("pool is running until dropped");
         let sent = jobs.try_send(Job { input, deadline, reply });
-        if sent.is_err() {
-            self.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if sent.is_ok() {
+            self.counted = false;
         }
         match sent {
             Ok(()) => {}
@@ -298,6 +323,14 @@ impl InferencePool {
     }
 }
 
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.pool.load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Drop for InferencePool {
     fn drop(&mut self) {
         // Closing the queue ends each worker's loop once the jobs already queued are done.
@@ -322,7 +355,7 @@ fn output_len(plan: &Plan) -> Result<usize, String> {
     Ok(shape.iter().product())
 }
 
-fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<Executor>) {
+fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<Executor>, threads: usize) {
     let mut state = match TypedSimpleState::new(&plan) {
         Ok(s) => s,
         Err(e) => {
@@ -339,16 +372,20 @@ fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<
             continue;
         }
         let started = Instant::now();
+        let alone = shared_pool.is_some() && load.in_flight.load(Ordering::Relaxed) <= 1;
         let result = match &shared_pool {
             // Alone: run the job on a thread of the pool it borrows, so its serial nodes do not
             // compete with the pool's spinning threads (as the latency mode does).
-            Some(pool) if load.in_flight.load(Ordering::Relaxed) <= 1 => {
+            Some(pool) if alone => {
                 run_on_executor(pool.clone(), || run_once(&mut state, &shape, job.input, Some((pool, &load))))
             }
             Some(pool) => run_once(&mut state, &shape, job.input, Some((pool, &load))),
             None => run_once(&mut state, &shape, job.input, None),
         };
-        load.record(started.elapsed());
+        // Admission estimates the time of a job on one worker: a job that had every thread
+        // took about 1/threads of that.
+        let workers = if alone { threads } else { 1 };
+        load.record(started.elapsed() * workers as u32);
         load.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(result);
     }
@@ -501,4 +538,50 @@ pub fn matmul_kernels(path: &Path, input_shape: &[usize]) -> Result<Vec<MatMulKe
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_counts_rounds_of_parallel_jobs_at_the_measured_time_per_job() {
+        let load = Load::default();
+        let now = Instant::now();
+        assert_eq!(load.estimated_finish(now, 10, 2), None, "no estimate before a job has run");
+        load.record(Duration::from_millis(100));
+        let after = |ms| Some(now + Duration::from_millis(ms));
+        assert_eq!(load.estimated_finish(now, 0, 2), after(100));
+        assert_eq!(load.estimated_finish(now, 1, 2), after(100), "runs beside the one job ahead");
+        assert_eq!(load.estimated_finish(now, 2, 2), after(200));
+        assert_eq!(load.estimated_finish(now, 5, 2), after(300));
+        load.record(Duration::from_millis(200));
+        assert_eq!(load.job_us.load(Ordering::Relaxed), 112_500, "the average moves 1/8 of the way");
+    }
+
+    #[test]
+    fn a_job_that_cannot_meet_its_deadline_is_refused_at_once() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes/1/model.onnx");
+        let shape = [1, 3, 224, 224];
+        let engine = EngineConfig { mode: EngineMode::Adaptive, threads: 2, queue_len: 8 };
+        let pool = InferencePool::load(&path, &shape, &engine).unwrap();
+        let input = vec![0f32; 3 * 224 * 224];
+        pool.infer(input.clone(), Instant::now() + Duration::from_secs(30)).unwrap();
+        // One job has been timed (milliseconds); a deadline a microsecond away cannot be met.
+        let err = pool.infer(input.clone(), Instant::now() + Duration::from_micros(1)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
+        assert!(err.message.contains("before its deadline"), "{}", err.message);
+        // And the refusal took nothing from the pool.
+        assert_eq!(pool.load.in_flight.load(Ordering::Relaxed), 0);
+        pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
+    }
+
+    #[test]
+    fn modes_parse_by_name() {
+        assert_eq!("adaptive".parse::<EngineMode>(), Ok(EngineMode::Adaptive));
+        assert_eq!("latency".parse::<EngineMode>(), Ok(EngineMode::Latency));
+        let err = "fast".parse::<EngineMode>().unwrap_err();
+        assert!(err.contains("adaptive, throughput or latency"), "{err}");
+        assert_eq!(EngineMode::default(), EngineMode::Adaptive);
+    }
 }
