@@ -64,6 +64,15 @@ bench-engine: build models
 bench-photos: build
     cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench photos
 
+# Tessera against the seed's Python service (PyTorch eager and onnxruntime) through the real
+# binaries, one load shape for all; writes docs/bench-peers/. Never in CI: ~60 min (--quick:
+# ~10 min; --no-torch skips the ~5.6 GB PyTorch wheel and its peer). See docs/PERFORMANCE.md.
+bench-peers *ARGS: build models
+    cargo build --release -p tessera-loadgen
+    bench/peers/venv.sh build/venv-peers bench/peers/requirements.txt
+    case " {{ARGS}} " in *" --no-torch "*) ;; *) bench/peers/venv.sh build/venv-torch bench/peers/requirements-torch.txt ;; esac
+    build/venv-peers/bin/python bench/peers/run.py {{ARGS}}
+
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
     {{python}} models/tools/train.py {{ARGS}}
