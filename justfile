@@ -65,8 +65,9 @@ bench-photos: build
     cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench photos
 
 # Tessera against the seed's Python service (PyTorch eager and onnxruntime) through the real
-# binaries, one load shape for all; writes docs/bench-peers/. Never in CI: ~60 min (--quick:
-# ~10 min; --no-torch skips the ~5.6 GB PyTorch wheel and its peer). See docs/PERFORMANCE.md.
+# binaries, one load shape for all; writes docs/bench-peers/. Never in CI: ~25 min plus the first
+# PyTorch download (--quick: ~5 min; --no-torch skips the ~5.6 GB PyTorch wheel and its peer).
+# See docs/PERFORMANCE.md.
 bench-peers *ARGS: build models
     cargo build --release -p tessera-loadgen
     bench/peers/venv.sh build/venv-peers bench/peers/requirements.txt

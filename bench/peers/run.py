@@ -176,7 +176,7 @@ def top1_indices(server: Server, images: list[bytes]) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="5 s cells, fewer systems and cells (~10 min)")
+    ap.add_argument("--quick", action="store_true", help="5 s cells, fewer systems and cells (~5 min)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--only", default="", help="comma-separated MODEL/SYSTEM keys (e.g. resnet50/tessera-fp32-adaptive) "
                     "to run again; their figures replace those in the existing results.json")
