@@ -6,9 +6,9 @@
 //! whose deadline passed while it waited is dropped unrun.
 //!
 //! Three scheduling modes ([`EngineMode`]): *adaptive* (the default) runs `threads` workers
-//! and decides per node of the plan: while a job is the only one in the pool its matrix
-//! products are split over all threads, as soon as another job waits each runs on its own
-//! thread; *throughput* runs `threads` single-threaded workers, one image each; *latency* runs
+//! and decides per node of the plan: while a job is the only one accepted (admitted requests
+//! count from before their preprocessing) its matrix products are split over all threads, as
+//! soon as another is accepted each runs on its own thread; *throughput* runs `threads` single-threaded workers, one image each; *latency* runs
 //! one worker whose matrix multiplications are always split across `threads` threads (tract's
 //! `multithread-mm` executor), so each image finishes sooner but a second image waits.
 //!
@@ -109,6 +109,8 @@ impl Load {
     /// load, not fooled by one slow run).
     const NEW_JOB_WEIGHT: f64 = 0.125;
 
+    /// Two workers finishing at once may lose one sample between the load and the store: an
+    /// estimate, so no lock on the workers' path.
     fn record(&self, took: Duration) {
         let us = took.as_micros() as f64;
         let old = self.job_us.load(Ordering::Relaxed) as f64;
