@@ -2,7 +2,8 @@
 """Pillow's preprocessing of JPEG files, timed: the seed's path (full decode, Resize(256) with
 PIL's antialiased bilinear, CenterCrop(224), normalize) and the same with `draft()` (libjpeg's
 DCT-domain 1/2-1/8 scaling to at least 256 px per side first). Prints one JSON object per file:
-{"image", "full_ms", "draft_ms"} (medians of --runs).
+{"image", "full_ms", "draft_ms"} (medians of --runs) and every run's time in "full_all" /
+"draft_all" (so a caller running it in rounds can take the median over all of them).
 
     python bench/peers/pillow_preprocess.py --runs 20 a.jpg b.jpg
 """
@@ -50,7 +51,8 @@ def main() -> None:
                 preprocess(data, draft)
                 times[draft].append((time.perf_counter() - t) * 1e3)
         print(json.dumps({"image": str(path), "full_ms": statistics.median(times[False]),
-                          "draft_ms": statistics.median(times[True])}), flush=True)
+                          "draft_ms": statistics.median(times[True]), "full_all": times[False],
+                          "draft_all": times[True]}), flush=True)
 
 
 if __name__ == "__main__":

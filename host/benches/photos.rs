@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use tessera::Config;
 use tessera::runtime::{Runtime, SpecView};
 
-const RUNS: usize = 15;
+/// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
+const ROUNDS: usize = 3;
+const BLOCK: usize = 5;
+const RUNS: usize = ROUNDS * BLOCK;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -77,49 +80,78 @@ fn main() {
     let data = root.join("target/bench-data");
     std::fs::create_dir_all(&data).unwrap();
 
-    let mut files = Vec::new();
-    println!("preprocess (decode, resize 256, crop 224, normalize), medians of {RUNS} interleaved runs:");
-    let mut rows = Vec::new();
+    // Photos first, written where Pillow reads the same bytes.
+    let mut photos = Vec::new();
     for (name, w, h) in [("224px", 224, 224), ("1080p", 1920, 1080), ("12MP", 4000, 3000)] {
         let bytes = photo_jpeg(w, h);
         let path = data.join(format!("photo-{name}.jpg"));
         std::fs::write(&path, &bytes).unwrap();
-        files.push(path);
-        let (mut wasm, mut native) = (vec![], vec![]);
-        for _ in 0..RUNS {
-            let mut a = Vec::new();
-            wasm.push(time_ms(|| {
-                a = runtime.preprocess(&guest, &bytes, None, &spec, &config.limits, far()).unwrap().0
-            }));
-            let mut b = Vec::new();
-            native.push(time_ms(|| b = tessera_preprocess::preprocess(&bytes, &native_spec, &native_limits).unwrap()));
-            let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-            assert!(max_diff < 1e-5, "WASM and native preprocess differ by {max_diff}");
-        }
-        rows.push((name, bytes.len(), median(wasm), median(native)));
+        photos.push((name, bytes, path));
     }
-    let pillow = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("bench/peers/pillow_preprocess.py"))
-        .args(["--runs", &RUNS.to_string()])
-        .args(&files)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let pillow: Vec<serde_json::Value> = pillow.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let check = |a: &[f32], b: &[f32]| {
+        let max_diff = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-5, "WASM and native preprocess differ by {max_diff}");
+    };
+    // Rounds of blocks rather than single interleaved runs: each system sees the same machine
+    // over the whole run, and no measurement directly follows a different system's (the native
+    // jpeg-decoder spawns a thread per colour component whose exit and unmapped stacks land on
+    // whatever runs next, which penalised the WASM run after it by up to ~25 %).
+    let (mut wasm, mut native, mut full, mut draft) = (
+        vec![vec![]; photos.len()],
+        vec![vec![]; photos.len()],
+        vec![vec![]; photos.len()],
+        vec![vec![]; photos.len()],
+    );
+    for _ in 0..ROUNDS {
+        for (i, (_, bytes, _)) in photos.iter().enumerate() {
+            let mut a = Vec::new();
+            for _ in 0..BLOCK {
+                wasm[i].push(time_ms(|| {
+                    a = runtime.preprocess(&guest, bytes, None, &spec, &config.limits, far()).unwrap().0
+                }));
+            }
+            let mut b = Vec::new();
+            for _ in 0..BLOCK {
+                native[i]
+                    .push(time_ms(|| b = tessera_preprocess::preprocess(bytes, &native_spec, &native_limits).unwrap()));
+            }
+            check(&a, &b);
+        }
+        let out = Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("bench/peers/pillow_preprocess.py"))
+            .args(["--runs", &BLOCK.to_string()])
+            .args(photos.iter().map(|p| &p.2))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for (i, line) in out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).enumerate() {
+            let all =
+                |key: &str| line[key].as_array().into_iter().flatten().filter_map(|v| v.as_f64()).collect::<Vec<_>>();
+            full[i].extend(all("full_all"));
+            draft[i].extend(all("draft_all"));
+        }
+    }
+    println!(
+        "preprocess (decode, resize 256, crop 224, normalize), medians of {} runs ({ROUNDS} rounds of {BLOCK}):",
+        ROUNDS * BLOCK
+    );
     println!(
         "{:<7} {:>8} {:>9} {:>9} {:>11} {:>11} {:>12} {:>12} {:>13}",
         "image", "bytes", "wasm ms", "native ms", "pillow ms", "draft ms", "wasm/native", "wasm/pillow", "wasm/draft"
     );
-    for (i, (name, len, wasm, native)) in rows.iter().enumerate() {
-        let full = pillow.get(i).and_then(|p| p["full_ms"].as_f64()).unwrap_or(f64::NAN);
-        let draft = pillow.get(i).and_then(|p| p["draft_ms"].as_f64()).unwrap_or(f64::NAN);
+    let median_or_nan = |v: &Vec<f64>| if v.is_empty() { f64::NAN } else { median(v.clone()) };
+    for (i, (name, bytes, _)) in photos.iter().enumerate() {
+        let (wasm, native) = (median(wasm[i].clone()), median(native[i].clone()));
+        let (full, draft) = (median_or_nan(&full[i]), median_or_nan(&draft[i]));
         println!(
-            "{name:<7} {len:>8} {wasm:>9.2} {native:>9.2} {full:>11.2} {draft:>11.2} {:>11.2}× {:>11.2}× {:>12.2}×",
+            "{name:<7} {:>8} {wasm:>9.2} {native:>9.2} {full:>11.2} {draft:>11.2} {:>11.2}× {:>11.2}× {:>12.2}×",
+            bytes.len(),
             wasm / native,
             wasm / full,
             wasm / draft
         );
     }
+    let pillow = &full[0];
     if pillow.is_empty() {
         println!("(Pillow figures missing: run `./run build` first so .venv has Pillow)");
     }
