@@ -120,7 +120,7 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, Error> {
 fn decode_jpeg_scaled(bytes: &[u8], limits: &Limits, min_short_side: u32) -> Result<Option<image::RgbImage>, Error> {
     use jpeg_decoder::PixelFormat;
     let invalid = |e: jpeg_decoder::Error| Error::InvalidInput(format!("the Jpeg image could not be decoded: {e}"));
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.read_info().map_err(invalid)?;
     let info = decoder.info().ok_or_else(|| Error::InvalidInput("the Jpeg image has no frame header".into()))?;
     let (w, h) = (u32::from(info.width), u32::from(info.height));
