@@ -22,7 +22,6 @@ use tessera::runtime::{Runtime, SpecView};
 /// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
 const ROUNDS: usize = 3;
 const BLOCK: usize = 5;
-const RUNS: usize = ROUNDS * BLOCK;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
