@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera::inference::{EngineConfig, EngineMode, InferencePool, profile_ops};
+use tessera::inference::tract::profile_ops;
+use tessera::inference::{EngineConfig, EngineKind, EngineMode, InferencePool};
 
 const THREADS: usize = 2;
 const SECONDS: u64 = 8;
@@ -42,8 +43,13 @@ const CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_NO_AMX";
 const RSS_CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_RSS";
 
 fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
-    let pool = InferencePool::load(model, &[1, 3, 224, 224], &EngineConfig { mode, threads: THREADS, queue_len: 64 })
-        .expect("loading the model");
+    let pool = InferencePool::load(
+        model,
+        &[1, 3, 224, 224],
+        EngineKind::Tract,
+        &EngineConfig { mode, threads: THREADS, queue_len: 64 },
+    )
+    .expect("loading the model");
     let input: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let far = || Instant::now() + Duration::from_secs(60);
     pool.infer(input.clone(), far()).unwrap(); // warm-up
@@ -104,6 +110,7 @@ fn rss_child(spec: &str) {
     let pool = InferencePool::load(
         Path::new(model),
         &[1, 3, 224, 224],
+        EngineKind::Tract,
         &EngineConfig { mode: EngineMode::Throughput, threads: workers, queue_len: 8 },
     )
     .unwrap();

@@ -174,8 +174,8 @@ fn main() {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let model = root.join("models/shapes/1/model.onnx");
-                let plan = tessera::inference::load_plan(&model, &[1, 3, 224, 224]).unwrap();
-                tessera::inference::run_plan_once(&plan, &input).unwrap();
+                let plan = tessera::inference::tract::load_plan(&model, &[1, 3, 224, 224]).unwrap();
+                tessera::inference::tract::run_plan_once(&plan, &input).unwrap();
                 guest_calls(&mut after_tract);
             });
         });

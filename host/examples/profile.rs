@@ -19,13 +19,13 @@ fn main() -> anyhow::Result<()> {
         n => tract_linalg::multithread::Executor::multithread(n),
     };
     // As the latency mode runs its plan.
-    tessera::inference::run_on_executor(executor, || run(path, nodes, &args))
+    tessera::inference::tract::run_on_executor(executor, || run(path, nodes, &args))
 }
 
 fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {
     tessera::inference::request_amx_int8(args.iter().any(|a| a == "--amx"));
     let path = std::path::Path::new(path);
-    let ops = tessera::inference::profile_ops(path, &[1, 3, 224, 224], 3)?;
+    let ops = tessera::inference::tract::profile_ops(path, &[1, 3, 224, 224], 3)?;
     let total: f64 = ops.iter().map(|o| o.ms).sum();
     println!("total {total:.2} ms per run");
     for o in &ops {
@@ -40,7 +40,7 @@ fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {
     }
     if nodes > 0 {
         println!();
-        for n in tessera::inference::profile_nodes(path, &[1, 3, 224, 224], 3)?.iter().take(nodes) {
+        for n in tessera::inference::tract::profile_nodes(path, &[1, 3, 224, 224], 3)?.iter().take(nodes) {
             println!("{:>8.3} ms  {} [{}] {}", n.ms, n.name, n.op, n.info);
         }
     }

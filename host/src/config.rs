@@ -35,11 +35,9 @@ pub struct Config {
     /// one thread each), `throughput` (always one image per worker thread) or `latency` (always
     /// one image at a time over all threads); `limits.inference_workers` sets the thread count.
     pub inference_mode: crate::inference::EngineMode,
-    /// Let tract use Intel AMX for int8 models (off by default): faster, but tract 0.23.9's AMX
-    /// kernels read past activations tract packs itself when a matmul's depth is not a multiple
-    /// of 64, so a version with such a matmul fails to load (`inference/amx.rs`).
-    /// Process-wide: the first host built in a process decides.
-    pub amx_int8: bool,
+    /// Process-wide settings of each inference engine (`[inference.tract]`,
+    /// `[inference.onnxruntime]`); which engine runs a model is its `model.toml`'s `engine`.
+    pub inference: InferenceConfig,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
     pub watch: bool,
     /// Bearer token for `/v1/admin/*`. Absent: admin routes answer loopback clients only.
@@ -64,6 +62,35 @@ pub struct RuleConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+}
+
+/// Engine settings that hold for the whole process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    pub tract: TractConfig,
+    pub onnxruntime: OnnxruntimeConfig,
+}
+
+/// `[inference.tract]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TractConfig {
+    /// Let tract use Intel AMX for int8 models (off by default): faster, but tract 0.23.9's AMX
+    /// kernels read past activations tract packs itself when a matmul's depth is not a multiple
+    /// of 64, so a version with such a matmul fails to load (`inference/tract/amx.rs`).
+    /// Process-wide (tract probes the CPU once): the first host built in a process decides.
+    pub amx_int8: bool,
+}
+
+/// `[inference.onnxruntime]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnnxruntimeConfig {
+    /// The onnxruntime shared library (`libonnxruntime.so.1.x`). Absent: `ORT_DYLIB_PATH`, then
+    /// the `onnxruntime` wheel in the project's `.venv`. Only read when a model asks for
+    /// `engine = "onnxruntime"`; process-wide: the first library loaded stays.
+    pub library: Option<PathBuf>,
 }
 
 /// Every limit the host enforces, each with its unit in its name.
@@ -104,7 +131,7 @@ impl Default for Config {
             guests: GuestsConfig::default(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
             inference_mode: crate::inference::EngineMode::Adaptive,
-            amx_int8: false,
+            inference: InferenceConfig::default(),
             watch: true,
             admin_token: None,
             limits: Limits::default(),
@@ -168,6 +195,9 @@ impl Config {
         rebase(&mut config.guests.preprocess);
         rebase(&mut config.guests.postprocess);
         config.guests.rules.iter_mut().for_each(|r| rebase(&mut r.path));
+        if let Some(lib) = config.inference.onnxruntime.library.as_mut() {
+            rebase(lib);
+        }
         config.validate()?;
         Ok(config)
     }

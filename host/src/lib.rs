@@ -110,12 +110,14 @@ impl HostBuilder {
     pub fn build(self) -> Result<Host, BuildError> {
         let config = self.config;
         config.validate()?;
-        if crate::inference::request_amx_int8(config.amx_int8) != config.amx_int8 {
+        let amx = config.inference.tract.amx_int8;
+        if crate::inference::request_amx_int8(amx) != amx {
             tracing::warn!(
-                requested = config.amx_int8,
+                requested = amx,
                 "amx_int8 was already fixed for this process by an earlier host; keeping the earlier choice"
             );
         }
+        crate::inference::configure_onnxruntime(config.inference.onnxruntime.library.clone());
         let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
         let stages = load_stages(&runtime, &config)?;
         let engine = EngineConfig {
@@ -191,6 +193,8 @@ pub struct ModelStatus {
     pub input_shape: [u32; 4],
     pub labels: Vec<String>,
     pub description: Option<String>,
+    /// The engine that runs it (`tract` or `onnxruntime`, from its `model.toml`).
+    pub engine: inference::EngineKind,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,6 +291,7 @@ impl Host {
                 input_shape: m.manifest.input_shape,
                 labels: m.labels.to_vec(),
                 description: m.manifest.description.clone(),
+                engine: m.manifest.engine,
             })
             .collect()
     }

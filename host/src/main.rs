@@ -78,7 +78,7 @@ struct Overrides {
     /// Compile guests afresh and keep nothing on disk.
     #[arg(long, global = true, conflicts_with = "compile_cache_dir")]
     no_compile_cache: bool,
-    /// Let tract use Intel AMX for int8 models (see amx_int8 in docs/API.md).
+    /// Let tract use Intel AMX for int8 models ([inference.tract] amx_int8 in docs/API.md).
     #[arg(long, global = true)]
     amx_int8: bool,
     /// Do not watch model and guest files for changes.
@@ -142,7 +142,7 @@ impl Overrides {
             c.inference_mode = mode;
         }
         if self.amx_int8 {
-            c.amx_int8 = true;
+            c.inference.tract.amx_int8 = true;
         }
         if self.no_watch {
             c.watch = false;

@@ -326,7 +326,7 @@ fn the_int8_default_model_runs_on_int8_kernels_and_agrees_with_fp32_on_504_held_
     // kernels; only the float classifier may stay fp32. A graph tract could not map would load
     // and answer just as well, dequantized to fp32, so this is checked, not assumed.
     let int8 = root().join("models/shapes-int8/1/model.onnx");
-    let kernels = tessera::inference::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
+    let kernels = tessera::inference::tract::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
     let float: Vec<_> = kernels.iter().filter(|k| k.accumulator != "I32").collect();
     assert!(kernels.len() >= 13 && float.len() <= 1, "not on int8 kernels: {kernels:#?}");
     println!(
@@ -620,7 +620,8 @@ fn seeded_resnet(arch: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn tract_agrees_with_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
+fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
+    use tessera::inference::EngineKind;
     const INPUTS: usize = 100;
     let models = [
         ("shapes", root().join("models/shapes/1/model.onnx")),
@@ -641,38 +642,111 @@ fn tract_agrees_with_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
             read(&reference.join(file)).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
         };
         let (inputs, expected) = (floats("inputs.f32"), floats("logits.f32"));
-        let per_input = 3 * 224 * 224;
-        let classes = expected.len() / INPUTS;
-        let engine = tessera::inference::EngineConfig {
-            mode: tessera::inference::EngineMode::Throughput,
-            threads: 1,
-            queue_len: 4,
-        };
-        let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], &engine).unwrap();
-        let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
-        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-        for i in 0..INPUTS {
-            let input = inputs[i * per_input..(i + 1) * per_input].to_vec();
-            let got = pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
-            let want = &expected[i * classes..(i + 1) * classes];
-            agree += usize::from(argmax(&got) == argmax(want));
-            for (g, w) in got.iter().zip(want) {
-                max_diff = max_diff.max((g - w).abs());
-                max_logit = max_logit.max(w.abs());
-            }
-        }
-        println!(
-            "{name}: top-1 agreement {agree}/{INPUTS}, max |tract − onnxruntime| = {max_diff:.3e} (max |logit| {max_logit:.2})"
-        );
-        assert_eq!(agree, INPUTS, "{name}: tract and onnxruntime disagree on top-1");
         if name.starts_with("resnet") {
             // Seeded weights must still give diverse answers, or the comparison proves little.
             let meta: Value = serde_json::from_slice(&read(&reference.join("meta.json"))).unwrap();
             assert!(meta["distinct_top1"].as_u64().unwrap() >= 50, "{name}: degenerate outputs {meta}");
         }
-        // f32 sums in a different order: differences grow with depth and logit scale.
-        assert!(max_diff <= 1e-3 * max_logit.max(1.0), "{name}: max abs logit difference {max_diff} too large");
+        let per_input = 3 * 224 * 224;
+        let classes = expected.len() / INPUTS;
+        for kind in [EngineKind::Tract, EngineKind::Onnxruntime] {
+            let engine = tessera::inference::EngineConfig {
+                mode: tessera::inference::EngineMode::Throughput,
+                threads: 1,
+                queue_len: 4,
+            };
+            let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], kind, &engine).unwrap();
+            assert_eq!(pool.io().output_shape, [1, classes], "{name} on {kind}");
+            let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
+            let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            for i in 0..INPUTS {
+                let input = inputs[i * per_input..(i + 1) * per_input].to_vec();
+                let got = pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
+                let want = &expected[i * classes..(i + 1) * classes];
+                agree += usize::from(argmax(&got) == argmax(want));
+                for (g, w) in got.iter().zip(want) {
+                    max_diff = max_diff.max((g - w).abs());
+                    max_logit = max_logit.max(w.abs());
+                }
+            }
+            println!(
+                "{name} on {kind}: top-1 agreement {agree}/{INPUTS}, max |Tessera − Python onnxruntime| = \
+                 {max_diff:.3e} (max |logit| {max_logit:.2})"
+            );
+            assert_eq!(agree, INPUTS, "{name}: {kind} and Python onnxruntime disagree on top-1");
+            // f32 sums in a different order: differences grow with depth and logit scale.
+            assert!(max_diff <= 1e-3 * max_logit.max(1.0), "{name} on {kind}: max abs logit difference {max_diff}");
+        }
     }
+}
+
+/// A repository with the default model twice: as it is (tract) and with
+/// `engine = "onnxruntime"`.
+fn repository_with_an_onnxruntime_model(base: &std::path::Path) -> std::path::PathBuf {
+    let models = base.join("models");
+    let _ = std::fs::remove_dir_all(base);
+    for name in ["shapes", "shapes-ort"] {
+        for file in ["model.toml", "labels.txt", "1/model.onnx"] {
+            install(&root().join("models/shapes").join(file), &models.join(name).join(file));
+        }
+    }
+    let toml = models.join("shapes-ort/model.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{text}engine = \"onnxruntime\"\n")).unwrap();
+    models
+}
+
+#[test]
+fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_naming_it() {
+    let base = root().join(format!("target/test-data/ort-engine-{}", std::process::id()));
+    let models = repository_with_an_onnxruntime_model(&base);
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes", "--no-rules"]);
+    let listed: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let engine_of =
+        |name: &str| listed["models"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone();
+    assert_eq!(engine_of("shapes")["engine"], "tract", "{listed}");
+    assert_eq!(engine_of("shapes-ort")["engine"], "onnxruntime", "{listed}");
+    assert_eq!(engine_of("shapes-ort")["ready_versions"], serde_json::json!(["1"]), "{listed}");
+    for case in shapes(CLASSES_SEED, 1) {
+        let image = read(&case.path);
+        let (status, tract, _) = server.classify(&image, "?model=shapes", &[]);
+        assert_eq!(status, 200, "{tract}");
+        let (status, ort, _) = server.classify(&image, "?model=shapes-ort", &[]);
+        assert_eq!(status, 200, "{ort}");
+        assert_eq!(ort["label"], tract["label"], "{ort} vs {tract}");
+        let diff = (ort["confidence"].as_f64().unwrap() - tract["confidence"].as_f64().unwrap()).abs();
+        assert!(diff < 1e-4, "confidence differs by {diff}: {ort} vs {tract}");
+    }
+    drop(server);
+
+    // No library where the configuration points: the tract model serves, the other one is
+    // reported failed with the reason, and requests for it get a JSON error.
+    let config = base.join("tessera.toml");
+    let guests = root().join("target/guests");
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\ndefault_model = \"shapes\"\n[guests]\npreprocess = {:?}\npostprocess = {:?}\nrules = []\n\
+             [inference.onnxruntime]\nlibrary = \"/nonexistent/libonnxruntime.so.1.23.2\"\n",
+            models.to_str().unwrap(),
+            guests.join("preprocess.wasm").to_str().unwrap(),
+            guests.join("postprocess.wasm").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    // Models load before the server is ready: the state is final.
+    let ort: Value = client().get(server.url("/v1/models/shapes-ort")).send().unwrap().json().unwrap();
+    assert_eq!(ort["versions"][0]["state"], "failed", "{ort}");
+    let reason = ort["versions"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("/nonexistent/libonnxruntime.so.1.23.2") && reason.contains("library"), "{reason}");
+    let case = &shapes(CLASSES_SEED, 1)[0];
+    let image = read(&case.path);
+    assert_still_serving(&server, &image, &case.label);
+    let (status, body, _) = server.classify(&image, "?model=shapes-ort", &[]);
+    assert!(status >= 400, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[test]

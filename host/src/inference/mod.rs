@@ -1,16 +1,17 @@
-//! Native inference: a tract ONNX model, optimized once, run by a pool of worker threads.
+//! Native inference behind one engine interface: a model loaded by an engine ([`LoadedModel`],
+//! shared by every worker: one copy of the weights per loaded version), run by a pool of worker
+//! threads, each with its own [`ModelWorker`] state. The queue, workers, deadlines, admission
+//! and scheduling modes are generic; `tract/` (the default, pure Rust) and `onnxruntime.rs`
+//! (optional, a dynamically loaded library) are the engines. `model.toml` picks one per model
+//! (`engine = "tract" | "onnxruntime"`).
 //!
-//! The optimized plan is shared (`Arc`) by every worker, so the weights exist once per loaded
-//! version; each worker keeps its own `SimpleState` (scratch buffers) and reuses it for every
-//! job. A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job
-//! whose deadline passed while it waited is dropped unrun.
-//!
-//! Three scheduling modes ([`EngineMode`]): *adaptive* (the default) runs `threads` workers
-//! and decides per node of the plan: while a job is the only one accepted (admitted requests
-//! count from before their preprocessing) its matrix products are split over all threads, as
-//! soon as another is accepted each runs on its own thread; *throughput* runs `threads` single-threaded workers, one image each; *latency* runs
-//! one worker whose matrix multiplications are always split across `threads` threads (tract's
-//! `multithread-mm` executor), so each image finishes sooner but a second image waits.
+//! A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job whose
+//! deadline passed while it waited is dropped unrun. Three scheduling modes ([`EngineMode`]):
+//! *adaptive* (the default) runs `threads` workers and lets a job alone in the pool (admitted
+//! requests count from before their preprocessing) use every thread, while concurrent jobs run
+//! one thread each; *throughput* runs `threads` single-threaded workers, one image each;
+//! *latency* runs one worker whose image always gets every thread. Each engine says how it
+//! honours them.
 //!
 //! Admission is sized to what the workers can finish: a job whose deadline would pass before
 //! the work already accepted ahead of it is done (estimated from the measured time per job) is
@@ -23,19 +24,91 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use tract_linalg::multithread::{Executor, multithread_tract_scope};
-use tract_onnx::prelude::*;
 
 use crate::error::{ErrorKind, PipelineError, Stage};
 
-mod amx;
-mod fold;
-mod im2col;
-mod quantize;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+pub mod tract;
+#[cfg(not(feature = "onnxruntime"))]
+mod onnxruntime {
+    //! Built without the `onnxruntime` feature: a model asking for it fails to load, saying so.
+    use super::*;
 
-pub use amx::request_amx_int8;
+    pub fn configure(_: Option<std::path::PathBuf>) {}
 
-type Plan = Arc<TypedRunnableModel>;
+    pub fn load(path: &Path, _: &[usize], _: &EngineConfig) -> Result<Arc<dyn LoadedModel>, LoadError> {
+        Err(LoadError {
+            path: path.display().to_string(),
+            message: "model.toml asks for engine = \"onnxruntime\" but this build has no onnxruntime support \
+                      (cargo feature `onnxruntime`)"
+                .into(),
+        })
+    }
+}
+
+pub use tract::request_amx_int8;
+
+/// Names the onnxruntime library later loads will use (`[inference.onnxruntime] library`);
+/// process-wide, and a no-op in a build without the `onnxruntime` feature.
+pub fn configure_onnxruntime(library: Option<std::path::PathBuf>) {
+    onnxruntime::configure(library);
+}
+
+/// Which engine runs a model: `engine` in its `model.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// tract, pure Rust, in the binary (the default).
+    #[default]
+    Tract,
+    /// onnxruntime, loaded at run time from a shared library (`[inference.onnxruntime]`).
+    Onnxruntime,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Onnxruntime => "onnxruntime",
+        })
+    }
+}
+
+/// A model's input and output as its engine sees them (one of each: image in, scores out).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelIo {
+    pub input_name: String,
+    pub input_shape: Vec<usize>,
+    /// The element type, as the engine names it (`F32` for tract, `Float32` for onnxruntime).
+    pub input_dtype: String,
+    pub output_name: String,
+    pub output_shape: Vec<usize>,
+    pub output_dtype: String,
+}
+
+/// A model loaded by an engine, shared by the workers of its pool.
+pub trait LoadedModel: Send + Sync + 'static {
+    fn io(&self) -> &ModelIo;
+
+    /// Whether a job alone in the pool uses every thread (adaptive): its time then stands for
+    /// `threads` jobs' worth of one worker's time in the admission estimate.
+    fn spreads_when_alone(&self) -> bool;
+
+    /// How many jobs may run at once: the pool starts that many workers.
+    fn parallel_jobs(&self) -> usize;
+
+    /// One worker's own state (scratch buffers, ...), made on the worker's thread.
+    fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String>;
+}
+
+/// A worker's handle on a [`LoadedModel`].
+pub trait ModelWorker {
+    /// Runs one input (the model's input shape, laid out flat). `alone()` says, whenever the
+    /// engine asks, whether this job is the only one accepted (adaptive scheduling). Errors
+    /// name the engine.
+    fn run(&mut self, input: Vec<f32>, alone: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, String>;
+}
 
 /// How a model version's inference is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -90,6 +163,7 @@ pub struct InferencePool {
     workers: Vec<JoinHandle<()>>,
     input_shape: Vec<usize>,
     output_len: usize,
+    io: ModelIo,
     load: Arc<Load>,
     /// Jobs that can run at the same time (worker threads).
     parallel_jobs: usize,
@@ -136,97 +210,56 @@ struct Job {
     reply: Sender<Result<Vec<f32>, PipelineError>>,
 }
 
-/// Loads an ONNX model for a fixed input shape (batch 1 included).
-///
-/// The shape is made concrete before `into_optimized()`: with a symbolic batch tract keeps
-/// generic kernels and runs 2–3× slower.
-pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> {
-    let err = |message: String| LoadError { path: path.display().to_string(), message };
-    let amx = amx::amx_allowed();
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
-        .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|mut m| {
-            // Our rewrites of tract's optimized plan (each module says why).
-            fold::fold_constant_chains(&mut m)?;
-            replace_ops(&mut m, im2col::replacement)?;
-            replace_ops(&mut m, quantize::replacement)?;
-            m.compact()?;
-            Ok(m)
-        })
-        .map_err(|e| err(format!("{e:#}")))?;
-    // Constant folding ran tract's kernels on this thread and left its upper vector state
-    // dirty; whatever runs here next (often the pipeline's own code) should not pay for it.
-    crate::cpu::clean_upper_state();
-    if amx {
-        amx::check_plan(&model).map_err(err)?;
-    }
-    model.into_runnable().map_err(|e| err(format!("{e:#}")))
-}
-
-/// Puts `replacement(node)` in place of every node it answers for (same inputs and outputs).
-/// The replaced nodes are left dangling for `compact()`.
-fn replace_ops<O: TypedOp>(
-    model: &mut TypedModel,
-    replacement: fn(&TypedModel, &TypedNode) -> TractResult<Option<O>>,
-) -> TractResult<()> {
-    for id in 0..model.nodes.len() {
-        let node = &model.nodes[id];
-        if let Some(op) = replacement(model, node)? {
-            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?.apply(model)?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `f` under `executor`; a multi-threaded one runs it on one of its own pool threads, so
-/// the work between parallel sections does not compete with the pool's spinning workers for
-/// the cores (latency mode: ResNet-50 int8 26 -> 30 img/s on 2 cores).
-pub fn run_on_executor<R: Send>(executor: Executor, f: impl FnOnce() -> R + Send) -> R {
-    match executor.clone() {
-        Executor::MultiThread(pool) => pool.install(|| multithread_tract_scope(executor, f)),
-        _ => multithread_tract_scope(executor, f),
-    }
-}
-
 impl InferencePool {
-    /// Loads `path` and starts the workers `engine` asks for.
-    pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result<Self, LoadError> {
-        let plan = load_plan(path, input_shape)?;
-        let output_len =
-            output_len(&plan).map_err(|message| LoadError { path: path.display().to_string(), message })?;
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(engine.queue_len.max(1));
-        let threads = engine.threads.max(1);
-        // (workers, the executor each worker loop runs under, the pool lone jobs may borrow)
-        let (workers, executor, shared_pool) = match engine.mode {
-            EngineMode::Throughput => (threads, Executor::SingleThread, None),
-            EngineMode::Adaptive if threads == 1 => (1, Executor::SingleThread, None),
-            EngineMode::Adaptive => {
-                (threads, Executor::SingleThread, Some(Executor::multithread_with_name(threads, "tessera-mm")))
-            }
-            EngineMode::Latency if threads == 1 => (1, Executor::SingleThread, None),
-            EngineMode::Latency => (1, Executor::multithread_with_name(threads, "tessera-mm"), None),
+    /// Loads `path` with the engine `kind` and starts the workers `engine` asks for.
+    pub fn load(
+        path: &Path,
+        input_shape: &[usize],
+        kind: EngineKind,
+        engine: &EngineConfig,
+    ) -> Result<Self, LoadError> {
+        let model: Arc<dyn LoadedModel> = match kind {
+            EngineKind::Tract => Arc::new(tract::TractModel::load(path, input_shape, engine)?),
+            EngineKind::Onnxruntime => onnxruntime::load(path, input_shape, engine)?,
         };
+        let io = model.io();
+        if io.input_shape != input_shape {
+            return Err(LoadError {
+                path: path.display().to_string(),
+                message: format!("the model's input is {:?}, not {input_shape:?} as model.toml says", io.input_shape),
+            });
+        }
+        Ok(Self::start(model, engine))
+    }
+
+    /// Starts the workers for a loaded model.
+    pub fn start(model: Arc<dyn LoadedModel>, engine: &EngineConfig) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(engine.queue_len.max(1));
+        let workers = model.parallel_jobs().max(1);
         let load = Arc::new(Load::default());
-        let workers_handles = (0..workers)
+        let handles = (0..workers)
             .map(|i| {
-                let (plan, rx, executor) = (plan.clone(), rx.clone(), executor.clone());
-                let (load, shared_pool) = (load.clone(), shared_pool.clone());
+                let (model, rx, load) = (model.clone(), rx.clone(), load.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || run_on_executor(executor, || worker(plan, rx, load, shared_pool, threads)))
+                    .spawn(move || worker(model, rx, load, workers))
                     .expect("spawning an inference thread")
             })
             .collect();
-        Ok(InferencePool {
+        InferencePool {
             jobs: Some(tx),
-            workers: workers_handles,
-            input_shape: input_shape.to_vec(),
-            output_len,
+            workers: handles,
+            input_shape: model.io().input_shape.clone(),
+            output_len: model.io().output_shape.iter().product(),
+            io: model.io().clone(),
             load,
             parallel_jobs: workers,
-        })
+        }
+    }
+
+    /// The model's input and output as its engine sees them.
+    pub fn io(&self) -> &ModelIo {
+        &self.io
     }
 
     /// The input shape the plan was optimized for.
@@ -351,22 +384,16 @@ fn deadline_exceeded() -> PipelineError {
     )
 }
 
-fn output_len(plan: &Plan) -> Result<usize, String> {
-    let fact = plan.model().output_fact(0).map_err(|e| format!("{e:#}"))?;
-    let shape = fact.shape.as_concrete().ok_or_else(|| format!("output shape {:?} is not concrete", fact.shape))?;
-    Ok(shape.iter().product())
-}
-
-fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<Executor>, threads: usize) {
-    let mut state = match TypedSimpleState::new(&plan) {
-        Ok(s) => s,
+fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, parallel_jobs: usize) {
+    let spreads = model.spreads_when_alone();
+    let mut worker = match model.worker() {
+        Ok(w) => w,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "inference worker could not start");
+            tracing::error!(error = %e, "inference worker could not start");
             return;
         }
     };
-    let shape: Vec<usize> =
-        plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
+    let alone = || load.in_flight.load(Ordering::Relaxed) <= 1;
     for job in jobs {
         if Instant::now() >= job.deadline {
             load.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -374,172 +401,17 @@ fn worker(plan: Plan, jobs: Receiver<Job>, load: Arc<Load>, shared_pool: Option<
             continue;
         }
         let started = Instant::now();
-        let alone = shared_pool.is_some() && load.in_flight.load(Ordering::Relaxed) <= 1;
-        let result = match &shared_pool {
-            // Alone: run the job on a thread of the pool it borrows, so its serial nodes do not
-            // compete with the pool's spinning threads (as the latency mode does).
-            Some(pool) if alone => {
-                run_on_executor(pool.clone(), || run_once(&mut state, &shape, job.input, Some((pool, &load))))
-            }
-            Some(pool) => run_once(&mut state, &shape, job.input, Some((pool, &load))),
-            None => run_once(&mut state, &shape, job.input, None),
-        };
+        let had_every_thread = spreads && alone();
+        let result = worker
+            .run(job.input, &alone)
+            .map_err(|message| PipelineError::new(ErrorKind::Internal, Stage::Inference, message));
         // Admission estimates the time of a job on one worker: a job that had every thread
         // took about 1/threads of that.
-        let workers = if alone { threads } else { 1 };
-        load.record(started.elapsed() * workers as u32);
+        let slots = if had_every_thread { parallel_jobs } else { 1 };
+        load.record(started.elapsed() * slots as u32);
         load.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(result);
     }
-}
-
-/// Runs one input. With `adaptive`, each node of the plan runs under the shared pool while
-/// this job is the only one accepted, and single-threaded as soon as another one is: the
-/// decision is taken per node, so a job that started alone gives the threads back within one
-/// node when others arrive.
-fn run_once(
-    state: &mut TypedSimpleState,
-    shape: &[usize],
-    input: Vec<f32>,
-    adaptive: Option<(&Executor, &Load)>,
-) -> Result<Vec<f32>, PipelineError> {
-    let internal = |e: TractError| PipelineError::new(ErrorKind::Internal, Stage::Inference, format!("tract: {e:#}"));
-    let tensor = Tensor::from_shape(shape, &input).map_err(internal)?;
-    let outputs = match adaptive {
-        None => state.run(tvec!(tensor.into())),
-        Some((pool, load)) => state.run_plan_with_eval(tvec!(tensor.into()), |ctx, op_state, node, inputs| {
-            let eval = || tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-            let executor =
-                if load.in_flight.load(Ordering::Relaxed) <= 1 { pool.clone() } else { Executor::SingleThread };
-            multithread_tract_scope(executor, eval)
-        }),
-    }
-    .map_err(internal)?;
-    let view = outputs[0].to_plain_array_view::<f32>().map_err(internal)?;
-    Ok(view.iter().copied().collect())
-}
-
-/// Runs `plan` once on the calling thread, single-threaded: for benchmarks and diagnostics
-/// (the server runs plans on its worker pools).
-pub fn run_plan_once(plan: &Plan, input: &[f32]) -> Result<Vec<f32>, PipelineError> {
-    let internal = |e: TractError| PipelineError::new(ErrorKind::Internal, Stage::Inference, format!("tract: {e:#}"));
-    let mut state = TypedSimpleState::new(plan).map_err(internal)?;
-    let shape: Vec<usize> =
-        plan.model().input_fact(0).ok().and_then(|f| f.shape.as_concrete().map(|s| s.to_vec())).unwrap_or_default();
-    run_once(&mut state, &shape, input.to_vec(), None)
-}
-
-/// Where one run's time goes, per kind of operation.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct OpTime {
-    /// tract's name for the operation (after optimization, e.g. `OptMatMul`, `Im2col`).
-    pub op: String,
-    /// Milliseconds per run, summed over the nodes of this kind.
-    pub ms: f64,
-    /// How many nodes of this kind the plan has.
-    pub nodes: usize,
-    /// tract's description of the slowest node of this kind (e.g. which kernel a matmul uses).
-    pub slowest_node: String,
-}
-
-/// One node of an optimized plan and its time.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NodeTime {
-    pub name: String,
-    pub op: String,
-    /// tract's description of the node (e.g. the matmul's shape and kernel).
-    pub info: String,
-    /// Milliseconds per run.
-    pub ms: f64,
-}
-
-/// Profiles the optimized plan of `path` on a single thread: `runs` timed runs after one
-/// warm-up, every node timed; nodes slowest first. A diagnostic for benchmarks, not for the
-/// request path.
-pub fn profile_nodes(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<NodeTime>, LoadError> {
-    let err = |e: TractError| LoadError { path: path.display().to_string(), message: format!("{e:#}") };
-    let plan = load_plan(path, input_shape)?;
-    let mut state = TypedSimpleState::new(&plan).map_err(err)?;
-    let input: TValue = Tensor::zero::<f32>(input_shape).map_err(err)?.into();
-    state.run(tvec!(input.clone())).map_err(err)?;
-    let runs = runs.max(1);
-    let mut took = vec![std::time::Duration::ZERO; plan.model().nodes.len()];
-    for _ in 0..runs {
-        state
-            .run_plan_with_eval(tvec!(input.clone()), |ctx, op_state, node, inputs| {
-                let started = Instant::now();
-                let out = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                took[node.id] += started.elapsed();
-                out
-            })
-            .map_err(err)?;
-    }
-    let mut nodes: Vec<NodeTime> = plan
-        .model()
-        .nodes
-        .iter()
-        .filter(|node| !took[node.id].is_zero())
-        .map(|node| NodeTime {
-            name: node.name.clone(),
-            op: node.op().name().to_string(),
-            info: node.op().info().unwrap_or_default().join("; "),
-            ms: took[node.id].as_secs_f64() * 1e3 / runs as f64,
-        })
-        .collect();
-    nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    Ok(nodes)
-}
-
-/// [`profile_nodes`] totalled per operation kind, slowest first.
-pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Vec<OpTime>, LoadError> {
-    let mut ops: Vec<OpTime> = Vec::new();
-    // Nodes come slowest first, so the first node seen of each kind is its slowest.
-    for node in profile_nodes(path, input_shape, runs)? {
-        match ops.iter_mut().find(|o| o.op == node.op) {
-            Some(o) => {
-                o.ms += node.ms;
-                o.nodes += 1;
-            }
-            None => ops.push(OpTime {
-                op: node.op,
-                ms: node.ms,
-                nodes: 1,
-                slowest_node: format!("{}: {}", node.name, node.info),
-            }),
-        }
-    }
-    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-    Ok(ops)
-}
-
-/// One matrix multiplication of an optimized plan and the kernel tract chose for it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MatMulKernel {
-    pub node: String,
-    /// tract-linalg's kernel name(s), e.g. `avx512amx_mmm_i32_16x16`.
-    pub kernel: String,
-    /// What the kernel accumulates in: `I32` for the int8 kernels, `F32` for the float ones.
-    pub accumulator: String,
-}
-
-/// The matrix-multiply kernels of the optimized plan of `path`: tells whether an int8 graph
-/// really reaches tract's int8 kernels (a graph tract cannot map runs dequantized, in fp32).
-pub fn matmul_kernels(path: &Path, input_shape: &[usize]) -> Result<Vec<MatMulKernel>, LoadError> {
-    use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
-    let plan = load_plan(path, input_shape)?;
-    Ok(plan
-        .model()
-        .nodes
-        .iter()
-        .filter_map(|node| {
-            let op = node.op_as::<OptMatMul>()?;
-            Some(MatMulKernel {
-                node: node.name.clone(),
-                kernel: op.mmm.iter().map(|k| k.name().to_string()).collect::<Vec<_>>().join(","),
-                accumulator: format!("{:?}", op.mmm.first()?.internal_type()),
-            })
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -566,7 +438,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes/1/model.onnx");
         let shape = [1, 3, 224, 224];
         let engine = EngineConfig { mode: EngineMode::Adaptive, threads: 2, queue_len: 8 };
-        let pool = InferencePool::load(&path, &shape, &engine).unwrap();
+        let pool = InferencePool::load(&path, &shape, EngineKind::Tract, &engine).unwrap();
         let input = vec![0f32; 3 * 224 * 224];
         pool.infer(input.clone(), Instant::now() + Duration::from_secs(30)).unwrap();
         // One job has been timed (milliseconds); a deadline a microsecond away cannot be met.

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::inference::{EngineConfig, InferencePool};
+use crate::inference::{EngineConfig, EngineKind, InferencePool};
 
 /// Which versions of a model are loaded and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -106,6 +106,9 @@ pub struct Manifest {
     pub default_version: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Which engine runs every version: `tract` (the default) or `onnxruntime`.
+    #[serde(default)]
+    pub engine: EngineKind,
 }
 
 /// Why a model or the repository could not be loaded. Each names the file and, where it
@@ -366,9 +369,9 @@ impl ModelRepository {
                 model.states.insert(version, VersionState::Ready);
                 continue;
             }
-            match self.load_version(&onnx, &shape, model.labels.len()) {
+            match self.load_version(&onnx, &shape, model.manifest.engine, model.labels.len()) {
                 Ok(pool) => {
-                    tracing::info!(model = %name, version, path = %onnx.display(), "model version loaded");
+                    tracing::info!(model = %name, version, engine = %model.manifest.engine, path = %onnx.display(), "model version loaded");
                     model.versions.insert(version, Arc::new(ModelVersion { version, pool, fingerprint: print }));
                     model.states.insert(version, VersionState::Ready);
                 }
@@ -389,8 +392,14 @@ impl ModelRepository {
         Ok(model)
     }
 
-    fn load_version(&self, onnx: &Path, shape: &[usize], labels: usize) -> Result<InferencePool, RepositoryError> {
-        let pool = InferencePool::load(onnx, shape, &self.engine)?;
+    fn load_version(
+        &self,
+        onnx: &Path,
+        shape: &[usize],
+        engine: EngineKind,
+        labels: usize,
+    ) -> Result<InferencePool, RepositoryError> {
+        let pool = InferencePool::load(onnx, shape, engine, &self.engine)?;
         if pool.output_len() != labels {
             return Err(RepositoryError::Invalid {
                 path: onnx.to_path_buf(),

@@ -502,7 +502,8 @@ mod tests {
             return;
         };
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let plan = crate::inference::load_plan(&root.join("models/shapes/1/model.onnx"), &[1, 3, 224, 224]).unwrap();
+        let plan =
+            crate::inference::tract::load_plan(&root.join("models/shapes/1/model.onnx"), &[1, 3, 224, 224]).unwrap();
         let mut state = TypedSimpleState::new(&plan).unwrap();
         state.run(tvec!(Tensor::zero::<f32>(&[1, 3, 224, 224]).unwrap().into())).unwrap();
         assert_eq!(

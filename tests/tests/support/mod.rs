@@ -74,12 +74,12 @@ impl Server {
                 )
             })
             .to_string();
-        let server = Server { child: Some(child), addr, stderr_path };
+        let mut server = Server { child: Some(child), addr, stderr_path };
         server.wait_ready();
         server
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let client = client();
         let started = Instant::now();
         loop {
@@ -87,6 +87,9 @@ impl Server {
                 && r.status() == 200
             {
                 return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("server exited with {status} before it was ready: {}", self.stderr());
             }
             assert!(started.elapsed() < READY_TIMEOUT, "server not ready after {READY_TIMEOUT:?}: {}", self.stderr());
             std::thread::sleep(READY_POLL);

@@ -5,7 +5,7 @@
 //! is not a multiple of 64 the last step reads past the end of the panel; the weights side is
 //! zero-padded so the result is right, but if the read crosses into an unmapped page the
 //! process dies with SIGSEGV (seen in our int8 test on the default model, whose first conv has
-//! K = 27). Our own im2col (`im2col.rs`) ends its buffer with slack for that read, so a matmul
+//! K = 27). Our own im2col (`patches/im2col.rs`) ends its buffer with slack for that read, so a matmul
 //! fed by it is safe; one whose activations tract packs itself (an einsum, a MatMul) is not.
 //! So AMX is off unless the configuration asks for it, and then a plan with an unsafe matmul
 //! fails to load with a clear reason instead of crashing later. Without AMX tract uses its
@@ -19,8 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
-
-use super::im2col::Im2ColI8K4;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
 static IN_FORCE: OnceLock<bool> = OnceLock::new();
@@ -52,6 +50,16 @@ pub(crate) fn amx_allowed() -> bool {
     })
 }
 
+#[cfg(feature = "tract-patches")]
+fn fed_by_padded_im2col(node: &TypedNode) -> bool {
+    super::patches::has_amx_slack(node)
+}
+
+#[cfg(not(feature = "tract-patches"))]
+fn fed_by_padded_im2col(_: &TypedNode) -> bool {
+    false
+}
+
 /// Refuses a plan in which an AMX int8 kernel would multiply with a depth that is not a
 /// multiple of 64 and activations not packed by our im2col (see the module doc).
 pub(crate) fn check_plan(model: &TypedModel) -> Result<(), String> {
@@ -64,14 +72,15 @@ pub(crate) fn check_plan(model: &TypedModel) -> Result<(), String> {
         for spec in &op.micro_ops {
             let ProtoFusedSpec::AddMatMul { geo, b, .. } = spec else { continue };
             let padded_by_us = match b {
-                MatMulOperand::Input(i) => model.node(node.inputs[*i].node).op_is::<Im2ColI8K4>(),
+                MatMulOperand::Input(i) => fed_by_padded_im2col(model.node(node.inputs[*i].node)),
                 MatMulOperand::Const(_) => false,
             };
             if geo.k.as_i64().is_none_or(|k| k % 64 != 0) && !padded_by_us {
                 return Err(format!(
                     "int8 matmul {} has depth K = {} (not a multiple of 64) on activations tract packs \
                      itself, which its AMX kernels read out of bounds; quantize with \
-                     models/tools/quantize.py (convolutions through im2col) or set amx_int8 = false",
+                     models/tools/quantize.py (convolutions through im2col) or set \
+                     [inference.tract] amx_int8 = false",
                     node.name, geo.k
                 ));
             }

@@ -1,0 +1,174 @@
+//! The onnxruntime engine (cargo feature `onnxruntime`, on by default): a model whose
+//! `model.toml` says `engine = "onnxruntime"` runs in an onnxruntime session.
+//!
+//! Nothing of onnxruntime is linked: `ort`'s `load-dynamic` opens the shared library the
+//! first time a model asks for it, from `[inference.onnxruntime] library`, else
+//! `ORT_DYLIB_PATH`, else the `onnxruntime` wheel in the project's `.venv` (which ships only
+//! the versioned `capi/libonnxruntime.so.1.x`). A tract-only deployment never touches it.
+//!
+//! One session per loaded version (one copy of the weights), run by one worker over
+//! `threads` intra-op threads whatever the mode: `ort` 2.0's `Session::run` takes `&mut self`,
+//! and a session per worker would copy the weights. The session's own thread pool splits each
+//! image's operators, which is how onnxruntime is meant to use the cores.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorRef, ValueType};
+
+use super::{EngineConfig, LoadError, LoadedModel, ModelIo, ModelWorker};
+
+/// The library named by the configuration, until one is loaded.
+static CONFIGURED: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The library loaded in this process (or why none could be): loading happens once.
+static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Names the library a later load will use (`[inference.onnxruntime] library`). Process-wide;
+/// once a library is loaded, it stays.
+pub fn configure(library: Option<PathBuf>) {
+    *CONFIGURED.lock().unwrap_or_else(|e| e.into_inner()) = library;
+}
+
+/// The library in use, loading it on first call.
+pub fn library() -> Result<PathBuf, String> {
+    LOADED
+        .get_or_init(|| {
+            let path = find_library()?;
+            let env =
+                ort::init_from(&path).map_err(|e| format!("cannot load onnxruntime from {}: {e}", path.display()))?;
+            env.with_name("tessera").commit();
+            tracing::info!(library = %path.display(), "onnxruntime loaded");
+            Ok(path)
+        })
+        .clone()
+}
+
+/// The first of: the configured library, `ORT_DYLIB_PATH`, the `.venv` wheel's library (looked
+/// for from the working directory and from the executable's directories upwards, so
+/// `target/release/tessera` finds the repository's `.venv`).
+fn find_library() -> Result<PathBuf, String> {
+    if let Some(path) = CONFIGURED.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("[inference.onnxruntime] library = {} does not exist", path.display()))
+        };
+    }
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from) {
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("ORT_DYLIB_PATH = {} does not exist", path.display()))
+        };
+    }
+    let mut roots: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.iter().find_map(|root| venv_library(&root.join(".venv"))).ok_or_else(|| {
+        "no onnxruntime library: set [inference.onnxruntime] library in tessera.toml, or ORT_DYLIB_PATH, \
+             or install the onnxruntime wheel in the project's .venv (./run installs it)"
+            .to_string()
+    })
+}
+
+/// `<venv>/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*`, if present.
+fn venv_library(venv: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|python| python.path().join("site-packages/onnxruntime/capi"))
+        .filter_map(|capi| std::fs::read_dir(capi).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+struct OrtModel {
+    session: Mutex<Session>,
+    io: ModelIo,
+}
+
+/// Loads `path` into a session with `engine.threads` intra-op threads and runs it once on
+/// zeros (to learn the output shape and so the first request does not pay for warming up).
+pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result<Arc<dyn LoadedModel>, LoadError> {
+    let err = |message: String| LoadError { path: path.display().to_string(), message };
+    library().map_err(err)?;
+    let threads = engine.threads.max(1);
+    let ort_err = |e: ort::Error| err(format!("onnxruntime: {e}"));
+    let option_err = |e: ort::Error<_>| err(format!("onnxruntime session options: {e}"));
+    let mut session = Session::builder()
+        .map_err(ort_err)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(option_err)?
+        .with_intra_threads(threads)
+        .map_err(option_err)?
+        .commit_from_file(path)
+        .map_err(ort_err)?;
+    let (input, output) = match (session.inputs(), session.outputs()) {
+        ([input], [output, ..]) => (input, output),
+        (inputs, _) => return Err(err(format!("the model has {} inputs; Tessera feeds one image", inputs.len()))),
+    };
+    let declared = |t: &ValueType| match t {
+        ValueType::Tensor { ty, shape, .. } => Ok((format!("{ty:?}"), shape.to_vec())),
+        other => Err(err(format!("input/output {other:?} is not a tensor"))),
+    };
+    let (input_dtype, dims) = declared(input.dtype())?;
+    let fits = dims.len() == input_shape.len()
+        && dims.iter().zip(input_shape).all(|(&d, &want)| d < 0 || usize::try_from(d) == Ok(want));
+    if !fits {
+        return Err(err(format!("the model's input {:?} is {dims:?}, model.toml says {input_shape:?}", input.name())));
+    }
+    let (output_dtype, _) = declared(output.dtype())?;
+    let (input_name, output_name) = (input.name().to_string(), output.name().to_string());
+    let zeros = vec![0f32; input_shape.iter().product()];
+    let output_shape = {
+        let outputs = session
+            .run(ort::inputs![TensorRef::from_array_view((input_shape.to_vec(), &zeros[..])).map_err(ort_err)?])
+            .map_err(ort_err)?;
+        let (shape, _) = outputs[0].try_extract_tensor::<f32>().map_err(ort_err)?;
+        shape.iter().map(|&d| d as usize).collect()
+    };
+    let io =
+        ModelIo { input_name, input_shape: input_shape.to_vec(), input_dtype, output_name, output_shape, output_dtype };
+    Ok(Arc::new(OrtModel { session: Mutex::new(session), io }))
+}
+
+impl LoadedModel for OrtModel {
+    fn io(&self) -> &ModelIo {
+        &self.io
+    }
+
+    fn spreads_when_alone(&self) -> bool {
+        false
+    }
+
+    fn parallel_jobs(&self) -> usize {
+        1
+    }
+
+    fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String> {
+        Ok(Box::new(OrtWorker { model: self }))
+    }
+}
+
+struct OrtWorker {
+    model: Arc<OrtModel>,
+}
+
+impl ModelWorker for OrtWorker {
+    fn run(&mut self, input: Vec<f32>, _alone: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, String> {
+        let e = |e: ort::Error| format!("onnxruntime: {e}");
+        let mut session = self.model.session.lock().unwrap_or_else(|p| p.into_inner());
+        let tensor = TensorRef::from_array_view((self.model.io.input_shape.clone(), &input[..])).map_err(e)?;
+        let outputs = session.run(ort::inputs![tensor]).map_err(e)?;
+        let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(e)?;
+        Ok(values.to_vec())
+    }
+}

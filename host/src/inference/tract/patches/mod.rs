@@ -1,0 +1,45 @@
+//! Our rewrites of tract 0.23.9's optimized plans, in one place behind one [`apply`] and the
+//! `tract-patches` cargo feature (on by default), so a tract upgrade, or removing them, means
+//! this folder and that feature. Each rewrite is byte-identical to what it replaces (its own
+//! unit tests) and relies on tract 0.23.9's op types, which is why `tract-*` is pinned.
+//!
+//! - `fold`: folds the constant chains tract's const-folding budget refuses (the i32 cast and
+//!   row sums of big int8 kernels).
+//! - `im2col`: a faster int8 im2col into the panels tract's int8 kernels read, with slack
+//!   after the last panel for the AMX kernels' over-read.
+//! - `quantize`: a vectorizable f32 -> int8 quantization.
+
+use tract_onnx::prelude::*;
+
+mod fold;
+mod im2col;
+mod quantize;
+
+/// Rewrites `model` (already `into_optimized()`) in place; call `compact()` after.
+pub fn apply(model: &mut TypedModel) -> TractResult<()> {
+    fold::fold_constant_chains(model)?;
+    replace_ops(model, im2col::replacement)?;
+    replace_ops(model, quantize::replacement)?;
+    Ok(())
+}
+
+/// Whether `node`'s output is our im2col's, whose buffer ends with slack for the AMX kernels'
+/// over-read (see `tract/amx.rs`).
+pub fn has_amx_slack(node: &TypedNode) -> bool {
+    node.op_is::<im2col::Im2ColI8K4>()
+}
+
+/// Puts `replacement(node)` in place of every node it answers for (same inputs and outputs).
+/// The replaced nodes are left dangling for `compact()`.
+fn replace_ops<O: TypedOp>(
+    model: &mut TypedModel,
+    replacement: fn(&TypedModel, &TypedNode) -> TractResult<Option<O>>,
+) -> TractResult<()> {
+    for id in 0..model.nodes.len() {
+        let node = &model.nodes[id];
+        if let Some(op) = replacement(model, node)? {
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?.apply(model)?;
+        }
+    }
+    Ok(())
+}
