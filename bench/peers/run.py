@@ -6,7 +6,8 @@ Systems, each started fresh for its cells and stopped after:
   ThreadPoolExecutor(10), torchvision preprocessing, PyTorch eager), when build/venv-torch has
   torch (`--no-torch` skips it: the wheel is ~5.6 GB);
 - `seed-ort`: the same service on onnxruntime (2 intra-op threads): what a user would pick today;
-- `tessera-<fp32|int8>-<mode>`: the real `tessera serve` binary over HTTP, each engine and mode.
+- `tessera-<fp32|int8>-<mode>`: the real `tessera serve` binary over HTTP, tract fp32 / int8 in each mode;
+- `tessera-ort`: the same binary with the model on its onnxruntime engine (fp32).
 
 One load shape for all (`tessera-loadgen`): closed loop at c = 1, 4, 16 and open loop at fixed
 rates, the full matrix for ResNet-50 on a 224 px JPEG, a subset for the default model, ResNet-18,
@@ -68,8 +69,8 @@ def photo(w: int, h: int, seed: int) -> bytes:
     return out.getvalue()
 
 
-def model_repo(name: str, onnx: Path, labels: list[str]) -> Path:
-    """A one-model Tessera repository around `onnx` (ImageNet preprocessing)."""
+def model_repo(name: str, onnx: Path, labels: list[str], engine: str = "tract") -> Path:
+    """A one-model Tessera repository around `onnx` (ImageNet preprocessing) on `engine`."""
     repo = WORK / "repos" / name
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     target = repo / name / "1" / "model.onnx"
@@ -78,7 +79,7 @@ def model_repo(name: str, onnx: Path, labels: list[str]) -> Path:
     (repo / name / "labels.txt").write_text("\n".join(labels) + "\n")
     (repo / name / "model.toml").write_text(
         'input_shape = [1, 3, 224, 224]\nresize = 256\nmean = [0.485, 0.456, 0.406]\n'
-        'std = [0.229, 0.224, 0.225]\nlabels = "labels.txt"\n')
+        f'std = [0.229, 0.224, 0.225]\nlabels = "labels.txt"\nengine = "{engine}"\n')
     return repo
 
 
@@ -210,6 +211,9 @@ def main() -> None:
         "resnet18-int8": (ROOT / "build/models/resnet18-int8/1/model.onnx", "resnet18"),
     }
     repos = {name: model_repo(name, path, imagenet) for name, (path, _) in models.items()}
+    # Tessera's onnxruntime engine (the .venv wheel's library, found by the binary itself).
+    for name in ["resnet50", "resnet18"]:
+        repos[f"{name}-ort"] = model_repo(f"{name}-ort", models[name][0], imagenet, engine="onnxruntime")
     repos["shapes"] = ROOT / "models"
     shapes_dir = WORK / "shapes-images"
     if not shapes_dir.exists():
@@ -240,6 +244,8 @@ def main() -> None:
             extra = photo_cells if mode == "adaptive" else []
             plan.append(("resnet50", sysname, lambda r=repo, m=mode, s=sysname: start_tessera(s, repos[r], m),
                          cells_full("photo-224") + extra))
+    plan.append(("resnet50", "tessera-ort", lambda: start_tessera("tessera-ort", repos["resnet50-ort"], "adaptive"),
+                 cells_full("photo-224") + photo_cells))
     r18 = [("closed", c, "photo-224") for c in [1, 4]]
     plan.append(("resnet18", "seed-ort", lambda: start_seed("seed-ort", VENV_PEERS, "onnxruntime",
                                                             models["resnet18"][0], "resnet18"), r18))
@@ -249,6 +255,8 @@ def main() -> None:
     for engine, repo in [("fp32", "resnet18"), ("int8", "resnet18-int8")]:
         plan.append(("resnet18", f"tessera-{engine}-adaptive",
                      lambda r=repo, e=engine: start_tessera(f"tessera-{e}-adaptive", repos[r], "adaptive"), r18))
+    plan.append(("resnet18", "tessera-ort",
+                 lambda: start_tessera("tessera-ort", repos["resnet18-ort"], "adaptive"), r18))
     plan.append(("shapes", "seed-ort", lambda: start_seed("seed-ort", VENV_PEERS, "onnxruntime",
                                                           ROOT / "models/shapes/1/model.onnx", "resnet18"), r18))
     plan.append(("shapes", "tessera-fp32-adaptive",

@@ -173,7 +173,8 @@ fn main() {
     for _ in 0..ROUNDS {
         std::thread::scope(|s| {
             s.spawn(|| {
-                let model = root.join("models/shapes/1/model.onnx");
+                // int8: tract's asm kernels, the ones that leave the state dirty.
+                let model = root.join("models/shapes-int8/1/model.onnx");
                 let plan = tessera::inference::tract::load_plan(&model, &[1, 3, 224, 224]).unwrap();
                 tessera::inference::tract::run_plan_once(&plan, &input).unwrap();
                 guest_calls(&mut after_tract);

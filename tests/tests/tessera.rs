@@ -323,12 +323,13 @@ fn the_library_runs_the_same_pipeline_without_http() {
 #[test]
 fn the_int8_default_model_runs_on_int8_kernels_and_agrees_with_fp32_on_504_held_out_images() {
     // Every convolution of the quantized graph must reach one of tract's int8 (i32-accumulating)
-    // kernels; only the float classifier may stay fp32. A graph tract could not map would load
-    // and answer just as well, dequantized to fp32, so this is checked, not assumed.
+    // kernels (the model has 12 convolutions); only the float classifier may stay fp32 (and it
+    // runs on our GEMM patch, not a tract matmul). A graph tract could not map would load and
+    // answer just as well, dequantized to fp32, so this is checked, not assumed.
     let int8 = root().join("models/shapes-int8/1/model.onnx");
     let kernels = tessera::inference::tract::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
     let float: Vec<_> = kernels.iter().filter(|k| k.accumulator != "I32").collect();
-    assert!(kernels.len() >= 13 && float.len() <= 1, "not on int8 kernels: {kernels:#?}");
+    assert!(kernels.len() - float.len() >= 12 && float.len() <= 1, "not on int8 kernels: {kernels:#?}");
     println!(
         "int8 kernels: {:?}",
         kernels.iter().map(|k| k.kernel.as_str()).collect::<std::collections::BTreeSet<_>>()

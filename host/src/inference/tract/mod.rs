@@ -123,7 +123,13 @@ pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> 
     let model = tract_onnx::onnx()
         .model_for_path(path)
         .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
-        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_typed())
+        .and_then(|m| m.into_decluttered())
+        .and_then(|mut m| {
+            #[cfg(feature = "tract-patches")]
+            patches::before_optimize(&mut m)?;
+            m.into_optimized()
+        })
         .and_then(|mut m| {
             #[cfg(feature = "tract-patches")]
             patches::apply(&mut m)?;

@@ -8,12 +8,22 @@
 //! - `im2col`: a faster int8 im2col into the panels tract's int8 kernels read, with slack
 //!   after the last panel for the AMX kernels' over-read.
 //! - `quantize`: a vectorizable f32 -> int8 quantization.
+//! - `gemm_conv` (before tract's optimizer, [`before_optimize`]): fp32 convolutions, 1×1 ones
+//!   included, on the cache-blocked `gemm` crate instead of tract's kernels (close, not
+//!   byte-identical: another summation order; held to onnxruntime by the parity test).
 
 use tract_onnx::prelude::*;
 
 mod fold;
+mod gemm_conv;
 mod im2col;
 mod quantize;
+
+/// Rewrites the decluttered `model` before tract optimizes it.
+pub fn before_optimize(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, gemm_conv::replacement)?;
+    replace_ops(model, gemm_conv::pointwise_replacement)
+}
 
 /// Rewrites `model` (already `into_optimized()`) in place; call `compact()` after.
 pub fn apply(model: &mut TypedModel) -> TractResult<()> {

@@ -1,0 +1,446 @@
+//! fp32 convolutions on a cache-blocked GEMM (the `gemm` crate) instead of tract's kernels.
+//!
+//! tract 0.23.9 runs a float convolution as its packing ops plus `OptMatMul`, whose kernels
+//! (`avx512_mmm_f32_32x12`, ...) stream the whole depth K for every output tile with no cache
+//! blocking: on ResNet-50 the matrix products ran at ~70 GFLOP/s on one core of this Xeon where
+//! sgemm reaches ~175 (docs/PERFORMANCE.md). The `gemm` crate blocks K, M and N for the caches
+//! and has AVX-512 kernels (`x86-v4`), so this op does the convolution as im2col + one GEMM:
+//! `out[c_out × (h·w)] = W[c_out × K] · cols[K × (h·w)] + bias`, K = c_in·kh·kw, with the ONNX
+//! kernel (OIHW) already the row-major W. A 1×1, stride-1, unpadded convolution multiplies the
+//! input itself (C × H·W is already `cols`).
+//!
+//! Scope: 2-D NCHW (or CHW, as tract makes batch-1 graphs), float32, one group, constant kernel and bias, batch 1 (what Tessera's
+//! plans are made for), and the `EinSum` tract's declutter makes of a 1×1 convolution.
+//! Anything else (grouped/depthwise, quantized) is left to tract.
+//! The replacement happens on the decluttered model, before tract's optimizer, so tract then
+//! optimizes what surrounds it (ReLUs and residual additions run as its element-wise ops).
+//! The matrix product splits over the threads of the executor the job runs under (tract's
+//! adaptive/latency scheduling), so the scheduling modes keep their meaning.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use tract_linalg::multithread::{Executor, current_tract_executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// One convolution's shape, all concrete.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Geometry {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// Padding before (top, left).
+    pad: [usize; 2],
+    h_out: usize,
+    w_out: usize,
+}
+
+impl Geometry {
+    /// The GEMM's depth: one row of `cols` per input channel and kernel tap.
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// The GEMM's width: one column per output position.
+    fn n(&self) -> usize {
+        self.h_out * self.w_out
+    }
+
+    /// Whether the input is already the `cols` matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0] && self.h_out == self.h
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GemmConv {
+    geo: Geometry,
+    /// `c_out × K`, row-major.
+    weights: Arc<Tensor>,
+    /// `c_out` values, or none.
+    bias: Option<Arc<Tensor>>,
+    /// The replaced node's output shape (`c_out × h_out × w_out`, with or without batch axes).
+    output_shape: TVec<usize>,
+}
+
+impl PartialEq for GemmConv {
+    fn eq(&self, other: &Self) -> bool {
+        self.geo == other.geo && self.weights == other.weights && self.bias == other.bias
+    }
+}
+impl Eq for GemmConv {}
+
+/// `Some(op)` for a convolution this op handles (see the module doc), else `None`.
+pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<GemmConv>> {
+    let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
+    if conv.q_params.is_some()
+        || conv.group != 1
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || conv.pool_spec.kernel_shape.len() != 2
+        || node.inputs.len() != 3
+    {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let (Some(kernel), Some(bias)) =
+        (model.outlet_fact(node.inputs[1])?.konst.clone(), model.outlet_fact(node.inputs[2])?.konst.clone())
+    else {
+        return Ok(None);
+    };
+    let (n, c_in, h, w) = match input.shape.as_concrete() {
+        Some(&[n, c, h, w]) if conv.pool_spec.data_format == DataFormat::NCHW => (n, c, h, w),
+        Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => (1, c, h, w),
+        _ => return Ok(None),
+    };
+    if n != 1 || input.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let [c_out, kc, kh, kw] = *kernel.shape() else { return Ok(None) };
+    if kc != c_in {
+        return Ok(None);
+    }
+    let padding = conv.pool_spec.computed_padding(&[h, w]);
+    let (strides, dilations) = (conv.pool_spec.strides(), conv.pool_spec.dilations());
+    let geo = Geometry {
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        stride: [strides[0], strides[1]],
+        dilation: [dilations[0], dilations[1]],
+        pad: [padding[0].pad_before, padding[1].pad_before],
+        h_out: padding[0].convoluted,
+        w_out: padding[1].convoluted,
+    };
+    if geo.h_out == 0 || geo.w_out == 0 {
+        return Ok(None);
+    }
+    let bias = match bias.len() {
+        _ if bias.datum_type() != f32::datum_type() => return Ok(None),
+        1 if bias.try_as_plain_ram()?.as_slice::<f32>()?[0] == 0.0 => None,
+        len if len == c_out => Some(bias),
+        _ => return Ok(None),
+    };
+    let Some(output_shape) = output_shape(model, node, c_out * geo.n()) else { return Ok(None) };
+    let weights = kernel.into_tensor().into_shape(&[c_out, geo.k()])?.into_arc_tensor();
+    Ok(Some(GemmConv { geo, weights, bias, output_shape }))
+}
+
+/// The concrete f32 output shape of `node`, if it holds `len` values.
+fn output_shape(model: &TypedModel, node: &TypedNode, len: usize) -> Option<TVec<usize>> {
+    let fact = model.outlet_fact(OutletId::new(node.id, 0)).ok()?;
+    let shape: TVec<usize> = fact.shape.as_concrete()?.into();
+    (fact.datum_type == f32::datum_type() && shape.iter().product::<usize>() == len).then_some(shape)
+}
+
+/// `Some(op)` for the `EinSum` tract's declutter makes of a 1×1 convolution
+/// (`NIHW,OI->NOHW` and its batch-free variants): constant `O × I` weights times the input's
+/// `I × (H·W)`, with any other axis of size 1 (so the memory layout is exactly the GEMM's).
+pub fn pointwise_replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<GemmConv>> {
+    let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
+    if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let Some(kernel) = model.outlet_fact(node.inputs[1])?.konst.clone() else { return Ok(None) };
+    let (Some(dims), &[o_len, i_len]) = (input.shape.as_concrete(), kernel.shape()) else { return Ok(None) };
+    if input.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
+        return Ok(None);
+    }
+    let (inputs, outputs) = einsum.axes.to_strs();
+    let (Some(x), Some(w), Some(out)) = (inputs.first(), inputs.get(1), outputs.first()) else { return Ok(None) };
+    let &[o, i] = w.chars().collect::<Vec<_>>().as_slice() else { return Ok(None) };
+    // The input's axes without its size-1 ones must be I then the spatial ones; the output's,
+    // O then the same spatial ones in the same order.
+    let x: Vec<char> = x.chars().zip(dims).filter(|(_, d)| **d != 1).map(|(c, _)| c).collect();
+    let Some((&first, spatial)) = x.split_first() else { return Ok(None) };
+    let Some(out_dims) = output_shape(model, node, o_len * dims.iter().product::<usize>() / i_len.max(1)) else {
+        return Ok(None);
+    };
+    let out: Vec<char> = out.chars().zip(&out_dims).filter(|(_, d)| **d != 1).map(|(c, _)| c).collect();
+    if first != i || out.first() != Some(&o) || out[1..] != *spatial || dims.iter().product::<usize>() % i_len != 0 {
+        return Ok(None);
+    }
+    let n = dims.iter().product::<usize>() / i_len;
+    let geo = Geometry {
+        c_in: i_len,
+        h: n,
+        w: 1,
+        c_out: o_len,
+        kh: 1,
+        kw: 1,
+        stride: [1, 1],
+        dilation: [1, 1],
+        pad: [0, 0],
+        h_out: n,
+        w_out: 1,
+    };
+    Ok(Some(GemmConv { geo, weights: kernel, bias: None, output_shape: out_dims }))
+}
+
+thread_local! {
+    /// The im2col matrix, reused by every convolution run on this thread (sized for the
+    /// largest): allocating it per call would fault its pages in every time.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Op for GemmConv {
+    fn name(&self) -> StaticName {
+        "GemmConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let g = &self.geo;
+        Ok(vec![format!(
+            "m:{} k:{} n:{} kernel:{}x{} stride:{:?} dilation:{:?} pad:{:?}",
+            g.c_out,
+            g.k(),
+            g.n(),
+            g.kh,
+            g.kw,
+            g.stride,
+            g.dilation,
+            g.pad
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for GemmConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let g = &self.geo;
+        let input = inputs[0].to_plain_array_view::<f32>()?;
+        let input = input.as_slice().context("GemmConv: input is not contiguous")?;
+        ensure!(input.len() == g.c_in * g.h * g.w, "GemmConv: input has {} values, expected {:?}", input.len(), g);
+        // SAFETY: every value is written below, by the bias fill or (without bias) by the GEMM,
+        // which then does not read the destination; f32 has no invalid bit patterns anyway.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        {
+            let mut view = output.try_as_plain_ram_mut()?;
+            let out = view.as_slice_mut::<f32>()?;
+            if let Some(bias) = &self.bias {
+                for (row, b) in out.chunks_exact_mut(g.n()).zip(bias.try_as_plain_ram()?.as_slice::<f32>()?) {
+                    row.fill(*b);
+                }
+            }
+            if g.is_pointwise() {
+                self.multiply(input, out);
+            } else {
+                COLS.with_borrow_mut(|cols| {
+                    cols.resize(cols.len().max(g.k() * g.n()), 0.0);
+                    let cols = &mut cols[..g.k() * g.n()];
+                    im2col(g, input, cols);
+                    self.multiply(cols, out);
+                });
+            }
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl GemmConv {
+    /// `out (+)= W · cols`: accumulates onto the bias when there is one.
+    fn multiply(&self, cols: &[f32], out: &mut [f32]) {
+        let g = &self.geo;
+        let (m, k, n) = (g.c_out, g.k(), g.n());
+        let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
+        let accumulate = self.bias.is_some();
+        match current_tract_executor() {
+            Executor::MultiThread(pool) => pool.install(|| {
+                sgemm(m, k, n, weights, cols, out, accumulate, Parallelism::Rayon(pool.current_num_threads()))
+            }),
+            _ => sgemm(m, k, n, weights, cols, out, accumulate, Parallelism::None),
+        }
+    }
+}
+
+/// `out (+)= lhs · rhs`, all row-major: `m × k`, `k × n`, `m × n`.
+#[allow(clippy::too_many_arguments)] // the GEMM's own shape, kept explicit
+fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    out: &mut [f32],
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    assert!(lhs.len() == m * k && rhs.len() == k * n && out.len() == m * n);
+    // SAFETY: the three matrices are row-major slices of exactly m×k, k×n and m×n values
+    // (asserted above), and `out`, borrowed mutably, aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// Fills `cols` (`K × n`, row-major) from the `c_in × h × w` image: row (c, ki, kj) holds, for
+/// every output position, the input pixel under kernel tap (ki, kj) of channel c, or 0 in the
+/// padding.
+fn im2col(g: &Geometry, image: &[f32], cols: &mut [f32]) {
+    let n = g.n();
+    let mut rows = cols.chunks_exact_mut(n);
+    for c in 0..g.c_in {
+        let plane = &image[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = rows.next().expect("K rows");
+                let dy = (ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                let dx = (kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                // Output columns whose input x is inside the image: x = ox·s + dx ∈ [0, w).
+                let s = g.stride[1] as isize;
+                let ox_lo = ((-dx).max(0) + s - 1) / s;
+                let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.w_out as isize);
+                let (ox_lo, ox_hi) = (ox_lo.min(ox_hi) as usize, ox_hi as usize);
+                for (oy, out) in row.chunks_exact_mut(g.w_out).enumerate() {
+                    let y = (oy * g.stride[0]) as isize + dy;
+                    if y < 0 || y >= g.h as isize || ox_lo == ox_hi {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[y as usize * g.w..(y as usize + 1) * g.w];
+                    out[..ox_lo].fill(0.0);
+                    out[ox_hi..].fill(0.0);
+                    let x0 = (ox_lo as isize * s + dx) as usize;
+                    if g.stride[1] == 1 {
+                        out[ox_lo..ox_hi].copy_from_slice(&line[x0..x0 + (ox_hi - ox_lo)]);
+                    } else {
+                        for (o, x) in out[ox_lo..ox_hi].iter_mut().zip((x0..).step_by(g.stride[1])) {
+                            *o = line[x];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl TypedOp for GemmConv {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.output_shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A direct convolution, the reference.
+    fn direct(g: &Geometry, image: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; g.c_out * g.n()];
+        for co in 0..g.c_out {
+            for oy in 0..g.h_out {
+                for ox in 0..g.w_out {
+                    let mut acc = bias.get(co).copied().unwrap_or(0.0);
+                    for c in 0..g.c_in {
+                        for ki in 0..g.kh {
+                            for kj in 0..g.kw {
+                                let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                                let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                                if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
+                                    acc += image[(c * g.h + y as usize) * g.w + x as usize]
+                                        * weights[((co * g.c_in + c) * g.kh + ki) * g.kw + kj];
+                                }
+                            }
+                        }
+                    }
+                    out[(co * g.h_out + oy) * g.w_out + ox] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_a_direct_convolution_over_awkward_geometries() {
+        // (c_in, h, w, c_out, k, stride, dilation, pad): 1x1 stride 1 and 2, 3x3 padded,
+        // stride 3, dilation 2, a kernel wider than the padded input's tail, odd sizes.
+        let cases = [
+            (5, 7, 9, 4, [1, 1], [1, 1], [1, 1], [0, 0]),
+            (6, 8, 8, 3, [1, 1], [2, 2], [1, 1], [0, 0]),
+            (3, 9, 11, 5, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (2, 10, 13, 2, [3, 3], [3, 3], [1, 1], [1, 1]),
+            (4, 12, 12, 3, [3, 3], [1, 1], [2, 2], [2, 2]),
+            (3, 5, 4, 2, [5, 7], [2, 1], [1, 1], [2, 3]),
+            (1, 3, 3, 1, [3, 3], [1, 1], [1, 1], [0, 0]),
+        ];
+        for (c_in, h, w, c_out, [kh, kw], stride, dilation, pad) in cases {
+            let out_dim =
+                |size: usize, k: usize, s: usize, d: usize, p: usize| (size + 2 * p - (d * (k - 1) + 1)) / s + 1;
+            let geo = Geometry {
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                stride,
+                dilation,
+                pad,
+                h_out: out_dim(h, kh, stride[0], dilation[0], pad[0]),
+                w_out: out_dim(w, kw, stride[1], dilation[1], pad[1]),
+            };
+            let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0) - 0.5;
+            let image: Vec<f32> = (0..c_in * h * w).map(value).collect();
+            let weights: Vec<f32> = (0..c_out * geo.k()).map(|i| value(i * 31 + 5)).collect();
+            let bias: Vec<f32> = (0..c_out).map(|i| value(i + 100)).collect();
+            let op = GemmConv {
+                geo: geo.clone(),
+                weights: tensor1(&weights).into_shape(&[c_out, geo.k()]).unwrap().into_arc_tensor(),
+                bias: Some(tensor1(&bias).into_arc_tensor()),
+                output_shape: tvec!(1, c_out, geo.h_out, geo.w_out),
+            };
+            let input = tensor1(&image).into_shape(&[1, c_in, h, w]).unwrap();
+            let got = EvalOp::eval(&op, &EvalContext::out_of_plan(), tvec!(input.into_tvalue())).unwrap().remove(0);
+            assert_eq!(got.shape(), &[1, c_out, geo.h_out, geo.w_out]);
+            let want = direct(&geo, &image, &weights, &bias);
+            let max_diff = got
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(max_diff < 1e-4, "{geo:?}: max |gemm - direct| = {max_diff}");
+        }
+    }
+}
