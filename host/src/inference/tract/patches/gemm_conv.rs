@@ -238,82 +238,108 @@ impl EvalOp for GemmConv {
                     row.fill(*b);
                 }
             }
-            if g.is_pointwise() {
-                self.multiply(input, out);
-            } else {
-                COLS.with_borrow_mut(|cols| {
-                    cols.resize(cols.len().max(g.k() * g.n()), 0.0);
-                    let cols = &mut cols[..g.k() * g.n()];
-                    im2col(g, input, cols);
-                    self.multiply(cols, out);
-                });
+            let dst = Dst { ptr: out.as_mut_ptr(), len: out.len() };
+            match current_tract_executor() {
+                Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+                    let threads = pool.current_num_threads();
+                    pool.install(|| self.split(input, &dst, threads));
+                }
+                _ => self.band(input, &dst, 0..g.h_out, 0..g.c_out),
             }
         }
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
+/// The output buffer, shared by the threads that each write their own band of it.
+struct Dst {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `GemmConv::split` gives every thread a disjoint set of output elements (other rows,
+// or other columns of the same rows), and the buffer outlives the parallel section.
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
 impl GemmConv {
-    /// `out (+)= W · cols`: accumulates onto the bias when there is one.
-    fn multiply(&self, cols: &[f32], out: &mut [f32]) {
+    /// Splits the convolution over `threads`: by bands of output rows (each thread gathers its
+    /// own im2col columns) when there are enough columns, else by output channels.
+    fn split(&self, input: &[f32], dst: &Dst, threads: usize) {
+        use rayon::prelude::*;
         let g = &self.geo;
-        let (m, k, n) = (g.c_out, g.k(), g.n());
+        let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
+        if g.h_out >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
+            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, chunk(g.h_out, i), 0..g.c_out));
+        } else {
+            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, 0..g.h_out, chunk(g.c_out, i)));
+        }
+    }
+
+    /// `out[channels, columns of output rows oys] (+)= W[channels] · cols(oys)`, on this thread;
+    /// accumulates onto the bias already in `out` when there is one.
+    fn band(&self, input: &[f32], dst: &Dst, oys: std::ops::Range<usize>, channels: std::ops::Range<usize>) {
+        let g = &self.geo;
+        let (n, k) = (g.n(), g.k());
+        let (c0, width) = (oys.start * g.w_out, oys.len() * g.w_out);
+        if width == 0 || channels.is_empty() {
+            return;
+        }
         let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
-        let accumulate = self.bias.is_some();
-        match current_tract_executor() {
-            Executor::MultiThread(pool) => pool.install(|| {
-                sgemm(m, k, n, weights, cols, out, accumulate, Parallelism::Rayon(pool.current_num_threads()))
-            }),
-            _ => sgemm(m, k, n, weights, cols, out, accumulate, Parallelism::None),
+        assert!(weights.len() == g.c_out * k && dst.len == g.c_out * n && channels.end <= g.c_out);
+        let multiply = |rhs: *const f32, rhs_rs: usize| {
+            // SAFETY: lhs = weights rows `channels` (m×k, row stride k, inside `weights`); rhs
+            // = k×width with row stride rhs_rs, inside the caller's matrix; dst = rows
+            // `channels`, columns c0..c0+width of the c_out×n output (inside `dst`, asserted
+            // above), which no other thread writes (see `split`).
+            unsafe {
+                gemm::gemm(
+                    channels.len(),
+                    width,
+                    k,
+                    dst.ptr.add(channels.start * n + c0),
+                    1,
+                    n as isize,
+                    self.bias.is_some(),
+                    weights.as_ptr().add(channels.start * k),
+                    1,
+                    k as isize,
+                    rhs,
+                    1,
+                    rhs_rs as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        };
+        if g.is_pointwise() {
+            // The input is the k×n matrix; this band is its columns c0..c0+width.
+            assert!(input.len() == k * n);
+            multiply(input[c0..].as_ptr(), n);
+        } else {
+            COLS.with_borrow_mut(|cols| {
+                cols.resize(cols.len().max(k * width), 0.0);
+                let cols = &mut cols[..k * width];
+                im2col(g, input, cols, oys);
+                multiply(cols.as_ptr(), width);
+            });
         }
     }
 }
 
-/// `out (+)= lhs · rhs`, all row-major: `m × k`, `k × n`, `m × n`.
-#[allow(clippy::too_many_arguments)] // the GEMM's own shape, kept explicit
-fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    lhs: &[f32],
-    rhs: &[f32],
-    out: &mut [f32],
-    accumulate: bool,
-    parallelism: Parallelism,
-) {
-    assert!(lhs.len() == m * k && rhs.len() == k * n && out.len() == m * n);
-    // SAFETY: the three matrices are row-major slices of exactly m×k, k×n and m×n values
-    // (asserted above), and `out`, borrowed mutably, aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
+/// Below this many output columns per thread, threads split the output channels instead (a
+/// narrow GEMM wastes the microkernel's width).
+const COLUMNS_PER_THREAD: usize = 128;
 
-/// Fills `cols` (`K × n`, row-major) from the `c_in × h × w` image: row (c, ki, kj) holds, for
-/// every output position, the input pixel under kernel tap (ki, kj) of channel c, or 0 in the
-/// padding.
-fn im2col(g: &Geometry, image: &[f32], cols: &mut [f32]) {
-    let n = g.n();
+/// Fills `cols` (`K × (oys.len()·w_out)`, row-major) from the `c_in × h × w` image: row
+/// (c, ki, kj) holds, for every output position in output rows `oys`, the input pixel under
+/// kernel tap (ki, kj) of channel c, or 0 in the padding.
+fn im2col(g: &Geometry, image: &[f32], cols: &mut [f32], oys: std::ops::Range<usize>) {
+    let n = oys.len() * g.w_out;
     let mut rows = cols.chunks_exact_mut(n);
     for c in 0..g.c_in {
         let plane = &image[c * g.h * g.w..(c + 1) * g.h * g.w];
@@ -327,7 +353,7 @@ fn im2col(g: &Geometry, image: &[f32], cols: &mut [f32]) {
                 let ox_lo = ((-dx).max(0) + s - 1) / s;
                 let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.w_out as isize);
                 let (ox_lo, ox_hi) = (ox_lo.min(ox_hi) as usize, ox_hi as usize);
-                for (oy, out) in row.chunks_exact_mut(g.w_out).enumerate() {
+                for (oy, out) in oys.clone().zip(row.chunks_exact_mut(g.w_out)) {
                     let y = (oy * g.stride[0]) as isize + dy;
                     if y < 0 || y >= g.h as isize || ox_lo == ox_hi {
                         out.fill(0.0);
@@ -400,7 +426,11 @@ mod tests {
             (4, 12, 12, 3, [3, 3], [1, 1], [2, 2], [2, 2]),
             (3, 5, 4, 2, [5, 7], [2, 1], [1, 1], [2, 3]),
             (1, 3, 3, 1, [3, 3], [1, 1], [1, 1], [0, 0]),
+            // Wide enough that 3 threads split it by bands of output rows.
+            (3, 20, 40, 5, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (7, 24, 30, 6, [1, 1], [1, 1], [1, 1], [0, 0]),
         ];
+        let three_threads = Executor::multithread(3);
         for (c_in, h, w, c_out, [kh, kw], stride, dilation, pad) in cases {
             let out_dim =
                 |size: usize, k: usize, s: usize, d: usize, p: usize| (size + 2 * p - (d * (k - 1) + 1)) / s + 1;
@@ -428,19 +458,24 @@ mod tests {
                 output_shape: tvec!(1, c_out, geo.h_out, geo.w_out),
             };
             let input = tensor1(&image).into_shape(&[1, c_in, h, w]).unwrap();
-            let got = EvalOp::eval(&op, &EvalContext::out_of_plan(), tvec!(input.into_tvalue())).unwrap().remove(0);
-            assert_eq!(got.shape(), &[1, c_out, geo.h_out, geo.w_out]);
+            let eval = || EvalOp::eval(&op, &EvalContext::out_of_plan(), tvec!(input.clone().into_tvalue()));
             let want = direct(&geo, &image, &weights, &bias);
-            let max_diff = got
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(max_diff < 1e-4, "{geo:?}: max |gemm - direct| = {max_diff}");
+            for got in [
+                eval().unwrap().remove(0),
+                tract_linalg::multithread::multithread_tract_scope(three_threads.clone(), eval).unwrap().remove(0),
+            ] {
+                assert_eq!(got.shape(), &[1, c_out, geo.h_out, geo.w_out]);
+                let max_diff = got
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(max_diff < 1e-4, "{geo:?}: max |gemm - direct| = {max_diff}");
+            }
         }
     }
 }
