@@ -12,7 +12,13 @@ onnxruntime's own quantizer, calibrated on real inputs:
     python models/tools/quantize.py --model models/shapes/1/model.onnx \\
         --out models/shapes-int8/1/model.onnx --calibration shapes
     python models/tools/quantize.py --model build/models/resnet50/1/model.onnx \\
-        --out build/models/resnet50-int8/1/model.onnx --calibration random
+        --out build/models/resnet50-int8/1/model.onnx --calibration random --speed-only
+
+The accuracy gate: the int8 graph's top-1 answers are compared with the fp32 graph's (both under
+onnxruntime) on --held-out inputs made like the calibration ones with another seed; below
+--min-agreement (99 %) nothing is written and the script fails, naming the figure. --speed-only
+skips the gate and says so: for seeded benchmark weights, which have no accuracy to keep (their
+random-input answers are near ties, so no int8 graph of them could pass).
 
 Choices, each measured with `cargo run --release -p tessera --example profile` on ResNet-50
 (docs/PERFORMANCE.md has the figures):
@@ -127,17 +133,33 @@ def main() -> None:
     p.add_argument("--count", type=int, default=160, help="calibration inputs")
     p.add_argument("--seed", type=int, default=77, help="calibration seed (distinct from training and test seeds)")
     p.add_argument("--keep-pointwise", action="store_true", help="leave 1x1 convs to tract's einsum lowering")
-    p.add_argument("--check", type=int, default=0, help="held-out inputs for an onnxruntime agreement check")
+    p.add_argument("--held-out", type=int, default=200, help="held-out inputs for the accuracy gate")
+    p.add_argument("--min-agreement", type=float, default=0.99,
+                   help="least top-1 agreement with fp32 on the held-out inputs for the model to be written")
+    p.add_argument("--speed-only", action="store_true",
+                   help="skip the accuracy gate (seeded benchmark weights): the model is for timing only")
     p.add_argument("--work", type=Path, default=ROOT / "build/quantize")
     p.add_argument("--tessera", type=Path, default=ROOT / "target/release/tessera")
     args = p.parse_args()
     x = calibration_inputs(args.calibration, args.count, args.seed, args.tessera, args.work)
-    quantize(args.model, args.out, x, args.keep_pointwise)
+    # Written next to the target and renamed into place only once it passed the gate: a
+    # failed run leaves no model behind (and a watching server never sees half a file).
+    candidate = args.out.with_name(args.out.name + ".candidate")
+    quantize(args.model, candidate, x, args.keep_pointwise)
+    if args.speed_only:
+        print("--speed-only: no accuracy gate; this int8 model is for timing, not for serving answers")
+    else:
+        held_out = calibration_inputs(args.calibration, args.held_out, args.seed + 1, args.tessera,
+                                      args.work / "held-out")
+        agree = agreement(args.model, candidate, held_out)
+        print(f"top-1 agreement int8 vs fp32 (onnxruntime) on {len(held_out)} held-out inputs: {agree:.4f}")
+        if agree < args.min_agreement:
+            candidate.unlink()
+            sys.exit(f"refused: top-1 agreement {agree:.4f} is below --min-agreement {args.min_agreement}; "
+                     f"nothing written to {args.out} (try more --count calibration inputs, or --speed-only "
+                     f"for a timing-only model)")
+    candidate.replace(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), calibrated on {len(x)} {args.calibration} inputs")
-    if args.check:
-        held_out = calibration_inputs(args.calibration, args.check, args.seed + 1, args.tessera, args.work / "check")
-        print(f"onnxruntime top-1 agreement int8 vs fp32 on {len(held_out)} held-out inputs: "
-              f"{agreement(args.model, args.out, held_out):.4f}")
 
 
 if __name__ == "__main__":

@@ -380,6 +380,32 @@ fn cpu_has_amx_int8() -> bool {
 }
 
 #[test]
+fn quantize_writes_nothing_below_its_agreement_gate_unless_told_speed_only() {
+    let base = root().join(format!("target/test-data/quantize-gate-{}", std::process::id()));
+    let out = base.join("int8.onnx");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("models/tools/quantize.py"))
+            .args(["--model", root().join("models/shapes/1/model.onnx").to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--calibration", "random", "--count", "4", "--held-out", "8"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // No model can agree on more than 100 %: the gate must refuse and leave nothing behind.
+    let refused = run(&["--min-agreement", "1.01"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the gate let it through: {stderr}");
+    assert!(stderr.contains("refused: top-1 agreement") && stderr.contains("--speed-only"), "{stderr}");
+    assert!(!out.exists() && !base.join("int8.onnx.candidate").exists(), "a refused model was written");
+    let forced = run(&["--min-agreement", "1.01", "--speed-only"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert!(String::from_utf8_lossy(&forced.stdout).contains("--speed-only: no accuracy gate"));
+    assert!(out.is_file());
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn with_amx_on_int8_convs_serve_and_a_matmul_amx_would_overread_is_refused() {
     let base = root().join(format!("target/test-data/amx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
@@ -398,7 +424,7 @@ fn with_amx_on_int8_convs_serve_and_a_matmul_amx_would_overread_is_refused() {
         .arg(root().join("models/tools/quantize.py"))
         .args(["--model", root().join("models/shapes/1/model.onnx").to_str().unwrap()])
         .args(["--out", models.join("shapes-einsum/1/model.onnx").to_str().unwrap()])
-        .args(["--calibration", "shapes", "--count", "16", "--keep-pointwise", "--work"])
+        .args(["--calibration", "shapes", "--count", "16", "--keep-pointwise", "--speed-only", "--work"])
         .arg(base.join("work"))
         .status()
         .unwrap();
