@@ -27,37 +27,31 @@ use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// One convolution's shape, all concrete.
+use super::ConvShape;
+
+/// One convolution's shape, all concrete: the spatial geometry and the output channels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Geometry {
-    c_in: usize,
-    h: usize,
-    w: usize,
+    conv: ConvShape,
     c_out: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    /// Padding before (top, left).
-    pad: [usize; 2],
-    h_out: usize,
-    w_out: usize,
+}
+
+impl std::ops::Deref for Geometry {
+    type Target = ConvShape;
+    fn deref(&self) -> &ConvShape {
+        &self.conv
+    }
 }
 
 impl Geometry {
     /// The GEMM's depth: one row of `cols` per input channel and kernel tap.
     fn k(&self) -> usize {
-        self.c_in * self.kh * self.kw
-    }
-
-    /// The GEMM's width: one column per output position.
-    fn n(&self) -> usize {
-        self.h_out * self.w_out
+        self.c * self.kh * self.kw
     }
 
     /// Whether the input is already the `cols` matrix.
     fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0, 0] && self.h_out == self.h
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad_before == [0, 0] && self.oh == self.h
     }
 }
 
@@ -109,22 +103,12 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
     if kc != c_in {
         return Ok(None);
     }
-    let padding = conv.pool_spec.computed_padding(&[h, w]);
-    let (strides, dilations) = (conv.pool_spec.strides(), conv.pool_spec.dilations());
-    let geo = Geometry {
-        c_in,
-        h,
-        w,
-        c_out,
-        kh,
-        kw,
-        stride: [strides[0], strides[1]],
-        dilation: [dilations[0], dilations[1]],
-        pad: [padding[0].pad_before, padding[1].pad_before],
-        h_out: padding[0].convoluted,
-        w_out: padding[1].convoluted,
-    };
-    if geo.h_out == 0 || geo.w_out == 0 {
+    let Some(shape) = ConvShape::new(&conv.pool_spec, c_in, h, w) else { return Ok(None) };
+    let geo = Geometry { conv: shape, c_out };
+    if [geo.kh, geo.kw] != [kh, kw] {
+        return Ok(None);
+    }
+    if geo.oh == 0 || geo.ow == 0 {
         return Ok(None);
     }
     let bias = match bias.len() {
@@ -174,19 +158,19 @@ pub fn pointwise_replacement(model: &TypedModel, node: &TypedNode) -> TractResul
         return Ok(None);
     }
     let n = dims.iter().product::<usize>() / i_len;
-    let geo = Geometry {
-        c_in: i_len,
+    let conv = ConvShape {
+        c: i_len,
         h: n,
         w: 1,
-        c_out: o_len,
         kh: 1,
         kw: 1,
         stride: [1, 1],
         dilation: [1, 1],
-        pad: [0, 0],
-        h_out: n,
-        w_out: 1,
+        pad_before: [0, 0],
+        oh: n,
+        ow: 1,
     };
+    let geo = Geometry { conv, c_out: o_len };
     Ok(Some(GemmConv { geo, weights: kernel, bias: None, output_shape: out_dims }))
 }
 
@@ -212,7 +196,7 @@ impl Op for GemmConv {
             g.kw,
             g.stride,
             g.dilation,
-            g.pad
+            g.pad_before
         )])
     }
 
@@ -226,7 +210,7 @@ impl EvalOp for GemmConv {
         let g = &self.geo;
         let input = inputs[0].to_plain_array_view::<f32>()?;
         let input = input.as_slice().context("GemmConv: input is not contiguous")?;
-        ensure!(input.len() == g.c_in * g.h * g.w, "GemmConv: input has {} values, expected {:?}", input.len(), g);
+        ensure!(input.len() == g.c * g.h * g.w, "GemmConv: input has {} values, expected {:?}", input.len(), g);
         // SAFETY: every value is written below, by the bias fill or (without bias) by the GEMM,
         // which then does not read the destination; f32 has no invalid bit patterns anyway.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
@@ -244,7 +228,7 @@ impl EvalOp for GemmConv {
                     let threads = pool.current_num_threads();
                     pool.install(|| self.split(input, &dst, threads));
                 }
-                _ => self.band(input, &dst, 0..g.h_out, 0..g.c_out),
+                _ => self.band(input, &dst, 0..g.oh, 0..g.c_out),
             }
         }
         Ok(tvec!(output.into_tvalue()))
@@ -269,10 +253,10 @@ impl GemmConv {
         use rayon::prelude::*;
         let g = &self.geo;
         let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
-        if g.h_out >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
-            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, chunk(g.h_out, i), 0..g.c_out));
+        if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
+            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, chunk(g.oh, i), 0..g.c_out));
         } else {
-            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, 0..g.h_out, chunk(g.c_out, i)));
+            (0..threads).into_par_iter().for_each(|i| self.band(input, dst, 0..g.oh, chunk(g.c_out, i)));
         }
     }
 
@@ -281,7 +265,7 @@ impl GemmConv {
     fn band(&self, input: &[f32], dst: &Dst, oys: std::ops::Range<usize>, channels: std::ops::Range<usize>) {
         let g = &self.geo;
         let (n, k) = (g.n(), g.k());
-        let (c0, width) = (oys.start * g.w_out, oys.len() * g.w_out);
+        let (c0, width) = (oys.start * g.ow, oys.len() * g.ow);
         if width == 0 || channels.is_empty() {
             return;
         }
@@ -339,21 +323,21 @@ const COLUMNS_PER_THREAD: usize = 128;
 /// (c, ki, kj) holds, for every output position in output rows `oys`, the input pixel under
 /// kernel tap (ki, kj) of channel c, or 0 in the padding.
 fn im2col(g: &Geometry, image: &[f32], cols: &mut [f32], oys: std::ops::Range<usize>) {
-    let n = oys.len() * g.w_out;
+    let n = oys.len() * g.ow;
     let mut rows = cols.chunks_exact_mut(n);
-    for c in 0..g.c_in {
+    for c in 0..g.c {
         let plane = &image[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = rows.next().expect("K rows");
-                let dy = (ki * g.dilation[0]) as isize - g.pad[0] as isize;
-                let dx = (kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                let dy = (ki * g.dilation[0]) as isize - g.pad_before[0] as isize;
+                let dx = (kj * g.dilation[1]) as isize - g.pad_before[1] as isize;
                 // Output columns whose input x is inside the image: x = ox·s + dx ∈ [0, w).
                 let s = g.stride[1] as isize;
                 let ox_lo = ((-dx).max(0) + s - 1) / s;
-                let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.w_out as isize);
+                let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.ow as isize);
                 let (ox_lo, ox_hi) = (ox_lo.min(ox_hi) as usize, ox_hi as usize);
-                for (oy, out) in oys.clone().zip(row.chunks_exact_mut(g.w_out)) {
+                for (oy, out) in oys.clone().zip(row.chunks_exact_mut(g.ow)) {
                     let y = (oy * g.stride[0]) as isize + dy;
                     if y < 0 || y >= g.h as isize || ox_lo == ox_hi {
                         out.fill(0.0);
@@ -392,22 +376,22 @@ mod tests {
     fn direct(g: &Geometry, image: &[f32], weights: &[f32], bias: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; g.c_out * g.n()];
         for co in 0..g.c_out {
-            for oy in 0..g.h_out {
-                for ox in 0..g.w_out {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
                     let mut acc = bias.get(co).copied().unwrap_or(0.0);
-                    for c in 0..g.c_in {
+                    for c in 0..g.c {
                         for ki in 0..g.kh {
                             for kj in 0..g.kw {
-                                let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
-                                let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
+                                let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad_before[0] as isize;
+                                let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad_before[1] as isize;
                                 if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
                                     acc += image[(c * g.h + y as usize) * g.w + x as usize]
-                                        * weights[((co * g.c_in + c) * g.kh + ki) * g.kw + kj];
+                                        * weights[((co * g.c + c) * g.kh + ki) * g.kw + kj];
                                 }
                             }
                         }
                     }
-                    out[(co * g.h_out + oy) * g.w_out + ox] = acc;
+                    out[(co * g.oh + oy) * g.ow + ox] = acc;
                 }
             }
         }
@@ -434,19 +418,19 @@ mod tests {
         for (c_in, h, w, c_out, [kh, kw], stride, dilation, pad) in cases {
             let out_dim =
                 |size: usize, k: usize, s: usize, d: usize, p: usize| (size + 2 * p - (d * (k - 1) + 1)) / s + 1;
-            let geo = Geometry {
-                c_in,
+            let conv = ConvShape {
+                c: c_in,
                 h,
                 w,
-                c_out,
                 kh,
                 kw,
                 stride,
                 dilation,
-                pad,
-                h_out: out_dim(h, kh, stride[0], dilation[0], pad[0]),
-                w_out: out_dim(w, kw, stride[1], dilation[1], pad[1]),
+                pad_before: pad,
+                oh: out_dim(h, kh, stride[0], dilation[0], pad[0]),
+                ow: out_dim(w, kw, stride[1], dilation[1], pad[1]),
             };
+            let geo = Geometry { conv, c_out };
             let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0) - 0.5;
             let image: Vec<f32> = (0..c_in * h * w).map(value).collect();
             let weights: Vec<f32> = (0..c_out * geo.k()).map(|i| value(i * 31 + 5)).collect();
@@ -455,7 +439,7 @@ mod tests {
                 geo: geo.clone(),
                 weights: tensor1(&weights).into_shape(&[c_out, geo.k()]).unwrap().into_arc_tensor(),
                 bias: Some(tensor1(&bias).into_arc_tensor()),
-                output_shape: tvec!(1, c_out, geo.h_out, geo.w_out),
+                output_shape: tvec!(1, c_out, geo.oh, geo.ow),
             };
             let input = tensor1(&image).into_shape(&[1, c_in, h, w]).unwrap();
             let eval = || EvalOp::eval(&op, &EvalContext::out_of_plan(), tvec!(input.clone().into_tvalue()));
@@ -464,7 +448,7 @@ mod tests {
                 eval().unwrap().remove(0),
                 tract_linalg::multithread::multithread_tract_scope(three_threads.clone(), eval).unwrap().remove(0),
             ] {
-                assert_eq!(got.shape(), &[1, c_out, geo.h_out, geo.w_out]);
+                assert_eq!(got.shape(), &[1, c_out, geo.oh, geo.ow]);
                 let max_diff = got
                     .try_as_plain_ram()
                     .unwrap()

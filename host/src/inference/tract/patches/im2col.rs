@@ -28,19 +28,12 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// The geometry of one 2-D convolution's patch gather.
+use super::ConvShape;
+
+/// The geometry of one 2-D convolution's patch gather: the convolution's and the panels'.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad_before: [usize; 2],
-    oh: usize,
-    ow: usize,
+    conv: ConvShape,
     /// Matmul depth, `c · kh · kw`.
     k: usize,
     /// Panel width of the kernel's activation packing.
@@ -48,12 +41,16 @@ struct Geometry {
     align: usize,
 }
 
+impl std::ops::Deref for Geometry {
+    type Target = ConvShape;
+    fn deref(&self) -> &ConvShape {
+        &self.conv
+    }
+}
+
 impl Geometry {
     fn k4(&self) -> usize {
         self.k.div_ceil(4) * 4
-    }
-    fn n(&self) -> usize {
-        self.oh * self.ow
     }
     fn panel_bytes(&self) -> usize {
         self.k4() * self.r
@@ -95,27 +92,11 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
         return Ok(None);
     };
     let Some(format) = packed.format.downcast_ref::<PackedI8K4>() else { return Ok(None) };
-    let (c, h, w) = (shape[1], shape[2], shape[3]);
-    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-    let padding = spec.computed_padding(&[h, w]);
-    let geo = Geometry {
-        c,
-        h,
-        w,
-        kh,
-        kw,
-        stride: [spec.stride(0), spec.stride(1)],
-        dilation: [spec.dilation(0), spec.dilation(1)],
-        pad_before: [padding[0].pad_before, padding[1].pad_before],
-        oh: padding[0].convoluted,
-        ow: padding[1].convoluted,
-        k: packed.k,
-        r: format.r,
-        align: format.align,
-    };
+    let Some(conv) = ConvShape::new(spec, shape[1], shape[2], shape[3]) else { return Ok(None) };
+    let geo = Geometry { conv, k: packed.k, r: format.r, align: format.align };
     // The k order (channel-major, then kernel rows, then columns) is the one tract packs the
     // weights in; anything else about this node and we leave it to tract.
-    if geo.k != c * kh * kw || packed.mn.to_usize().ok() != Some(geo.n()) || geo.n() == 0 {
+    if geo.k != geo.c * geo.kh * geo.kw || packed.mn.to_usize().ok() != Some(geo.n()) || geo.n() == 0 {
         return Ok(None);
     }
     Ok(Some(geo))

@@ -13,6 +13,7 @@
 //!   byte-identical: another summation order; held to onnxruntime by the parity test).
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
 mod fold;
 mod gemm_conv;
@@ -37,6 +38,50 @@ pub fn apply(model: &mut TypedModel) -> TractResult<()> {
 /// over-read (see `tract/amx.rs`).
 pub fn has_amx_slack(node: &TypedNode) -> bool {
     node.op_is::<im2col::Im2ColI8K4>()
+}
+
+/// A 2-D convolution's spatial geometry, all concrete: what both of our im2col gathers (int8
+/// panels, f32 matrix) work from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    /// Input channels and size.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Padding before (top, left); the padding after only shows in `oh`/`ow`.
+    pub pad_before: [usize; 2],
+    /// Output size.
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvShape {
+    /// The geometry of `spec` on a `c × h × w` input; `None` unless the kernel is 2-D.
+    pub fn new(spec: &PoolSpec, c: usize, h: usize, w: usize) -> Option<Self> {
+        let &[kh, kw] = spec.kernel_shape.as_slice() else { return None };
+        let padding = spec.computed_padding(&[h, w]);
+        Some(ConvShape {
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            stride: [spec.stride(0), spec.stride(1)],
+            dilation: [spec.dilation(0), spec.dilation(1)],
+            pad_before: [padding[0].pad_before, padding[1].pad_before],
+            oh: padding[0].convoluted,
+            ow: padding[1].convoluted,
+        })
+    }
+
+    /// Output positions: the matrix product's width.
+    pub fn n(&self) -> usize {
+        self.oh * self.ow
+    }
 }
 
 /// Puts `replacement(node)` in place of every node it answers for (same inputs and outputs).
