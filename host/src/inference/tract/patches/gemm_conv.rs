@@ -58,7 +58,7 @@ impl Geometry {
 #[derive(Debug, Clone)]
 pub struct GemmConv {
     geo: Geometry,
-    /// `c_out × K`, row-major.
+    /// `c_out × K` values, row-major (the OIHW kernel, or the 1×1 convolution's `O × I`).
     weights: Arc<Tensor>,
     /// `c_out` values, or none.
     bias: Option<Arc<Tensor>>,
@@ -118,7 +118,9 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
         _ => return Ok(None),
     };
     let Some(output_shape) = output_shape(model, node, c_out * geo.n()) else { return Ok(None) };
-    let weights = kernel.into_tensor().into_shape(&[c_out, geo.k()])?.into_arc_tensor();
+    // The OIHW kernel is already the row-major `c_out × K` matrix: share the constant's own
+    // tensor rather than copy it (one copy of the weights per loaded version).
+    let weights = kernel;
     Ok(Some(GemmConv { geo, weights, bias, output_shape }))
 }
 
