@@ -724,7 +724,7 @@ fn repository_with_an_onnxruntime_model(base: &std::path::Path) -> std::path::Pa
 }
 
 #[test]
-fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_naming_it() {
+fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_until_installed() {
     let base = root().join(format!("target/test-data/ort-engine-{}", std::process::id()));
     let models = repository_with_an_onnxruntime_model(&base);
     let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes", "--no-rules"]);
@@ -747,17 +747,20 @@ fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_na
     drop(server);
 
     // No library where the configuration points: the tract model serves, the other one is
-    // reported failed with the reason, and requests for it get a JSON error.
+    // reported failed with the reason, and requests for it get a JSON error. Once the library
+    // is installed there, a reload brings the model up.
+    let library = base.join("lib/libonnxruntime.so.1.23.2");
     let config = base.join("tessera.toml");
     let guests = root().join("target/guests");
     std::fs::write(
         &config,
         format!(
             "models_dir = {:?}\ndefault_model = \"shapes\"\n[guests]\npreprocess = {:?}\npostprocess = {:?}\nrules = []\n\
-             [inference.onnxruntime]\nlibrary = \"/nonexistent/libonnxruntime.so.1.23.2\"\n",
+             [inference.onnxruntime]\nlibrary = {:?}\n",
             models.to_str().unwrap(),
             guests.join("preprocess.wasm").to_str().unwrap(),
             guests.join("postprocess.wasm").to_str().unwrap(),
+            library.to_str().unwrap(),
         ),
     )
     .unwrap();
@@ -766,13 +769,26 @@ fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_na
     let ort: Value = client().get(server.url("/v1/models/shapes-ort")).send().unwrap().json().unwrap();
     assert_eq!(ort["versions"][0]["state"], "failed", "{ort}");
     let reason = ort["versions"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("/nonexistent/libonnxruntime.so.1.23.2") && reason.contains("library"), "{reason}");
+    assert!(reason.contains(library.to_str().unwrap()) && reason.contains("library"), "{reason}");
     let case = &shapes(CLASSES_SEED, 1)[0];
     let image = read(&case.path);
     assert_still_serving(&server, &image, &case.label);
     let (status, body, _) = server.classify(&image, "?model=shapes-ort", &[]);
     assert!(status >= 400, "{body}");
     assert!(body["error"]["code"].is_string(), "{body}");
+
+    let wheel = std::fs::read_dir(root().join(".venv/lib"))
+        .unwrap()
+        .map(|python| python.unwrap().path().join("site-packages/onnxruntime/capi/libonnxruntime.so.1.23.2"))
+        .find(|p| p.is_file())
+        .expect("the onnxruntime wheel in .venv (requirements.txt)");
+    std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&wheel, &library).unwrap();
+    let report: Value = client().post(server.url("/v1/admin/reload")).send().unwrap().json().unwrap();
+    let ort: Value = client().get(server.url("/v1/models/shapes-ort")).send().unwrap().json().unwrap();
+    assert_eq!(ort["ready_versions"], serde_json::json!(["1"]), "{ort} after {report}");
+    let (status, body, _) = server.classify(&image, "?model=shapes-ort", &[]);
+    assert_eq!((status, &body["label"]), (200, &serde_json::json!(case.label)), "{body}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -12,7 +12,7 @@
 //! image's operators, which is how onnxruntime is meant to use the cores.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -22,8 +22,9 @@ use super::{EngineConfig, LoadError, LoadedModel, ModelIo, ModelWorker};
 
 /// The library named by the configuration, until one is loaded.
 static CONFIGURED: Mutex<Option<PathBuf>> = Mutex::new(None);
-/// The library loaded in this process (or why none could be): loading happens once.
-static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+/// The library loaded in this process. Only a success is kept: after a failure (no library
+/// yet) the next model load looks again, so installing one and reloading is enough.
+static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Names the library a later load will use (`[inference.onnxruntime] library`). Process-wide;
 /// once a library is loaded, it stays.
@@ -31,18 +32,18 @@ pub fn configure(library: Option<PathBuf>) {
     *CONFIGURED.lock().unwrap_or_else(|e| e.into_inner()) = library;
 }
 
-/// The library in use, loading it on first call.
+/// The library in use, loading it on first success.
 pub fn library() -> Result<PathBuf, String> {
-    LOADED
-        .get_or_init(|| {
-            let path = find_library()?;
-            let env =
-                ort::init_from(&path).map_err(|e| format!("cannot load onnxruntime from {}: {e}", path.display()))?;
-            env.with_name("tessera").commit();
-            tracing::info!(library = %path.display(), "onnxruntime loaded");
-            Ok(path)
-        })
-        .clone()
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = loaded.as_ref() {
+        return Ok(path.clone());
+    }
+    let path = find_library()?;
+    let env = ort::init_from(&path).map_err(|e| format!("cannot load onnxruntime from {}: {e}", path.display()))?;
+    env.with_name("tessera").commit();
+    tracing::info!(library = %path.display(), "onnxruntime loaded");
+    *loaded = Some(path.clone());
+    Ok(path)
 }
 
 /// The first of: the configured library, `ORT_DYLIB_PATH`, the `.venv` wheel's library (looked
