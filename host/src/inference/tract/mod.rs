@@ -125,9 +125,13 @@ pub fn load_plan(path: &Path, input_shape: &[usize]) -> Result<Plan, LoadError> 
         .and_then(|m| m.with_input_fact(0, f32::fact(input_shape).into()))
         .and_then(|m| m.into_typed())
         .and_then(|m| m.into_decluttered())
-        .and_then(|mut m| {
+        .and_then(|m| {
             #[cfg(feature = "tract-patches")]
-            patches::before_optimize(&mut m)?;
+            let m = {
+                let mut m = m;
+                patches::before_optimize(&mut m)?;
+                m
+            };
             m.into_optimized()
         })
         .and_then(|mut m| {
