@@ -40,7 +40,7 @@ Choices, each measured with `cargo run --release -p tessera --example profile` o
   tract-core's `declutter_as_einsum` only takes dilation 1.
   Keeping every conv on im2col also keeps it safe on AMX: tract 0.23.9's AMX int8 kernels read
   past the end of the activation panel when K is not a multiple of 64, and Tessera's own im2col
-  (host/src/inference/im2col.rs) leaves room for that read, while tract's einsum packing does not
+  (host/src/inference/tract/patches/im2col.rs) leaves room for that read, while tract's einsum packing does not
   (Tessera refuses such plans when `amx_int8` is on).
 - `--keep-pointwise` skips that dilation: for measuring what it buys, and for testing the AMX
   refusal.
