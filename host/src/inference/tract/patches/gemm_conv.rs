@@ -96,7 +96,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
         Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => (1, c, h, w),
         _ => return Ok(None),
     };
-    if n != 1 || input.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
+    if n != 1 || input.datum_type != f32::datum_type() || !is_plain_f32(&kernel) {
         return Ok(None);
     }
     let [c_out, kc, kh, kw] = *kernel.shape() else { return Ok(None) };
@@ -112,7 +112,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
         return Ok(None);
     }
     let bias = match bias.len() {
-        _ if bias.datum_type() != f32::datum_type() => return Ok(None),
+        _ if !is_plain_f32(&bias) => return Ok(None),
         1 if bias.try_as_plain_ram()?.as_slice::<f32>()?[0] == 0.0 => None,
         len if len == c_out => Some(bias),
         _ => return Ok(None),
@@ -122,6 +122,11 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
     // tensor rather than copy it (one copy of the weights per loaded version).
     let weights = kernel;
     Ok(Some(GemmConv { geo, weights, bias, output_shape }))
+}
+
+/// Whether `eval` can read `t` as one contiguous f32 slice (checked here so it need not fail there).
+fn is_plain_f32(t: &Tensor) -> bool {
+    t.datum_type() == f32::datum_type() && t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|_| ())).is_ok()
 }
 
 /// The concrete f32 output shape of `node`, if it holds `len` values.
@@ -142,7 +147,7 @@ pub fn pointwise_replacement(model: &TypedModel, node: &TypedNode) -> TractResul
     let input = model.outlet_fact(node.inputs[0])?;
     let Some(kernel) = model.outlet_fact(node.inputs[1])?.konst.clone() else { return Ok(None) };
     let (Some(dims), &[o_len, i_len]) = (input.shape.as_concrete(), kernel.shape()) else { return Ok(None) };
-    if input.datum_type != f32::datum_type() || kernel.datum_type() != f32::datum_type() {
+    if input.datum_type != f32::datum_type() || !is_plain_f32(&kernel) {
         return Ok(None);
     }
     let (inputs, outputs) = einsum.axes.to_strs();
