@@ -191,6 +191,13 @@ fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
     );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
+    // A client that sends the whole of a body over the limit before reading (curl, most
+    // libraries) gets the 413 too, not a reset connection: the server reads and drops the rest.
+    let mut whole = b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nContent-Length: 1900000\r\n\r\n".to_vec();
+    whole.resize(whole.len() + 1_900_000, 7);
+    let answer = raw_exchange(&server.addr, &whole);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     // A chunked body is cut off as soon as it passes the limit.
     let mut chunked = b"POST /v1/classify HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..20 {
@@ -198,6 +205,7 @@ fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
         chunked.extend_from_slice(&[7u8; 0x10000]);
         chunked.extend_from_slice(b"\r\n");
     }
+    chunked.extend_from_slice(b"0\r\n\r\n");
     let answer = raw_exchange(&server.addr, &chunked);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_still_serving(&server, &good, &case.label);

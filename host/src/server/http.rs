@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::json;
@@ -55,7 +55,12 @@ pub(super) async fn handle(
     let request_id = request_id(req.headers());
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let response = match (&method, path.as_str()) {
-        (&Method::POST, "/v1/classify") => classify(&state, req, start, &request_id).await,
+        (&Method::POST, "/v1/classify") => {
+            let (parts, mut body) = req.into_parts();
+            let result = classify(&state, &parts, &mut body, start, &request_id).await;
+            discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
+            result
+        }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => Ok(readyz(&state)),
         (&Method::GET, "/v1/models") => models(&state),
@@ -321,24 +326,26 @@ mod mime_type {
     }
 }
 
+/// Answers a classify request. `body` is borrowed: whatever this leaves unread (an early
+/// refusal, a body over the limit) is discarded by the caller, see [`discard_unread`].
 async fn classify(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
     start: Instant,
     request_id: &str,
 ) -> Result<Response<Body>, HttpError> {
     let host = ready_host(state)?.clone();
-    let query = parse_query(req.uri().query())?;
-    let timeout = parse_timeout(req.headers())?;
-    let upload = upload_kind(req.headers())?;
+    let query = parse_query(req.uri.query())?;
+    let timeout = parse_timeout(&req.headers)?;
+    let upload = upload_kind(&req.headers)?;
     let limits = &state.config.limits;
     let deadline = start
         + timeout
             .map_or(Duration::from_millis(limits.deadline_ms), |t| t.min(Duration::from_millis(limits.deadline_ms)));
 
     let max_body = limits.max_body_bytes;
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = content_length(&req.headers)
         && len > max_body
     {
         return Err(too_large(len.to_string(), max_body));
@@ -351,9 +358,8 @@ async fn classify(
         )
     })?;
 
-    let metadata = metadata(req.headers(), request_id);
-    let body = Limited::new(req.into_body(), max_body as usize);
-    let bytes = match tokio::time::timeout_at(deadline.into(), body.collect()).await {
+    let metadata = metadata(&req.headers, request_id);
+    let bytes = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
         Err(_) => {
             return Err(error(
                 ErrorKind::DeadlineExceeded,
@@ -361,15 +367,7 @@ async fn classify(
                 "the request body did not arrive before the deadline",
             ));
         }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large("more".into(), max_body)),
-        Ok(Err(e)) => {
-            return Err(error(
-                ErrorKind::BadRequest,
-                Stage::Admission,
-                format!("reading the request body failed: {e}"),
-            ));
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(result) => result?,
     };
     let (image, media_type) = match upload {
         Upload::Raw(media_type) => (bytes, media_type),
@@ -407,6 +405,61 @@ struct ClassifyResponse<'a> {
     #[serde(flatten)]
     result: &'a Classification,
     request_id: &'a str,
+}
+
+/// Reads the whole body, refusing it as soon as it passes `max` bytes (a chunked upload has no
+/// length to check up front). Frame by frame rather than `collect()` so that a refused body
+/// stays with the caller, which discards the rest of it.
+async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, HttpError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(ErrorKind::BadRequest, Stage::Admission, format!("reading the request body failed: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (out.len() + data.len()) as u64 > max {
+                return Err(too_large("more".into(), max));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// How long an unread request body is drained after the answer (see [`discard_unread`]).
+const DISCARD_FOR: Duration = Duration::from_secs(5);
+
+/// Reads and drops, in the background, what a refused request still sends.
+///
+/// hyper closes a connection whose request body was left unread, and closing a socket with
+/// unread bytes is a TCP reset: a client still writing its (too large, or refused early) body
+/// gets "broken pipe" instead of our JSON error. Like nginx's lingering close, keep reading a
+/// bounded amount (twice the body limit, for at most [`DISCARD_FOR`]) while the answer goes out;
+/// a body declared larger than that, or one the client holds back behind
+/// `Expect: 100-continue` (reading it would invite it), is dropped at once.
+fn discard_unread(mut body: Incoming, headers: &HeaderMap, max_body: u64) {
+    use hyper::body::Body as _;
+    let budget = max_body.saturating_mul(2);
+    let held_back = headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if body.is_end_stream() || held_back || content_length(headers).is_some_and(|len| len > budget) {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > budget {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_FOR, drain).await;
+    });
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn too_large(got: String, max: u64) -> HttpError {
