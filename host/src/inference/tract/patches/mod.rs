@@ -23,7 +23,28 @@ mod quantize;
 /// Rewrites the decluttered `model` before tract optimizes it.
 pub fn before_optimize(model: &mut TypedModel) -> TractResult<()> {
     replace_ops(model, gemm_conv::replacement)?;
-    replace_ops(model, gemm_conv::pointwise_replacement)
+    replace_ops(model, gemm_conv::pointwise_replacement)?;
+    model.compact()?;
+    // One fusion at a time, compacting in between: a fused chain's old nodes would otherwise
+    // still count as successors of the outlets they read.
+    while let Some(patch) = first_patch(model, gemm_conv::fuse_epilogue)? {
+        patch.apply(model)?;
+        model.compact()?;
+    }
+    Ok(())
+}
+
+/// The first patch `rule` makes of a node of `model`, if any.
+fn first_patch(
+    model: &TypedModel,
+    rule: fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>,
+) -> TractResult<Option<TypedModelPatch>> {
+    for node in &model.nodes {
+        if let Some(patch) = rule(model, node)? {
+            return Ok(Some(patch));
+        }
+    }
+    Ok(None)
 }
 
 /// Rewrites `model` (already `into_optimized()`) in place; call `compact()` after.
