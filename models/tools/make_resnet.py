@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Write torchvision-architecture ResNet-18 / ResNet-50 ONNX graphs with seeded weights.
+"""Write torchvision-architecture ResNet-18 / ResNet-50 / MobileNetV2 ONNX graphs with seeded weights.
 
 No model hub is reachable here, so benchmarks and parity tests use graphs of the real
 architectures (1000 classes, 224x224, torchvision v1.5 layout: stride on the 3x3 conv of a
-bottleneck) whose weights are drawn from a seed. To keep the outputs meaningful:
+bottleneck; MobileNetV2 as torchvision's, width 1.0: inverted residuals with 3x3 depthwise
+convolutions and ReLU6, exported as Clip(0, 6)) whose weights are drawn from a seed. To keep the outputs meaningful:
 
 - every convolution is followed by a batch norm whose statistics are *measured* on calibration
   inputs (data-dependent init), then folded into the convolution's weights and bias, as an
@@ -33,14 +34,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-ARCHS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3])}
+ARCHS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet50": ("bottleneck", [3, 4, 6, 3]), "mobilenetv2": ("inverted", [])}
+# MobileNetV2's inverted residual stages (expansion t, channels c, blocks n, first stride s).
+MOBILENETV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 CALIBRATION = 6
 CLASSES = 1000
 EPS = 1e-5
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """NCHW convolution by im2col + matmul (float32)."""
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int, depthwise: bool = False) -> np.ndarray:
+    """NCHW convolution by im2col + matmul (float32); `depthwise`: one group per channel."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     if pad:
@@ -48,6 +51,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
     oh = (x.shape[2] - kh) // stride + 1
     ow = (x.shape[3] - kw) // stride + 1
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    if depthwise:
+        return np.einsum("nchwij,cij->nchw", win, w[:, 0], optimize=True).astype(np.float32)
     cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
     y = cols @ w.reshape(o, -1).T
     return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
@@ -64,16 +69,21 @@ class Builder:
         self.rng = np.random.default_rng(seed)
         self.nodes, self.inits = [], []
         self.count = 0
+        self.clip_bounds = False
 
     def name(self, prefix: str) -> str:
         self.count += 1
         return f"{prefix}_{self.count}"
 
-    def conv_bn(self, x_name: str, x: np.ndarray, cout: int, k: int, stride: int, relu: bool, gamma: float = 1.0):
-        """Conv (He init) + batch norm measured on `x`, folded; optional ReLU."""
-        cin = x.shape[1]
+    def conv_bn(self, x_name: str, x: np.ndarray, cout: int, k: int, stride: int, relu: bool, gamma: float = 1.0,
+                depthwise: bool = False, relu6: bool = False):
+        """Conv (He init) + batch norm measured on `x`, folded; optional ReLU (or ReLU6).
+        `depthwise`: one 1-channel filter per input channel (`cout` = input channels)."""
+        cin = 1 if depthwise else x.shape[1]
         w = self.rng.normal(0, np.sqrt(2.0 / (cout * k * k)), (cout, cin, k, k)).astype(np.float32)
-        y = conv2d(x, w, stride, k // 2)
+        if depthwise:
+            w *= np.sqrt(cout)  # fan-out of one channel, not of all of them
+        y = conv2d(x, w, stride, k // 2, depthwise)
         mean = y.mean(axis=(0, 2, 3))
         var = y.var(axis=(0, 2, 3))
         # Folding BN(gamma, beta, mean, var) into the conv: w' = w * s, b' = beta - mean * s.
@@ -86,12 +96,26 @@ class Builder:
         wn, bn, out = self.name("w"), self.name("b"), self.name("conv")
         self.inits += [numpy_helper.from_array(wf, wn), numpy_helper.from_array(bf, bn)]
         self.nodes.append(helper.make_node("Conv", [x_name, wn, bn], [out], kernel_shape=[k, k],
-                                           strides=[stride, stride], pads=[k // 2] * 4))
+                                           strides=[stride, stride], pads=[k // 2] * 4,
+                                           group=cout if depthwise else 1))
+        if relu6:
+            r = self.name("relu6")
+            if not self.clip_bounds:
+                self.clip_bounds = True
+                self.inits += [numpy_helper.from_array(np.array(0, np.float32), "relu6_min"),
+                               numpy_helper.from_array(np.array(6, np.float32), "relu6_max")]
+            self.nodes.append(helper.make_node("Clip", [out, "relu6_min", "relu6_max"], [r]))
+            return r, np.clip(y, 0, 6)
         if relu:
             r = self.name("relu")
             self.nodes.append(helper.make_node("Relu", [out], [r]))
             return r, np.maximum(y, 0)
         return out, y
+
+    def add(self, a: str, xa: np.ndarray, b: str, xb: np.ndarray):
+        s = self.name("add")
+        self.nodes.append(helper.make_node("Add", [a, b], [s]))
+        return s, xa + xb
 
     def add_relu(self, a: str, xa: np.ndarray, b: str, xb: np.ndarray):
         s, r = self.name("add"), self.name("relu")
@@ -99,11 +123,32 @@ class Builder:
         return r, np.maximum(xa + xb, 0)
 
 
+def mobilenetv2(b: Builder, calib: np.ndarray):
+    """torchvision's MobileNetV2 (width 1.0) up to the pooled features' input."""
+    name, x = b.conv_bn("input", calib, 32, 3, 2, relu=False, relu6=True)
+    cin = 32
+    for t, c, n, s in MOBILENETV2:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            h, xh = name, x
+            if t != 1:
+                h, xh = b.conv_bn(h, xh, cin * t, 1, 1, relu=False, relu6=True)
+            h, xh = b.conv_bn(h, xh, cin * t, 3, stride, relu=False, relu6=True, depthwise=True)
+            residual = stride == 1 and cin == c
+            h, xh = b.conv_bn(h, xh, c, 1, 1, relu=False, gamma=0.5 if residual else 1.0)
+            name, x = b.add(h, xh, name, x) if residual else (h, xh)
+            cin = c
+    return b.conv_bn(name, x, 1280, 1, 1, relu=False, relu6=True)
+
+
 def build(arch: str, seed: int) -> onnx.ModelProto:
     kind, blocks = ARCHS[arch]
     rng = np.random.default_rng(seed + 1)
     calib = rng.normal(0, 1, (CALIBRATION, 3, 224, 224)).astype(np.float32)
     b = Builder(seed, calib)
+    if kind == "inverted":
+        name, x = mobilenetv2(b, calib)
+        return classifier(b, arch, seed, name, x)
     name, x = b.conv_bn("input", calib, 64, 7, 2, relu=True)
     mp = b.name("maxpool")
     b.nodes.append(helper.make_node("MaxPool", [name], [mp], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
@@ -127,6 +172,12 @@ def build(arch: str, seed: int) -> onnx.ModelProto:
                 h, xh = b.conv_bn(h, xh, cout, 1, 1, relu=False, gamma=0.5)
             name, x = b.add_relu(h, xh, short, xs)
             cin = cout
+    return classifier(b, arch, seed, name, x)
+
+
+def classifier(b: Builder, arch: str, seed: int, name: str, x: np.ndarray) -> onnx.ModelProto:
+    """Global average pool, flatten and the whitened 1000-class Gemm (see the module doc)."""
+    cin = x.shape[1]
     gap, flat = b.name("gap"), b.name("flat")
     b.nodes += [helper.make_node("GlobalAveragePool", [name], [gap]), helper.make_node("Flatten", [gap], [flat], axis=1)]
     feats = x.mean(axis=(2, 3))
@@ -162,7 +213,7 @@ def export_pretrained(arch: str, out: Path) -> None:
     import torch
     import torchvision
 
-    model = getattr(torchvision.models, arch)(weights="DEFAULT").eval()
+    model = getattr(torchvision.models, {"mobilenetv2": "mobilenet_v2"}.get(arch, arch))(weights="DEFAULT").eval()
     torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(out), opset_version=17, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
 

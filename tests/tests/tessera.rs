@@ -634,9 +634,9 @@ fn versions_and_guests_swap_under_load_without_a_failed_request() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// A seeded ResNet graph made by the project's generator, cached under target/ by a hash of
-/// the generator's source (so a changed generator makes a new graph).
-fn seeded_resnet(arch: &str) -> std::path::PathBuf {
+/// A seeded ResNet/MobileNetV2 graph made by the project's generator, cached under target/ by
+/// a hash of the generator's source (so a changed generator makes a new graph).
+fn seeded_model(arch: &str) -> std::path::PathBuf {
     use std::hash::{Hash, Hasher};
     let script = root().join("models/tools/make_resnet.py");
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -655,13 +655,14 @@ fn seeded_resnet(arch: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_and_the_default_model() {
+fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_mobilenetv2_and_the_default_model() {
     use tessera::inference::EngineKind;
     const INPUTS: usize = 100;
     let models = [
         ("shapes", root().join("models/shapes/1/model.onnx")),
-        ("resnet18", seeded_resnet("resnet18")),
-        ("resnet50", seeded_resnet("resnet50")),
+        ("resnet18", seeded_model("resnet18")),
+        ("resnet50", seeded_model("resnet50")),
+        ("mobilenetv2", seeded_model("mobilenetv2")),
     ];
     for (name, path) in models {
         let reference = root().join(format!("target/test-data/ort-{name}"));
@@ -677,10 +678,17 @@ fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_and_the_defau
             read(&reference.join(file)).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
         };
         let (inputs, expected) = (floats("inputs.f32"), floats("logits.f32"));
-        if name.starts_with("resnet") {
+        if name != "shapes" {
             // Seeded weights must still give diverse answers, or the comparison proves little.
             let meta: Value = serde_json::from_slice(&read(&reference.join("meta.json"))).unwrap();
             assert!(meta["distinct_top1"].as_u64().unwrap() >= 50, "{name}: degenerate outputs {meta}");
+        }
+        if name == "mobilenetv2" {
+            // The depthwise convolutions run on our kernel (not tract's DepthWise), ReLU6 fused.
+            let ops = tessera::inference::tract::profile_ops(&path, &[1, 3, 224, 224], 1).unwrap();
+            let count = |op: &str| ops.iter().find(|o| o.op == op).map_or(0, |o| o.nodes);
+            assert_eq!(count("DepthwiseConv"), 17, "{ops:?}");
+            assert!(ops.iter().all(|o| !o.op.starts_with("DepthWise") && !o.op.contains("Min")), "{ops:?}");
         }
         let per_input = 3 * 224 * 224;
         let classes = expected.len() / INPUTS;

@@ -63,6 +63,9 @@ impl Geometry {
 #[derive(Debug, Clone)]
 pub struct GemmConv {
     geo: Geometry,
+    /// A depthwise convolution (group = channels, one filter each: `weights` is `c × kh·kw`),
+    /// run by [`super::depthwise`]'s direct kernel instead of a GEMM.
+    depthwise: bool,
     /// `c_out × K` values, row-major (the OIHW kernel, or the 1×1 convolution's `O × I`).
     weights: Arc<Tensor>,
     /// `c_out` values, or none.
@@ -78,6 +81,7 @@ pub struct GemmConv {
 impl PartialEq for GemmConv {
     fn eq(&self, other: &Self) -> bool {
         self.geo == other.geo
+            && self.depthwise == other.depthwise
             && self.weights == other.weights
             && self.bias == other.bias
             && self.residual == other.residual
@@ -91,7 +95,6 @@ impl Eq for GemmConv {}
 pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<GemmConv>> {
     let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
     if conv.q_params.is_some()
-        || conv.group != 1
         || conv.kernel_fmt != KernelFormat::OIHW
         || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
         || conv.pool_spec.kernel_shape.len() != 2
@@ -114,7 +117,9 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
         return Ok(None);
     }
     let [c_out, kc, kh, kw] = *kernel.shape() else { return Ok(None) };
-    if kc != c_in {
+    // One group (a GEMM), or one group per channel with one filter each (depthwise).
+    let depthwise = conv.group == c_in && c_in > 1 && kc == 1 && c_out == c_in;
+    if !(conv.group == 1 && kc == c_in || depthwise) {
         return Ok(None);
     }
     let Some(shape) = ConvShape::new(&conv.pool_spec, c_in, h, w) else { return Ok(None) };
@@ -135,7 +140,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
     // The OIHW kernel is already the row-major `c_out × K` matrix: share the constant's own
     // tensor rather than copy it (one copy of the weights per loaded version).
     let weights = kernel;
-    Ok(Some(GemmConv { geo, weights, bias, residual: false, clamp: None, output_shape }))
+    Ok(Some(GemmConv { geo, depthwise, weights, bias, residual: false, clamp: None, output_shape }))
 }
 
 /// Whether `eval` can read `t` as one contiguous f32 slice (checked here so it need not fail there).
@@ -200,7 +205,15 @@ pub fn pointwise_replacement(model: &TypedModel, node: &TypedNode) -> TractResul
         ow: 1,
     };
     let geo = Geometry { conv, c_out: o_len };
-    Ok(Some(GemmConv { geo, weights: kernel, bias: None, residual: false, clamp: None, output_shape: out_dims }))
+    Ok(Some(GemmConv {
+        geo,
+        depthwise: false,
+        weights: kernel,
+        bias: None,
+        residual: false,
+        clamp: None,
+        output_shape: out_dims,
+    }))
 }
 
 /// A patch folding into the [`GemmConv`] `node` the chain of single-use element-wise ops after
@@ -313,7 +326,7 @@ thread_local! {
 
 impl Op for GemmConv {
     fn name(&self) -> StaticName {
-        "GemmConv".into()
+        if self.depthwise { "DepthwiseConv" } else { "GemmConv" }.into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -376,6 +389,7 @@ impl EvalOp for GemmConv {
                     let threads = pool.current_num_threads();
                     pool.install(|| self.split(input, &epilogue, &dst, threads));
                 }
+                _ if self.depthwise => self.depthwise(input, &epilogue, &dst, 0..g.c),
                 _ => self.band(input, &epilogue, &dst, 0..g.oh, 0..g.c_out),
             }
         }
@@ -408,11 +422,38 @@ impl GemmConv {
         use rayon::prelude::*;
         let g = &self.geo;
         let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
-        if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
+        if self.depthwise {
+            (0..threads).into_par_iter().for_each(|i| self.depthwise(input, epilogue, dst, chunk(g.c, i)));
+        } else if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
             (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, chunk(g.oh, i), 0..g.c_out));
         } else {
             (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, 0..g.oh, chunk(g.c_out, i)));
         }
+    }
+
+    /// The depthwise convolution of `channels`, on this thread.
+    fn depthwise(&self, input: &[f32], epilogue: &Epilogue, dst: &Dst, channels: std::ops::Range<usize>) {
+        let g = &self.geo;
+        let (plane, taps, n) = (g.h * g.w, g.kh * g.kw, g.n());
+        let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
+        assert!(weights.len() == g.c * taps && dst.len == g.c * n && channels.end <= g.c);
+        COLS.with_borrow_mut(|scratch| {
+            for ch in channels {
+                // SAFETY: channel `ch`'s plane of `dst` (inside it, asserted above), which no
+                // other thread writes (see `split`).
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(ch * n), n) };
+                super::depthwise::channel(
+                    g,
+                    &weights[ch * taps..][..taps],
+                    &input[ch * plane..][..plane],
+                    epilogue.bias.map_or(0.0, |b| b[ch]),
+                    epilogue.residual.map(|r| &r[ch * n..][..n]),
+                    epilogue.clamp,
+                    out,
+                    scratch,
+                );
+            }
+        });
     }
 
     /// `out[channels, columns of output rows oys] = clamp(bias + residual + W[channels] · cols(oys))`,
@@ -623,6 +664,7 @@ mod tests {
             let residual: Vec<f32> = (0..c_out * geo.n()).map(|i| value(i * 13 + 7)).collect();
             let mut op = GemmConv {
                 geo: geo.clone(),
+                depthwise: false,
                 weights: tensor1(&weights).into_shape(&[c_out, geo.k()]).unwrap().into_arc_tensor(),
                 bias: Some(tensor1(&bias).into_arc_tensor()),
                 residual: false,

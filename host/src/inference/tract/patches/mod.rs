@@ -10,11 +10,14 @@
 //! - `quantize`: a vectorizable f32 -> int8 quantization.
 //! - `gemm_conv` (before tract's optimizer, [`before_optimize`]): fp32 convolutions, 1×1 ones
 //!   included, on the cache-blocked `gemm` crate instead of tract's kernels (close, not
-//!   byte-identical: another summation order; held to onnxruntime by the parity test).
+//!   byte-identical: another summation order; held to onnxruntime by the parity test), and
+//!   depthwise ones on a direct kernel (`depthwise`); both with the bias, residual add and
+//!   ReLU/ReLU6 that follow them fused in.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
+mod depthwise;
 mod fold;
 mod gemm_conv;
 mod im2col;
