@@ -181,21 +181,29 @@ fn main() {
     // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
     let mut profiles = Vec::new();
     let mut rss = Vec::new();
-    for (arch, gflop) in [("resnet18", 3.64), ("resnet50", 8.21)] {
+    // `BENCH_MODELS=mobilenetv2,resnet50` runs only those. MobileNetV2 has no int8 graph: its
+    // depthwise convolutions have no int8 kernel of ours, and tract's are slower than fp32.
+    let only = std::env::var("BENCH_MODELS").unwrap_or_default();
+    let archs = [("resnet18", 3.64, true), ("resnet50", 8.21, true), ("mobilenetv2", 0.60, false)];
+    for (arch, gflop, with_int8) in
+        archs.into_iter().filter(|(a, _, _)| only.is_empty() || only.split(',').any(|o| o == *a))
+    {
         let fp32 = root().join(format!("build/models/{arch}/1/model.onnx"));
         let int8 = root().join(format!("build/models/{arch}-int8/1/model.onnx"));
-        for model in [&fp32, &int8] {
+        let models = if with_int8 { vec![("fp32", &fp32), ("int8", &int8)] } else { vec![("fp32", &fp32)] };
+        for (_, model) in &models {
             assert!(model.is_file(), "{} is missing: run `just models`", model.display());
         }
-        let mut engines = vec![
-            ("fp32", tract(&fp32, EngineMode::Throughput, 2 * THREADS), tract(&fp32, EngineMode::Latency, 1)),
-            (
+        let mut engines =
+            vec![("fp32", tract(&fp32, EngineMode::Throughput, 2 * THREADS), tract(&fp32, EngineMode::Latency, 1))];
+        if with_int8 {
+            engines.push((
                 if amx { "int8, AMX" } else { "int8 (no AMX on this CPU)" },
                 tract(&int8, EngineMode::Throughput, 2 * THREADS),
                 tract(&int8, EngineMode::Latency, 1),
-            ),
-        ];
-        if amx {
+            ));
+        }
+        if amx && with_int8 {
             let (throughput, latency) = tract_without_amx(&int8);
             engines.push(("int8, AVX-512 VNNI", throughput, latency));
         }
@@ -226,7 +234,7 @@ fn main() {
         }
         eprintln!("onnxruntime {} setups for {arch}: {o}", o["onnxruntime"]);
         eprintln!("FP32 peak (single-thread sgemm × {THREADS} cores): {peak:.0} GFLOP/s");
-        for (precision, model) in [("fp32", &fp32), ("int8", &int8)] {
+        for (precision, model) in models {
             profiles
                 .push((format!("{arch} {precision}"), profile_ops(model, &[1, 3, 224, 224], 3).expect("profiling")));
             let (one, four) = (rss_added(model, 1), rss_added(model, 4));

@@ -319,6 +319,8 @@ fn same_layout(a: &TypedFact, b: &TypedFact) -> bool {
 }
 
 thread_local! {
+    /// The depthwise kernel's padded planes and accumulator, kept zeroed where they pad.
+    static DEPTHWISE: RefCell<super::depthwise::Scratch> = RefCell::new(Default::default());
     /// The im2col matrix, reused by every convolution run on this thread (sized for the
     /// largest): allocating it per call would fault its pages in every time.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -437,7 +439,7 @@ impl GemmConv {
         let (plane, taps, n) = (g.h * g.w, g.kh * g.kw, g.n());
         let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
         assert!(weights.len() == g.c * taps && dst.len == g.c * n && channels.end <= g.c);
-        COLS.with_borrow_mut(|scratch| {
+        DEPTHWISE.with_borrow_mut(|scratch| {
             for ch in channels {
                 // SAFETY: channel `ch`'s plane of `dst` (inside it, asserted above), which no
                 // other thread writes (see `split`).
