@@ -12,83 +12,56 @@ use super::ConvShape;
 /// Accumulator values per block of output rows: with its source rows, ~16 KiB of a 48 KiB L1d.
 const L1_BLOCK_FLOATS: usize = 2048;
 
-/// One channel: `out` (`oh × ow`) = clamp(`bias` + `residual` + `plane` ⋆ `weights`), with
-/// `plane` the `h × w` input and `weights` the `kh × kw` filter. `scratch` holds the padded,
-/// phase-split plane between calls.
-///
-/// The binary is built for baseline x86-64 (SSE2); the same code compiled for AVX-512 or
-/// AVX2 is picked at run time (`is_x86_feature_detected!` caches its answer). Separate
-/// multiply and add, not `mul_add`: every variant then gives the same bits.
-#[allow(clippy::too_many_arguments)]
-pub fn channel(
-    g: &ConvShape,
-    weights: &[f32],
-    plane: &[f32],
-    bias: f32,
-    residual: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { channel_avx512(g, weights, plane, bias, residual, clamp, out, scratch) };
+/// One channel's convolution: `out` (`oh × ow`) = clamp(`bias` + `residual` + `plane` ⋆
+/// `weights`), with `plane` the `h × w` input and `weights` the `kh × kw` filter.
+#[derive(Clone, Copy)]
+pub struct Channel<'a> {
+    pub g: &'a ConvShape,
+    pub weights: &'a [f32],
+    pub plane: &'a [f32],
+    pub bias: f32,
+    pub residual: Option<&'a [f32]>,
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl Channel<'_> {
+    /// Writes the channel's output into `out`; `scratch` holds the padded, phase-split plane.
+    ///
+    /// The binary is built for baseline x86-64 (SSE2); the same code compiled for AVX-512 or
+    /// AVX2 is picked at run time (`is_x86_feature_detected!` caches its answer). Separate
+    /// multiply and add, not `mul_add`: every variant then gives the same bits.
+    pub fn run(&self, out: &mut [f32], scratch: &mut Scratch) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { run_avx512(self, out, scratch) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                return unsafe { run_avx2(self, out, scratch) };
+            }
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { channel_avx2(g, weights, plane, bias, residual, clamp, out, scratch) };
-        }
+        run_any(self, out, scratch)
     }
-    channel_any(g, weights, plane, bias, residual, clamp, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-fn channel_avx512(
-    g: &ConvShape,
-    weights: &[f32],
-    plane: &[f32],
-    bias: f32,
-    residual: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
-    channel_any(g, weights, plane, bias, residual, clamp, out, scratch)
+fn run_avx512(c: &Channel, out: &mut [f32], scratch: &mut Scratch) {
+    run_any(c, out, scratch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-fn channel_avx2(
-    g: &ConvShape,
-    weights: &[f32],
-    plane: &[f32],
-    bias: f32,
-    residual: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
-    channel_any(g, weights, plane, bias, residual, clamp, out, scratch)
+fn run_avx2(c: &Channel, out: &mut [f32], scratch: &mut Scratch) {
+    run_any(c, out, scratch)
 }
 
-/// [`channel`]'s body, inlined into each target-feature variant.
+/// [`Channel::run`]'s body, inlined into each target-feature variant.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn channel_any(
-    g: &ConvShape,
-    weights: &[f32],
-    plane: &[f32],
-    bias: f32,
-    residual: Option<&[f32]>,
-    clamp: Option<(f32, f32)>,
-    out: &mut [f32],
-    scratch: &mut Scratch,
-) {
+fn run_any(c: &Channel, out: &mut [f32], scratch: &mut Scratch) {
+    let Channel { g, weights, plane, bias, residual, clamp } = *c;
     let [sy, sx] = g.stride;
     let [dy, dx] = g.dilation;
     // The padded plane: exactly the rows and columns some output reads, split into sy × sx
@@ -172,7 +145,7 @@ fn channel_any(
     }
 }
 
-/// A thread's working memory for [`channel`]: the phase planes and the accumulator.
+/// A thread's working memory for [`Channel::run`]: the phase planes and the accumulator.
 #[derive(Default)]
 pub struct Scratch {
     buf: Vec<f32>,
@@ -241,7 +214,8 @@ mod tests {
             for (with_residual, clamp) in [(false, None), (true, Some((0.0, 0.5))), (false, Some((0.0, 6.0)))] {
                 let mut out = vec![f32::NAN; g.oh * g.ow];
                 let res = with_residual.then_some(residual.as_slice());
-                channel(&g, &weights, &plane, 0.125, res, clamp, &mut out, &mut scratch);
+                let c = Channel { g: &g, weights: &weights, plane: &plane, bias: 0.125, residual: res, clamp };
+                c.run(&mut out, &mut scratch);
                 for (i, (got, want)) in out.iter().zip(&plain).enumerate() {
                     let want = if with_residual { want + residual[i] } else { *want };
                     let want = clamp.map_or(want, |(lo, hi): (f32, f32)| want.max(lo).min(hi));

@@ -444,16 +444,15 @@ impl GemmConv {
                 // SAFETY: channel `ch`'s plane of `dst` (inside it, asserted above), which no
                 // other thread writes (see `split`).
                 let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(ch * n), n) };
-                super::depthwise::channel(
+                let channel = super::depthwise::Channel {
                     g,
-                    &weights[ch * taps..][..taps],
-                    &input[ch * plane..][..plane],
-                    epilogue.bias.map_or(0.0, |b| b[ch]),
-                    epilogue.residual.map(|r| &r[ch * n..][..n]),
-                    epilogue.clamp,
-                    out,
-                    scratch,
-                );
+                    weights: &weights[ch * taps..][..taps],
+                    plane: &input[ch * plane..][..plane],
+                    bias: epilogue.bias.map_or(0.0, |b| b[ch]),
+                    residual: epilogue.residual.map(|r| &r[ch * n..][..n]),
+                    clamp: epilogue.clamp,
+                };
+                channel.run(out, scratch);
             }
         });
     }
