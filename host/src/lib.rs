@@ -202,6 +202,9 @@ pub struct VersionStatus {
     pub version: String,
     #[serde(flatten)]
     pub state: repository::VersionState,
+    /// Dynamic batching in force for this version and what it did (absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<inference::BatchStats>,
 }
 
 /// The preprocess stage alone, for a model manifest that may have no weights yet: what
@@ -286,7 +289,11 @@ impl Host {
                 versions: m
                     .states
                     .iter()
-                    .map(|(v, state)| VersionStatus { version: v.to_string(), state: state.clone() })
+                    .map(|(v, state)| VersionStatus {
+                        version: v.to_string(),
+                        state: state.clone(),
+                        batching: m.versions.get(v).and_then(|loaded| loaded.pool.batch_stats()),
+                    })
                     .collect(),
                 input_shape: m.manifest.input_shape,
                 labels: m.labels.to_vec(),

@@ -740,6 +740,65 @@ fn repository_with_an_onnxruntime_model(base: &std::path::Path) -> std::path::Pa
 }
 
 #[test]
+fn dynamic_batching_runs_queued_requests_together_on_onnxruntime_and_stays_off_on_tract() {
+    let base = root().join(format!("target/test-data/batching-{}", std::process::id()));
+    let models = repository_with_an_onnxruntime_model(&base);
+    for (name, extra) in [
+        ("shapes-ort", "max_batch_size = 4\nmax_queue_delay_microseconds = 100000\n"),
+        ("shapes", "max_batch_size = 4\n"),
+    ] {
+        let toml = models.join(name).join("model.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        std::fs::write(&toml, format!("{text}{extra}")).unwrap();
+    }
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes", "--no-rules"]);
+    let cases = shapes(CLASSES_SEED, 1);
+    let images: Vec<Vec<u8>> = cases.iter().map(|c| read(&c.path)).collect();
+    // One at a time on tract first: what every batched answer must match.
+    let expected: Vec<Value> = images
+        .iter()
+        .map(|image| {
+            let (status, body, _) = server.classify(image, "?model=shapes", &[]);
+            assert_eq!(status, 200, "{body}");
+            body
+        })
+        .collect();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .iter()
+            .map(|image| {
+                let server = &server;
+                scope.spawn(move || {
+                    let (status, body, _) = server.classify(image, "?model=shapes-ort", &[]);
+                    (status, body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((status, got), want) in answers.iter().zip(&expected) {
+        assert_eq!(*status, 200, "{got}");
+        assert_eq!(got["label"], want["label"], "{got} vs {want}");
+        let diff = (got["confidence"].as_f64().unwrap() - want["confidence"].as_f64().unwrap()).abs();
+        assert!(diff < 1e-4, "batched confidence differs by {diff}: {got} vs {want}");
+    }
+    let ort: Value = client().get(server.url("/v1/models/shapes-ort")).send().unwrap().json().unwrap();
+    let batching = &ort["versions"][0]["batching"];
+    assert_eq!(batching["max_batch_size"], 4, "{ort}");
+    assert_eq!(batching["max_queue_delay_microseconds"], 100000, "{ort}");
+    let (batches, batched) = (batching["batches"].as_u64().unwrap(), batching["images"].as_u64().unwrap());
+    println!("{batched} concurrent requests ran in {batches} batches");
+    assert_eq!(batched, images.len() as u64, "{ort}");
+    assert!(batches < batched, "no two requests shared a run: {ort}");
+    // tract runs one image per plan: the setting is reported off, with a warning, not ignored silently.
+    let tract: Value = client().get(server.url("/v1/models/shapes")).send().unwrap().json().unwrap();
+    assert!(tract["versions"][0].get("batching").is_none(), "{tract}");
+    assert!(server.stderr().contains("dynamic batching is off"), "{}", server.stderr());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_until_installed() {
     let base = root().join(format!("target/test-data/ort-engine-{}", std::process::id()));
     let models = repository_with_an_onnxruntime_model(&base);

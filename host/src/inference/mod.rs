@@ -100,6 +100,12 @@ pub trait LoadedModel: Send + Sync + 'static {
 
     /// One worker's own state (scratch buffers, ...), made on the worker's thread.
     fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String>;
+
+    /// The most inputs one [`ModelWorker::run_batch`] takes at once; 1: the engine runs one
+    /// input at a time (dynamic batching then stays off for its models).
+    fn max_batch(&self) -> usize {
+        1
+    }
 }
 
 /// A worker's handle on a [`LoadedModel`].
@@ -108,6 +114,33 @@ pub trait ModelWorker {
     /// engine asks, whether this job is the only one accepted (adaptive scheduling). Errors
     /// name the engine.
     fn run(&mut self, input: Vec<f32>, alone: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, String>;
+
+    /// Runs several inputs as one batch (at most [`LoadedModel::max_batch`]), one output each.
+    fn run_batch(&mut self, inputs: Vec<Vec<f32>>, alone: &(dyn Fn() -> bool + Sync)) -> Result<Vec<Vec<f32>>, String> {
+        inputs.into_iter().map(|input| self.run(input, alone)).collect()
+    }
+}
+
+/// Dynamic batching of one model (`model.toml`'s `max_batch_size` and
+/// `max_queue_delay_microseconds`, Triton's names): a worker that takes a job also takes the
+/// jobs queued behind it, up to `max_batch_size`, waiting at most `max_queue_delay` for them,
+/// and runs them as one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Batching {
+    /// 0 or 1: off.
+    pub max_batch_size: usize,
+    pub max_queue_delay: Duration,
+}
+
+/// What a pool's batching did so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    /// The batch size in force: the configured one, capped by what the engine can run.
+    pub max_batch_size: usize,
+    pub max_queue_delay_microseconds: u64,
+    /// Runs, and the inputs they carried: `images / batches` is the mean batch size.
+    pub batches: u64,
+    pub images: u64,
 }
 
 /// How a model version's inference is scheduled.
@@ -167,6 +200,8 @@ pub struct InferencePool {
     load: Arc<Load>,
     /// Jobs that can run at the same time (worker threads).
     parallel_jobs: usize,
+    /// The batching in force (batch size capped by the engine's).
+    batching: Batching,
 }
 
 /// What the pool has accepted and how fast it gets through it; shared with the workers.
@@ -176,6 +211,9 @@ struct Load {
     in_flight: AtomicUsize,
     /// Moving average of one job's run time, microseconds; 0 until a job has run.
     job_us: AtomicU64,
+    /// Runs made and the jobs they carried (see [`BatchStats`]).
+    batches: AtomicU64,
+    images: AtomicU64,
 }
 
 impl Load {
@@ -211,12 +249,24 @@ struct Job {
 }
 
 impl InferencePool {
-    /// Loads `path` with the engine `kind` and starts the workers `engine` asks for.
+    /// Loads `path` with the engine `kind` and starts the workers `engine` asks for, one
+    /// input per run.
     pub fn load(
         path: &Path,
         input_shape: &[usize],
         kind: EngineKind,
         engine: &EngineConfig,
+    ) -> Result<Self, LoadError> {
+        Self::load_batched(path, input_shape, kind, engine, Batching::default())
+    }
+
+    /// [`Self::load`] with dynamic batching (capped by what the engine can batch).
+    pub fn load_batched(
+        path: &Path,
+        input_shape: &[usize],
+        kind: EngineKind,
+        engine: &EngineConfig,
+        batching: Batching,
     ) -> Result<Self, LoadError> {
         let model: Arc<dyn LoadedModel> = match kind {
             EngineKind::Tract => Arc::new(tract::TractModel::load(path, input_shape, engine)?),
@@ -229,11 +279,23 @@ impl InferencePool {
                 message: format!("the model's input is {:?}, not {input_shape:?} as model.toml says", io.input_shape),
             });
         }
-        Ok(Self::start(model, engine))
+        if batching.max_batch_size > 1 && model.max_batch() <= 1 {
+            tracing::warn!(
+                path = %path.display(),
+                engine = %kind,
+                max_batch_size = batching.max_batch_size,
+                "this engine runs one input at a time here: dynamic batching is off for this model"
+            );
+        }
+        Ok(Self::start(model, engine, batching))
     }
 
     /// Starts the workers for a loaded model.
-    pub fn start(model: Arc<dyn LoadedModel>, engine: &EngineConfig) -> Self {
+    pub fn start(model: Arc<dyn LoadedModel>, engine: &EngineConfig, batching: Batching) -> Self {
+        let batching = Batching {
+            max_batch_size: batching.max_batch_size.clamp(1, model.max_batch().max(1)),
+            max_queue_delay: batching.max_queue_delay,
+        };
         let (tx, rx) = crossbeam_channel::bounded::<Job>(engine.queue_len.max(1));
         let workers = model.parallel_jobs().max(1);
         let load = Arc::new(Load::default());
@@ -242,7 +304,7 @@ impl InferencePool {
                 let (model, rx, load) = (model.clone(), rx.clone(), load.clone());
                 std::thread::Builder::new()
                     .name(format!("tessera-infer-{i}"))
-                    .spawn(move || worker(model, rx, load, workers))
+                    .spawn(move || worker(model, rx, load, workers, batching))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -254,7 +316,19 @@ impl InferencePool {
             io: model.io().clone(),
             load,
             parallel_jobs: workers,
+            batching,
         }
+    }
+
+    /// The batching in force and what it has done; `None` when this pool runs one input at a
+    /// time.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        (self.batching.max_batch_size > 1).then(|| BatchStats {
+            max_batch_size: self.batching.max_batch_size,
+            max_queue_delay_microseconds: self.batching.max_queue_delay.as_micros() as u64,
+            batches: self.load.batches.load(Ordering::Relaxed),
+            images: self.load.images.load(Ordering::Relaxed),
+        })
     }
 
     /// The model's input and output as its engine sees them.
@@ -384,7 +458,7 @@ fn deadline_exceeded() -> PipelineError {
     )
 }
 
-fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, parallel_jobs: usize) {
+fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, parallel_jobs: usize, batching: Batching) {
     let spreads = model.spreads_when_alone();
     let mut worker = match model.worker() {
         Ok(w) => w,
@@ -394,23 +468,59 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
         }
     };
     let alone = || load.in_flight.load(Ordering::Relaxed) <= 1;
-    for job in jobs {
-        if Instant::now() >= job.deadline {
-            load.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let _ = job.reply.send(Err(deadline_exceeded()));
-            continue;
-        }
-        let started = Instant::now();
-        let had_every_thread = spreads && alone();
-        let result = worker
-            .run(job.input, &alone)
-            .map_err(|message| PipelineError::new(ErrorKind::Internal, Stage::Inference, message));
-        // Admission estimates the time of a job on one worker: a job that had every thread
-        // took about 1/threads of that.
-        let slots = if had_every_thread { parallel_jobs } else { 1 };
-        load.record(started.elapsed() * slots as u32);
+    let answer = |job: Job, result: Result<Vec<f32>, PipelineError>| {
         load.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(result);
+    };
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        // The jobs queued behind this one, and those arriving within the delay.
+        let until = Instant::now() + batching.max_queue_delay;
+        while batch.len() < batching.max_batch_size {
+            match jobs.recv_deadline(until) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let (mut batch, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| now < job.deadline);
+        for job in expired {
+            answer(job, Err(deadline_exceeded()));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let had_every_thread = spreads && alone();
+        let result = if let [job] = &mut batch[..] {
+            worker.run(std::mem::take(&mut job.input), &alone).map(|output| vec![output])
+        } else {
+            let inputs = batch.iter_mut().map(|job| std::mem::take(&mut job.input)).collect();
+            worker.run_batch(inputs, &alone)
+        };
+        // Admission estimates the time of a job on one worker: a job that had every thread
+        // took about 1/threads of that; a batch's jobs share its time.
+        let slots = if had_every_thread { parallel_jobs } else { 1 };
+        load.record(now.elapsed() * slots as u32 / batch.len() as u32);
+        load.batches.fetch_add(1, Ordering::Relaxed);
+        load.images.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(outputs) if outputs.len() == batch.len() => {
+                for (job, output) in batch.into_iter().zip(outputs) {
+                    answer(job, Ok(output));
+                }
+            }
+            Ok(outputs) => {
+                let message = format!("the engine answered {} outputs for a batch of {}", outputs.len(), batch.len());
+                for job in batch {
+                    answer(job, Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
+                }
+            }
+            Err(message) => {
+                for job in batch {
+                    answer(job, Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
+                }
+            }
+        }
     }
 }
 

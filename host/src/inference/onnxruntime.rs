@@ -94,6 +94,8 @@ fn venv_library(venv: &Path) -> Option<PathBuf> {
 struct OrtModel {
     session: Mutex<Session>,
     io: ModelIo,
+    /// Whether the model declares its batch axis (the first) dynamic, so one run takes many.
+    batches: bool,
 }
 
 /// Loads `path` into a session with `engine.threads` intra-op threads and runs it once on
@@ -138,7 +140,8 @@ pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result
     };
     let io =
         ModelIo { input_name, input_shape: input_shape.to_vec(), input_dtype, output_name, output_shape, output_dtype };
-    Ok(Arc::new(OrtModel { session: Mutex::new(session), io }))
+    let batches = dims.first().is_some_and(|&d| d < 0);
+    Ok(Arc::new(OrtModel { session: Mutex::new(session), io, batches }))
 }
 
 impl LoadedModel for OrtModel {
@@ -157,6 +160,10 @@ impl LoadedModel for OrtModel {
     fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String> {
         Ok(Box::new(OrtWorker { model: self }))
     }
+
+    fn max_batch(&self) -> usize {
+        if self.batches { usize::MAX } else { 1 }
+    }
 }
 
 struct OrtWorker {
@@ -171,5 +178,26 @@ impl ModelWorker for OrtWorker {
         let outputs = session.run(ort::inputs![tensor]).map_err(e)?;
         let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(e)?;
         Ok(values.to_vec())
+    }
+
+    /// The inputs stacked on the batch axis, one run, the output split back per input.
+    fn run_batch(
+        &mut self,
+        inputs: Vec<Vec<f32>>,
+        _alone: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let e = |e: ort::Error| format!("onnxruntime: {e}");
+        let count = inputs.len();
+        let mut shape = self.model.io.input_shape.clone();
+        shape[0] *= count;
+        let stacked = inputs.concat();
+        let mut session = self.model.session.lock().unwrap_or_else(|p| p.into_inner());
+        let tensor = TensorRef::from_array_view((shape, &stacked[..])).map_err(e)?;
+        let outputs = session.run(ort::inputs![tensor]).map_err(e)?;
+        let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(e)?;
+        if values.len() % count != 0 {
+            return Err(format!("onnxruntime: {} output values do not split into {count} inputs", values.len()));
+        }
+        Ok(values.chunks_exact(values.len() / count).map(<[f32]>::to_vec).collect())
     }
 }

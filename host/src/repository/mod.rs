@@ -17,7 +17,11 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::inference::{EngineConfig, EngineKind, InferencePool};
+use crate::inference::{Batching, EngineConfig, EngineKind, InferencePool};
+
+/// The longest `max_queue_delay_microseconds` accepted: past a second, a wait for a batch is a
+/// misconfiguration, not a trade-off.
+const MAX_QUEUE_DELAY_US: u64 = 1_000_000;
 
 /// Which versions of a model are loaded and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -109,6 +113,14 @@ pub struct Manifest {
     /// Which engine runs every version: `tract` (the default) or `onnxruntime`.
     #[serde(default)]
     pub engine: EngineKind,
+    /// Dynamic batching (Triton's names): up to this many queued requests run as one batch;
+    /// absent or 1: off. Only engines that batch honour it (onnxruntime, for a model whose
+    /// batch axis is dynamic); see docs/PERFORMANCE.md for where it wins.
+    #[serde(default)]
+    pub max_batch_size: Option<u32>,
+    /// How long a worker holding fewer than `max_batch_size` requests waits for more.
+    #[serde(default)]
+    pub max_queue_delay_microseconds: u64,
 }
 
 /// Why a model or the repository could not be loaded. Each names the file and, where it
@@ -140,7 +152,24 @@ impl Manifest {
         if manifest.std.iter().any(|s| *s <= 0.0) {
             return Err(invalid(format!("std must be positive, got {:?}", manifest.std)));
         }
+        if manifest.max_batch_size == Some(0) {
+            return Err(invalid("max_batch_size must be at least 1 (1: no batching)".into()));
+        }
+        if manifest.max_queue_delay_microseconds > MAX_QUEUE_DELAY_US {
+            return Err(invalid(format!(
+                "max_queue_delay_microseconds must be at most {MAX_QUEUE_DELAY_US} (one second), got {}",
+                manifest.max_queue_delay_microseconds
+            )));
+        }
         Ok(manifest)
+    }
+
+    /// The dynamic batching this manifest asks for.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_batch_size: self.max_batch_size.unwrap_or(1) as usize,
+            max_queue_delay: std::time::Duration::from_micros(self.max_queue_delay_microseconds),
+        }
     }
 }
 
@@ -369,7 +398,7 @@ impl ModelRepository {
                 model.states.insert(version, VersionState::Ready);
                 continue;
             }
-            match self.load_version(&onnx, &shape, model.manifest.engine, model.labels.len()) {
+            match self.load_version(&onnx, &shape, &model.manifest, model.labels.len()) {
                 Ok(pool) => {
                     tracing::info!(model = %name, version, engine = %model.manifest.engine, path = %onnx.display(), "model version loaded");
                     model.versions.insert(version, Arc::new(ModelVersion { version, pool, fingerprint: print }));
@@ -396,10 +425,10 @@ impl ModelRepository {
         &self,
         onnx: &Path,
         shape: &[usize],
-        engine: EngineKind,
+        manifest: &Manifest,
         labels: usize,
     ) -> Result<InferencePool, RepositoryError> {
-        let pool = InferencePool::load(onnx, shape, engine, &self.engine)?;
+        let pool = InferencePool::load_batched(onnx, shape, manifest.engine, &self.engine, manifest.batching())?;
         if pool.output_len() != labels {
             return Err(RepositoryError::Invalid {
                 path: onnx.to_path_buf(),
@@ -454,5 +483,27 @@ mod tests {
         assert_eq!(parse("p = { specific = [1, 4] }").unwrap(), VersionPolicy::Specific(vec![1, 4]));
         assert!(parse("p = \"newest\"").unwrap_err().to_string().contains("newest"));
         assert!(parse("p = { latest = 0 }").is_err());
+    }
+
+    #[test]
+    fn batching_fields_are_checked_and_default_to_off() {
+        let dir = std::env::temp_dir().join(format!("tessera-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.toml");
+        let base = "input_shape = [1, 3, 224, 224]\nresize = 256\nmean = [0.5, 0.5, 0.5]\nstd = [0.2, 0.2, 0.2]\nlabels = \"l.txt\"\n";
+        let parse = |extra: &str| {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            Manifest::from_file(&path)
+        };
+        assert_eq!(parse("").unwrap().batching(), Batching { max_batch_size: 1, max_queue_delay: Default::default() });
+        let on = parse("max_batch_size = 8\nmax_queue_delay_microseconds = 2000\n").unwrap().batching();
+        assert_eq!((on.max_batch_size, on.max_queue_delay.as_micros()), (8, 2000));
+        let zero = parse("max_batch_size = 0\n").unwrap_err().to_string();
+        assert!(zero.contains("max_batch_size") && zero.contains("model.toml"), "{zero}");
+        let long = parse("max_batch_size = 4\nmax_queue_delay_microseconds = 5000000\n").unwrap_err().to_string();
+        assert!(long.contains("max_queue_delay_microseconds"), "{long}");
+        let typo = parse("max_batch = 4\n").unwrap_err().to_string();
+        assert!(typo.contains("max_batch"), "{typo}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
