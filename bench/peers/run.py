@@ -19,6 +19,10 @@ Writes docs/bench-peers/results.json, docs/bench-peers/summary.md (every figure 
 to seed-torch and seed-ort from the same run) and docs/bench-peers/latency-vs-load.png.
 
     build/venv-peers/bin/python bench/peers/run.py [--quick] [--no-torch]
+
+`--batching` runs only the dynamic batching matrix instead (Tessera's onnxruntime engine with
+batching off, max 4 without delay and max 8 with 2 ms, beside seed-ort and tract fp32, at c = 4, 8,
+16 on ResNet-50 and -18) and writes docs/bench-peers/batching.json and batching.md.
 """
 from __future__ import annotations
 
@@ -69,8 +73,10 @@ def photo(w: int, h: int, seed: int) -> bytes:
     return out.getvalue()
 
 
-def model_repo(name: str, onnx: Path, labels: list[str], engine: str = "tract") -> Path:
-    """A one-model Tessera repository around `onnx` (ImageNet preprocessing) on `engine`."""
+def model_repo(name: str, onnx: Path, labels: list[str], engine: str = "tract", batch: tuple[int, int] | None = None
+               ) -> Path:
+    """A one-model Tessera repository around `onnx` (ImageNet preprocessing) on `engine`;
+    `batch`: (max_batch_size, max_queue_delay_microseconds)."""
     repo = WORK / "repos" / name
     (repo / name / "1").mkdir(parents=True, exist_ok=True)
     target = repo / name / "1" / "model.onnx"
@@ -79,7 +85,8 @@ def model_repo(name: str, onnx: Path, labels: list[str], engine: str = "tract") 
     (repo / name / "labels.txt").write_text("\n".join(labels) + "\n")
     (repo / name / "model.toml").write_text(
         'input_shape = [1, 3, 224, 224]\nresize = 256\nmean = [0.485, 0.456, 0.406]\n'
-        f'std = [0.229, 0.224, 0.225]\nlabels = "labels.txt"\nengine = "{engine}"\n')
+        f'std = [0.229, 0.224, 0.225]\nlabels = "labels.txt"\nengine = "{engine}"\n'
+        + (f"max_batch_size = {batch[0]}\nmax_queue_delay_microseconds = {batch[1]}\n" if batch else ""))
     return repo
 
 
@@ -179,6 +186,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="5 s cells, fewer systems and cells (~5 min)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    ap.add_argument("--batching", action="store_true",
+                    help="only the dynamic batching matrix (onnxruntime engine off/on vs seed-ort and tract, "
+                         "c = 4/8/16, ResNet-50 and -18); writes batching.json and batching.md")
     ap.add_argument("--only", default="", help="comma-separated MODEL/SYSTEM keys (e.g. resnet50/tessera-fp32-adaptive) "
                     "to run again; their figures replace those in the existing results.json")
     args = ap.parse_args()
@@ -262,6 +272,19 @@ def main() -> None:
     plan.append(("shapes", "tessera-fp32-adaptive",
                  lambda: start_tessera("tessera-fp32-adaptive", repos["shapes"], "adaptive"), r18))
 
+    if args.batching:
+        secs = 10.0
+        plan = []
+        batch_cells = [("closed", c, "photo-224") for c in [4, 8, 16]]
+        for name in ["resnet50", "resnet18"]:
+            path = models[name][0]
+            plan.append((name, "seed-ort", lambda p=path, n=name: start_seed("seed-ort", VENV_PEERS, "onnxruntime", p, n),
+                         batch_cells))
+            plan.append((name, "tessera-fp32-adaptive",
+                         lambda n=name: start_tessera("tessera-fp32-adaptive", repos[n], "adaptive"), batch_cells))
+            for label, batch in [("tessera-ort", None), ("tessera-ort-b4", (4, 0)), ("tessera-ort-b8-2ms", (8, 2000))]:
+                repo = model_repo(f"{name}-{label}", path, imagenet, engine="onnxruntime", batch=batch)
+                plan.append((name, label, lambda r=repo, s=label: start_tessera(s, r, "adaptive"), batch_cells))
     results = {"quick": args.quick, "seconds_per_cell": secs, "cells": [], "systems": {}, "agreement": {}}
     only = {k for k in args.only.split(",") if k}
     if only:
@@ -286,10 +309,44 @@ def main() -> None:
             results["agreement"][key] = top1_indices(server, agree_images)
         finally:
             server.stop()
+    if args.batching:
+        (OUT / "batching.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_batching(results)
+        return
     (OUT / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_summary(results)
     plot(results)
     print(f"wrote {OUT}/results.json, summary.md, latency-vs-load.png")
+
+
+def write_batching(results: dict) -> None:
+    """docs/bench-peers/batching.md: rps (p50, p99) per system and concurrency, and the ratio
+    to seed-ort's rps in the same run."""
+    lines = ["# Dynamic batching (`bench/peers/run.py --batching`)", "",
+             f"Closed loop, 224 px JPEG, {results['seconds_per_cell']:.0f} s per cell. "
+             "rps (p50 / p99 ms), ×: rps / seed-ort's at the same concurrency.", ""]
+    for model in ["resnet50", "resnet18"]:
+        cells = [c for c in results["cells"] if c["model"] == model]
+        systems = list(dict.fromkeys(c["system"] for c in cells))
+        conc = sorted({c["concurrency"] for c in cells})
+        lines += [f"## {model}", "", "| system | " + " | ".join(f"c={c}" for c in conc) + " |",
+                  "|---|" + "---|" * len(conc)]
+        for system in systems:
+            row = []
+            for c in conc:
+                cell = next((x for x in cells if x["system"] == system and x["concurrency"] == c), None)
+                ref = next((x for x in cells if x["system"] == "seed-ort" and x["concurrency"] == c), None)
+                if cell is None:
+                    row.append("-")
+                    continue
+                ratio = f" {cell['rps'] / ref['rps']:.2f}×" if ref and ref["rps"] else ""
+                errs = sum(cell["errors"].values())
+                row.append(f"{cell['rps']:.1f} ({cell['p50_ms']:.0f} / {cell['p99_ms']:.0f}){ratio}"
+                           + (f", {errs} errors" if errs else ""))
+            lines.append(f"| {system} | " + " | ".join(row) + " |")
+        lines.append("")
+    (OUT / "batching.md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def write_summary(results: dict) -> None:
