@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Static int8 quantization of a Tessera ONNX image model, shaped for tract's int8 kernels.
+"""Static int8 quantization of a Tessera ONNX image model, for tract's int8 kernels or onnxruntime's.
 
-Writes a QOperator graph (QuantizeLinear -> QLinearConv ... -> DequantizeLinear) with
-onnxruntime's own quantizer, calibrated on real inputs:
+`--format qoperator` (the default, for `engine = "tract"`) writes a QOperator graph (QuantizeLinear
+-> QLinearConv ... -> DequantizeLinear) shaped for tract's int8 kernels (choices below).
+`--format qdq` (for `engine = "onnxruntime"`) writes the QDQ graph onnxruntime itself recommends on
+x86: QuantizeLinear/DequantizeLinear pairs around every quantizable op, uint8 activations, int8
+weights per output channel; onnxruntime fuses them into its int8 kernels (tract would run them in
+float). Both are made by onnxruntime's own quantizer, calibrated on real inputs:
 
   --calibration shapes   images from generate_shapes.py turned into tensors by
                          `tessera preprocess` (the serving guest), for the trained default model
@@ -92,7 +96,7 @@ def dilate_pointwise(model: onnx.ModelProto) -> int:
     return count
 
 
-def quantize(model: Path, out: Path, x: np.ndarray, keep_pointwise: bool) -> None:
+def quantize(model: Path, out: Path, x: np.ndarray, keep_pointwise: bool, fmt: str = "qoperator") -> None:
     fp32 = onnx.load(str(model))
     input_name = fp32.graph.input[0].name
     for i, node in enumerate(fp32.graph.node):  # readable names in tract's profiles and errors
@@ -100,16 +104,21 @@ def quantize(model: Path, out: Path, x: np.ndarray, keep_pointwise: bool) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         named, raw = Path(tmp) / "named.onnx", Path(tmp) / "quantized.onnx"
         onnx.save(fp32, str(named))
-        quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QOperator,
-                        op_types_to_quantize=["Conv", "Relu", "MaxPool"], per_channel=False,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        if fmt == "qdq":
+            quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        else:
+            quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QOperator,
+                            op_types_to_quantize=["Conv", "Relu", "MaxPool"], per_channel=False,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         q = onnx.load(str(raw))
     # The quantizer records shapes inferred for batch 1 while the input keeps its symbolic batch;
     # tract refuses to unify the two, and the shapes carry nothing tract cannot infer itself.
     del q.graph.value_info[:]
-    if not keep_pointwise:
+    if fmt == "qoperator" and not keep_pointwise:
         dilate_pointwise(q)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(q, str(out))
@@ -132,6 +141,8 @@ def main() -> None:
     p.add_argument("--calibration", choices=["shapes", "random"], required=True)
     p.add_argument("--count", type=int, default=160, help="calibration inputs")
     p.add_argument("--seed", type=int, default=77, help="calibration seed (distinct from training and test seeds)")
+    p.add_argument("--format", choices=["qoperator", "qdq"], default="qoperator",
+                   help="qoperator: for tract (the default); qdq: for engine = \"onnxruntime\"")
     p.add_argument("--keep-pointwise", action="store_true", help="leave 1x1 convs to tract's einsum lowering")
     p.add_argument("--held-out", type=int, default=200, help="held-out inputs for the accuracy gate")
     p.add_argument("--min-agreement", type=float, default=0.99,
@@ -145,7 +156,7 @@ def main() -> None:
     # Written next to the target and renamed into place only once it passed the gate: a
     # failed run leaves no model behind (and a watching server never sees half a file).
     candidate = args.out.with_name(args.out.name + ".candidate")
-    quantize(args.model, candidate, x, args.keep_pointwise)
+    quantize(args.model, candidate, x, args.keep_pointwise, args.format)
     if args.speed_only:
         print("--speed-only: no accuracy gate; this int8 model is for timing, not for serving answers")
     else:

@@ -414,6 +414,41 @@ fn quantize_writes_nothing_below_its_agreement_gate_unless_told_speed_only() {
 }
 
 #[test]
+fn onnxruntime_int8_qdq_passes_the_agreement_gate_and_serves_the_fp32_answers() {
+    let base = root().join(format!("target/test-data/qdq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let models = repository_with_an_onnxruntime_model(&base);
+    // The gate runs on held-out shapes images (not the calibration ones): at least 99 % of
+    // them must keep fp32's top-1 or nothing is written.
+    let out = std::process::Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("models/tools/quantize.py"))
+        .args(["--model", root().join("models/shapes/1/model.onnx").to_str().unwrap()])
+        .args(["--out", models.join("shapes-ort/1/model.onnx").to_str().unwrap()])
+        .args(["--format", "qdq", "--calibration", "shapes", "--count", "48", "--held-out", "96", "--work"])
+        .arg(base.join("work"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("top-1 agreement int8 vs fp32 (onnxruntime) on 96 held-out inputs"), "{stdout}");
+    let onnx = std::fs::read(models.join("shapes-ort/1/model.onnx")).unwrap();
+    assert!(onnx.windows(13).any(|w| w == b"DequantizeLin"), "not a QDQ graph");
+
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes", "--no-rules"]);
+    let cases = shapes(CLASSES_SEED + 5, 2);
+    for case in &cases {
+        let image = read(&case.path);
+        let (status, fp32, _) = server.classify(&image, "?model=shapes", &[]);
+        assert_eq!(status, 200, "{fp32}");
+        let (status, int8, _) = server.classify(&image, "?model=shapes-ort", &[]);
+        assert_eq!(status, 200, "{int8}");
+        assert_eq!(int8["label"], fp32["label"], "{}: int8 {int8} vs fp32 {fp32}", case.path.display());
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
 fn with_amx_on_int8_convs_serve_and_a_matmul_amx_would_overread_is_refused() {
     let base = root().join(format!("target/test-data/amx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
