@@ -26,7 +26,10 @@ random-input answers are near ties, so no int8 graph of them could pass).
 
 Choices, each measured with `cargo run --release -p tessera --example profile` on ResNet-50
 (docs/PERFORMANCE.md has the figures):
-- Only Conv (with its ReLU folded into the output range) and MaxPool are quantized. The residual
+- Only Conv (with its ReLU, or ReLU6 as Clip, folded into the output range) and MaxPool are
+  quantized. (Clip left in float cost a seeded MobileNetV2 a Dequantize/Quantize pair per
+  ReLU6: 8 of 30 ms.) Depthwise convolutions run on Tessera's own kernel in float
+  (host/src/inference/tract/patches/qdepthwise.rs): tract's int8 path makes them m = 1 products. The residual
   Add, global pooling and the classifier stay float between DequantizeLinear/QuantizeLinear:
   tract 0.23 cannot load QLinearAdd / QLinearGlobalAveragePool (com.microsoft contrib ops), and
   the QDQ format is not rewritten to int8 kernels by tract (it dequantizes and runs fp32).
@@ -110,7 +113,7 @@ def quantize(model: Path, out: Path, x: np.ndarray, keep_pointwise: bool, fmt: s
                             calibrate_method=CalibrationMethod.MinMax)
         else:
             quantize_static(str(named), str(raw), Batches(input_name, x), quant_format=QuantFormat.QOperator,
-                            op_types_to_quantize=["Conv", "Relu", "MaxPool"], per_channel=False,
+                            op_types_to_quantize=["Conv", "Relu", "Clip", "MaxPool"], per_channel=False,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})

@@ -143,6 +143,26 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
     Ok(Some(GemmConv { geo, depthwise, weights, bias, residual: false, clamp: None, output_shape }))
 }
 
+/// A float depthwise convolution of `conv`'s geometry (`weights`: `c × kh·kw`, `bias`: `c`),
+/// for [`super::qdepthwise`], which feeds it dequantized values.
+pub(super) fn float_depthwise(
+    conv: ConvShape,
+    weights: Arc<Tensor>,
+    bias: Arc<Tensor>,
+    output_shape: TVec<usize>,
+) -> GemmConv {
+    let c_out = conv.c;
+    GemmConv {
+        geo: Geometry { conv, c_out },
+        depthwise: true,
+        weights,
+        bias: Some(bias),
+        residual: false,
+        clamp: None,
+        output_shape,
+    }
+}
+
 /// Whether `eval` can read `t` as one contiguous f32 slice (checked here so it need not fail there).
 fn is_plain_f32(t: &Tensor) -> bool {
     f32s(t).is_some()
@@ -372,6 +392,15 @@ impl EvalOp for GemmConv {
             Some(r) => Some(r.as_slice().context("GemmConv: residual is not contiguous")?),
             None => None,
         };
+        Ok(tvec!(self.run(input, residual)?.into_tvalue()))
+    }
+}
+
+impl GemmConv {
+    /// The convolution of `input` (`c × h × w` values), plus `residual` when the op has one.
+    pub(super) fn run(&self, input: &[f32], residual: Option<&[f32]>) -> TractResult<Tensor> {
+        let g = &self.geo;
+        ensure!(input.len() == g.c * g.h * g.w, "GemmConv: input has {} values, expected {:?}", input.len(), g);
         ensure!(residual.is_none_or(|r| r.len() == g.c_out * g.n()), "GemmConv: residual has the wrong size");
         let bias = match &self.bias {
             Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
@@ -395,7 +424,7 @@ impl EvalOp for GemmConv {
                 _ => self.band(input, &epilogue, &dst, 0..g.oh, 0..g.c_out),
             }
         }
-        Ok(tvec!(output.into_tvalue()))
+        Ok(output)
     }
 }
 

@@ -12,7 +12,8 @@
 //!   included, on the cache-blocked `gemm` crate instead of tract's kernels (close, not
 //!   byte-identical: another summation order; held to onnxruntime by the parity test), and
 //!   depthwise ones on a direct kernel (`depthwise`); both with the bias, residual add and
-//!   ReLU/ReLU6 that follow them fused in.
+//!   ReLU/ReLU6 that follow them fused in. `qdepthwise`: int8 depthwise convolutions on that
+//!   kernel in float (dequantize, convolve, requantize) instead of tract's m = 1 products.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
@@ -21,10 +22,12 @@ mod depthwise;
 mod fold;
 mod gemm_conv;
 mod im2col;
+mod qdepthwise;
 mod quantize;
 
 /// Rewrites the decluttered `model` before tract optimizes it.
 pub fn before_optimize(model: &mut TypedModel) -> TractResult<()> {
+    replace_ops(model, qdepthwise::replacement)?;
     replace_ops(model, gemm_conv::replacement)?;
     replace_ops(model, gemm_conv::pointwise_replacement)?;
     model.compact()?;

@@ -1,0 +1,190 @@
+//! int8 depthwise convolutions run in float on our depthwise kernel.
+//!
+//! tract 0.23.9 lowers a quantized depthwise convolution (a `QLinearConv` with one group per
+//! channel) to one m = 1 int8 matrix product per channel: a seeded MobileNetV2's int8 graph
+//! ran 39× slower than its fp32 graph (626 vs 16 ms per image, one thread), nearly all of it in
+//! those products. A depthwise convolution does 9 multiply-adds per output value and is
+//! bound by memory, not arithmetic, so int8 kernels would buy little there: this op
+//! dequantizes the input, runs [`super::depthwise`] on weights and bias dequantized once at
+//! load, and requantizes the output (round half to even, as onnxruntime does, then saturate).
+//! The graph's other quantized convolutions keep tract's int8 kernels.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::ConvShape;
+use super::gemm_conv::{GemmConv, float_depthwise};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantDepthwise {
+    /// The float convolution (weights and bias dequantized).
+    float: GemmConv,
+    /// Input zero point and scale: x = (q - x0) · x_scale.
+    x0: f32,
+    x_scale: f32,
+    /// Output zero point and scale: q = round(y / y_scale) + y0.
+    y0: f32,
+    y_scale: f32,
+    /// The replaced node's output type (i8 or u8, possibly with its quantization attached).
+    out_dt: DatumType,
+    output_shape: TVec<usize>,
+}
+
+impl Eq for QuantDepthwise {}
+
+/// `Some(op)` for an int8/uint8 depthwise convolution with constant weights and quantization
+/// parameters (per-tensor or per-channel weight scales), batch 1, NCHW/CHW.
+pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<QuantDepthwise>> {
+    let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
+    if conv.q_params.is_none()
+        || conv.kernel_fmt != KernelFormat::OIHW
+        || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || conv.pool_spec.kernel_shape.len() != 2
+        || node.inputs.len() != 9
+    {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let Some(consts) =
+        node.inputs[1..].iter().map(|i| model.outlet_fact(*i).ok()?.konst.clone()).collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let [kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale] = &consts[..] else { return Ok(None) };
+    let (n, c, h, w) = match input.shape.as_concrete() {
+        Some(&[n, c, h, w]) if conv.pool_spec.data_format == DataFormat::NCHW => (n, c, h, w),
+        Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => (1, c, h, w),
+        _ => return Ok(None),
+    };
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    let Some(output_shape) = out_fact.shape.as_concrete().map(TVec::from) else { return Ok(None) };
+    let is_8bit = |dt: DatumType| matches!(dt.unquantized(), DatumType::I8 | DatumType::U8);
+    if n != 1 || !is_8bit(input.datum_type) || !is_8bit(out_fact.datum_type) || !is_8bit(kernel.datum_type()) {
+        return Ok(None);
+    }
+    let &[c_out, 1, kh, kw] = kernel.shape() else { return Ok(None) };
+    if conv.group != c || c_out != c || c < 2 {
+        return Ok(None);
+    }
+    let Some(shape) = ConvShape::new(&conv.pool_spec, c, h, w) else { return Ok(None) };
+    if [shape.kh, shape.kw] != [kh, kw] || output_shape.iter().product::<usize>() != c * shape.n() {
+        return Ok(None);
+    }
+    // One value per channel (or one for all) of an i32 or f32 constant.
+    let per_channel = |t: &Tensor| -> Option<Vec<f32>> {
+        let values: Vec<f32> = match t.datum_type() {
+            DatumType::F32 => t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec(),
+            DatumType::I32 => t.try_as_plain_ram().ok()?.as_slice::<i32>().ok()?.iter().map(|v| *v as f32).collect(),
+            _ => return None,
+        };
+        match values.len() {
+            1 => Some(vec![values[0]; c]),
+            len if len == c => Some(values),
+            _ => None,
+        }
+    };
+    let scalar = |t: &Tensor| per_channel(t).filter(|v| v.iter().all(|x| *x == v[0])).map(|v| v[0]);
+    let (Some(x0), Some(x_scale), Some(y0), Some(y_scale)) = (scalar(x0), scalar(x_scale), scalar(y0), scalar(y_scale))
+    else {
+        return Ok(None);
+    };
+    let (Some(k0), Some(k_scale), Some(bias)) = (per_channel(k0), per_channel(k_scale), per_channel(bias)) else {
+        return Ok(None);
+    };
+    let Some(kernel) = as_f32(kernel) else { return Ok(None) };
+    let taps = kh * kw;
+    let weights: Vec<f32> = (0..c * taps).map(|i| (kernel[i] - k0[i / taps]) * k_scale[i / taps]).collect();
+    let bias: Vec<f32> = (0..c).map(|ch| bias[ch] * x_scale * k_scale[ch]).collect();
+    let float = float_depthwise(
+        shape,
+        tensor1(&weights).into_shape(&[c, taps])?.into_arc_tensor(),
+        tensor1(&bias).into_arc_tensor(),
+        output_shape.clone(),
+    );
+    Ok(Some(QuantDepthwise { float, x0, x_scale, y0, y_scale, out_dt: out_fact.datum_type, output_shape }))
+}
+
+/// The values of an 8-bit tensor as f32.
+fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
+    let view = t.try_as_plain_ram().ok()?;
+    match t.datum_type().unquantized() {
+        DatumType::I8 => Some(view.as_slice::<i8>().ok()?.iter().map(|v| *v as f32).collect()),
+        DatumType::U8 => Some(view.as_slice::<u8>().ok()?.iter().map(|v| *v as f32).collect()),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// The dequantized input, reused across calls on this thread.
+    static DEQUANTIZED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Op for QuantDepthwise {
+    fn name(&self) -> StaticName {
+        "QuantDepthwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.float.info()?;
+        info.push(format!(
+            "x: zp {} scale {}; y: zp {} scale {} ({:?})",
+            self.x0, self.x_scale, self.y0, self.y_scale, self.out_dt
+        ));
+        Ok(info)
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantDepthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let (x0, scale) = (self.x0, self.x_scale);
+        let view = x.try_as_plain_ram()?;
+        // Into a buffer kept per thread: a fresh multi-megabyte one would fault its pages in on
+        // every call. Taken out of the thread-local while the convolution runs: a task this
+        // thread picks up meanwhile (rayon steals) may be another such op.
+        let mut dequantized = DEQUANTIZED.with_borrow_mut(std::mem::take);
+        dequantized.clear();
+        match x.datum_type().unquantized() {
+            DatumType::I8 => dequantized.extend(view.as_slice::<i8>()?.iter().map(|q| (*q as f32 - x0) * scale)),
+            DatumType::U8 => dequantized.extend(view.as_slice::<u8>()?.iter().map(|q| (*q as f32 - x0) * scale)),
+            other => bail!("QuantDepthwiseConv: input is {other:?}, not 8-bit"),
+        }
+        let y = self.float.run(&dequantized, None);
+        DEQUANTIZED.with_borrow_mut(|slot| *slot = dequantized);
+        let y = y?;
+        let y = y.try_as_plain_ram()?;
+        let y = y.as_slice::<f32>()?;
+        let mut out = Tensor::zero_dt(self.out_dt, &self.output_shape)?;
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            // Round half to even by the 1.5·2²³ trick (exact below 2²², and anything that large
+            // saturates anyway): `round_ties_even` is a libm call per value on baseline x86-64.
+            const MAGIC: f32 = 12_582_912.0;
+            let quantize = |v: f32| ((v / self.y_scale).clamp(-4e6, 4e6) + MAGIC - MAGIC) + self.y0;
+            match self.out_dt.unquantized() {
+                DatumType::I8 => view.as_slice_mut::<i8>()?.iter_mut().zip(y).for_each(|(o, v)| {
+                    *o = quantize(*v).clamp(i8::MIN as f32, i8::MAX as f32) as i8;
+                }),
+                DatumType::U8 => view.as_slice_mut::<u8>()?.iter_mut().zip(y).for_each(|(o, v)| {
+                    *o = quantize(*v).clamp(0.0, u8::MAX as f32) as u8;
+                }),
+                other => bail!("QuantDepthwiseConv: output type {other:?}"),
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantDepthwise {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.out_dt.fact(&*self.output_shape)))
+    }
+
+    as_op!();
+}
