@@ -12,13 +12,66 @@ use super::ConvShape;
 /// Accumulator values per block of output rows: with its source rows, ~16 KiB of a 48 KiB L1d.
 const L1_BLOCK_FLOATS: usize = 2048;
 
+/// Input values: f32, or 8-bit ones dequantized as they are staged, `(q - zero) · scale`
+/// (int8 depthwise convolutions: no separate dequantization pass over the tensor).
+#[derive(Clone, Copy)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    I8 { q: &'a [i8], zero: f32, scale: f32 },
+    U8 { q: &'a [u8], zero: f32, scale: f32 },
+}
+
+impl<'a> Values<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::I8 { q, .. } => q.len(),
+            Values::U8 { q, .. } => q.len(),
+        }
+    }
+
+    /// The values in `range`.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Values<'a> {
+        match *self {
+            Values::F32(v) => Values::F32(&v[range]),
+            Values::I8 { q, zero, scale } => Values::I8 { q: &q[range], zero, scale },
+            Values::U8 { q, zero, scale } => Values::U8 { q: &q[range], zero, scale },
+        }
+    }
+
+    /// `dst[i]` = value `start + i·step`, for as many as both have.
+    #[inline(always)]
+    fn gather(&self, dst: &mut [f32], start: usize, step: usize) {
+        match *self {
+            // A plain copy for step 1: `step_by` with a run-time step does not vectorize.
+            Values::F32(v) if step == 1 => {
+                let len = dst.len().min(v.len().saturating_sub(start));
+                dst[..len].copy_from_slice(&v[start..start + len]);
+            }
+            Values::F32(v) => dst.iter_mut().zip(v[start..].iter().step_by(step)).for_each(|(d, v)| *d = *v),
+            Values::I8 { q, zero, scale } if step == 1 => {
+                dst.iter_mut().zip(&q[start..]).for_each(|(d, v)| *d = (*v as f32 - zero) * scale)
+            }
+            Values::I8 { q, zero, scale } => {
+                dst.iter_mut().zip(q[start..].iter().step_by(step)).for_each(|(d, v)| *d = (*v as f32 - zero) * scale)
+            }
+            Values::U8 { q, zero, scale } if step == 1 => {
+                dst.iter_mut().zip(&q[start..]).for_each(|(d, v)| *d = (*v as f32 - zero) * scale)
+            }
+            Values::U8 { q, zero, scale } => {
+                dst.iter_mut().zip(q[start..].iter().step_by(step)).for_each(|(d, v)| *d = (*v as f32 - zero) * scale)
+            }
+        }
+    }
+}
+
 /// One channel's convolution: `out` (`oh × ow`) = clamp(`bias` + `residual` + `plane` ⋆
 /// `weights`), with `plane` the `h × w` input and `weights` the `kh × kw` filter.
 #[derive(Clone, Copy)]
 pub struct Channel<'a> {
     pub g: &'a ConvShape,
     pub weights: &'a [f32],
-    pub plane: &'a [f32],
+    pub plane: Values<'a>,
     pub bias: f32,
     pub residual: Option<&'a [f32]>,
     pub clamp: Option<(f32, f32)>,
@@ -88,7 +141,7 @@ fn run_any(c: &Channel, out: &mut [f32], scratch: &mut Scratch) {
         if yp >= hp {
             break;
         }
-        let line = &plane[y * g.w..(y + 1) * g.w];
+        let line = plane.slice(y * g.w..(y + 1) * g.w);
         let (q, row) = (yp % sy, yp / sy);
         for p in 0..sx {
             // This phase's first padded column at or after `left`: index j0, input column x0.
@@ -97,14 +150,7 @@ fn run_any(c: &Channel, out: &mut [f32], scratch: &mut Scratch) {
             if x0 >= g.w || j0 >= wq {
                 continue;
             }
-            let dst = &mut phases[(q * sx + p) * phase_len + row * wq..][j0..wq];
-            if sx == 1 {
-                // A plain copy: `step_by` with a run-time step does not vectorize.
-                let len = dst.len().min(g.w - x0);
-                dst[..len].copy_from_slice(&line[x0..x0 + len]);
-            } else {
-                dst.iter_mut().zip(line[x0..].iter().step_by(sx)).for_each(|(d, v)| *d = *v);
-            }
+            line.gather(&mut phases[(q * sx + p) * phase_len + row * wq..][j0..wq], x0, sx);
         }
     }
     acc.fill(bias);
@@ -214,7 +260,8 @@ mod tests {
             for (with_residual, clamp) in [(false, None), (true, Some((0.0, 0.5))), (false, Some((0.0, 6.0)))] {
                 let mut out = vec![f32::NAN; g.oh * g.ow];
                 let res = with_residual.then_some(residual.as_slice());
-                let c = Channel { g: &g, weights: &weights, plane: &plane, bias: 0.125, residual: res, clamp };
+                let c =
+                    Channel { g: &g, weights: &weights, plane: Values::F32(&plane), bias: 0.125, residual: res, clamp };
                 c.run(&mut out, &mut scratch);
                 for (i, (got, want)) in out.iter().zip(&plain).enumerate() {
                     let want = if with_residual { want + residual[i] } else { *want };

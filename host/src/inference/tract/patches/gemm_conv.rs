@@ -33,6 +33,15 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::ConvShape;
+use super::depthwise::Values;
+
+/// The f32 slice of `values`; `run` lets 8-bit values reach only the depthwise path.
+fn f32_values(values: Values<'_>) -> &[f32] {
+    match values {
+        Values::F32(v) => v,
+        _ => unreachable!("GemmConv::run refuses 8-bit input to a GEMM"),
+    }
+}
 
 /// One convolution's shape, all concrete: the spatial geometry and the output channels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -392,15 +401,17 @@ impl EvalOp for GemmConv {
             Some(r) => Some(r.as_slice().context("GemmConv: residual is not contiguous")?),
             None => None,
         };
-        Ok(tvec!(self.run(input, residual)?.into_tvalue()))
+        Ok(tvec!(self.run(Values::F32(input), residual)?.into_tvalue()))
     }
 }
 
 impl GemmConv {
     /// The convolution of `input` (`c × h × w` values), plus `residual` when the op has one.
-    pub(super) fn run(&self, input: &[f32], residual: Option<&[f32]>) -> TractResult<Tensor> {
+    /// 8-bit input values are taken only by a depthwise convolution (see [`super::qdepthwise`]).
+    pub(super) fn run(&self, input: Values, residual: Option<&[f32]>) -> TractResult<Tensor> {
         let g = &self.geo;
         ensure!(input.len() == g.c * g.h * g.w, "GemmConv: input has {} values, expected {:?}", input.len(), g);
+        ensure!(self.depthwise || matches!(input, Values::F32(_)), "GemmConv: 8-bit input to a GEMM");
         ensure!(residual.is_none_or(|r| r.len() == g.c_out * g.n()), "GemmConv: residual has the wrong size");
         let bias = match &self.bias {
             Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
@@ -421,7 +432,7 @@ impl GemmConv {
                     pool.install(|| self.split(input, &epilogue, &dst, threads));
                 }
                 _ if self.depthwise => self.depthwise(input, &epilogue, &dst, 0..g.c),
-                _ => self.band(input, &epilogue, &dst, 0..g.oh, 0..g.c_out),
+                _ => self.band(f32_values(input), &epilogue, &dst, 0..g.oh, 0..g.c_out),
             }
         }
         Ok(output)
@@ -449,13 +460,16 @@ unsafe impl Sync for Dst {}
 impl GemmConv {
     /// Splits the convolution over `threads`: by bands of output rows (each thread gathers its
     /// own im2col columns) when there are enough columns, else by output channels.
-    fn split(&self, input: &[f32], epilogue: &Epilogue, dst: &Dst, threads: usize) {
+    fn split(&self, input: Values, epilogue: &Epilogue, dst: &Dst, threads: usize) {
         use rayon::prelude::*;
         let g = &self.geo;
         let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
         if self.depthwise {
             (0..threads).into_par_iter().for_each(|i| self.depthwise(input, epilogue, dst, chunk(g.c, i)));
-        } else if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
+            return;
+        }
+        let input = f32_values(input);
+        if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
             (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, chunk(g.oh, i), 0..g.c_out));
         } else {
             (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, 0..g.oh, chunk(g.c_out, i)));
@@ -463,7 +477,7 @@ impl GemmConv {
     }
 
     /// The depthwise convolution of `channels`, on this thread.
-    fn depthwise(&self, input: &[f32], epilogue: &Epilogue, dst: &Dst, channels: std::ops::Range<usize>) {
+    fn depthwise(&self, input: Values, epilogue: &Epilogue, dst: &Dst, channels: std::ops::Range<usize>) {
         let g = &self.geo;
         let (plane, taps, n) = (g.h * g.w, g.kh * g.kw, g.n());
         let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
@@ -476,7 +490,7 @@ impl GemmConv {
                 let channel = super::depthwise::Channel {
                     g,
                     weights: &weights[ch * taps..][..taps],
-                    plane: &input[ch * plane..][..plane],
+                    plane: input.slice(ch * plane..(ch + 1) * plane),
                     bias: epilogue.bias.map_or(0.0, |b| b[ch]),
                     residual: epilogue.residual.map(|r| &r[ch * n..][..n]),
                     clamp: epilogue.clamp,

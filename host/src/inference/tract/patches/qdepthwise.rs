@@ -4,9 +4,10 @@
 //! channel) to one m = 1 int8 matrix product per channel: a seeded MobileNetV2's int8 graph
 //! ran 39× slower than its fp32 graph (626 vs 16 ms per image, one thread), nearly all of it in
 //! those products. A depthwise convolution does 9 multiply-adds per output value and is
-//! bound by memory, not arithmetic, so int8 kernels would buy little there: this op
-//! dequantizes the input, runs [`super::depthwise`] on weights and bias dequantized once at
-//! load, and requantizes the output (round half to even, as onnxruntime does, then saturate).
+//! bound by memory, not arithmetic, so int8 kernels would buy little there: this op runs
+//! [`super::depthwise`] on weights and bias dequantized once at load, dequantizing the input as
+//! the kernel stages each channel, and requantizes the output (round half to even, as
+//! onnxruntime does, then saturate).
 //! The graph's other quantized convolutions keep tract's int8 kernels.
 
 use tract_onnx::prelude::*;
@@ -15,6 +16,7 @@ use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::ConvShape;
+use super::depthwise::Values;
 use super::gemm_conv::{GemmConv, float_depthwise};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,11 +118,6 @@ fn as_f32(t: &Tensor) -> Option<Vec<f32>> {
     }
 }
 
-thread_local! {
-    /// The dequantized input, reused across calls on this thread.
-    static DEQUANTIZED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl Op for QuantDepthwise {
     fn name(&self) -> StaticName {
         "QuantDepthwiseConv".into()
@@ -143,36 +140,34 @@ impl EvalOp for QuantDepthwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let (x0, scale) = (self.x0, self.x_scale);
+        let (zero, scale) = (self.x0, self.x_scale);
         let view = x.try_as_plain_ram()?;
-        // Into a buffer kept per thread: a fresh multi-megabyte one would fault its pages in on
-        // every call. Taken out of the thread-local while the convolution runs: a task this
-        // thread picks up meanwhile (rayon steals) may be another such op.
-        let mut dequantized = DEQUANTIZED.with_borrow_mut(std::mem::take);
-        dequantized.clear();
-        match x.datum_type().unquantized() {
-            DatumType::I8 => dequantized.extend(view.as_slice::<i8>()?.iter().map(|q| (*q as f32 - x0) * scale)),
-            DatumType::U8 => dequantized.extend(view.as_slice::<u8>()?.iter().map(|q| (*q as f32 - x0) * scale)),
+        // Dequantized as the kernel stages each channel: no float copy of the whole input.
+        let values = match x.datum_type().unquantized() {
+            DatumType::I8 => Values::I8 { q: view.as_slice::<i8>()?, zero, scale },
+            DatumType::U8 => Values::U8 { q: view.as_slice::<u8>()?, zero, scale },
             other => bail!("QuantDepthwiseConv: input is {other:?}, not 8-bit"),
-        }
-        let y = self.float.run(&dequantized, None);
-        DEQUANTIZED.with_borrow_mut(|slot| *slot = dequantized);
-        let y = y?;
+        };
+        let y = self.float.run(values, None)?;
         let y = y.try_as_plain_ram()?;
         let y = y.as_slice::<f32>()?;
         let mut out = Tensor::zero_dt(self.out_dt, &self.output_shape)?;
         {
             let mut view = out.try_as_plain_ram_mut()?;
-            // Round half to even by the 1.5·2²³ trick (exact below 2²², and anything that large
-            // saturates anyway): `round_ties_even` is a libm call per value on baseline x86-64.
+            // Round half to even by the 1.5·2²³ trick: after adding it, the low mantissa bits
+            // are the rounded integer (exact below 2²², and anything that large saturates).
+            // Integer arithmetic from there vectorizes on baseline x86-64, where
+            // `round_ties_even` is a libm call and a saturating `as` cast is scalar.
             const MAGIC: f32 = 12_582_912.0;
-            let quantize = |v: f32| ((v / self.y_scale).clamp(-4e6, 4e6) + MAGIC - MAGIC) + self.y0;
+            let (scale, zero) = (self.y_scale, self.y0 as i32);
+            let quantize =
+                |v: f32| ((v / scale).clamp(-4e6, 4e6) + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32 + zero;
             match self.out_dt.unquantized() {
                 DatumType::I8 => view.as_slice_mut::<i8>()?.iter_mut().zip(y).for_each(|(o, v)| {
-                    *o = quantize(*v).clamp(i8::MIN as f32, i8::MAX as f32) as i8;
+                    *o = quantize(*v).clamp(i8::MIN as i32, i8::MAX as i32) as i8;
                 }),
                 DatumType::U8 => view.as_slice_mut::<u8>()?.iter_mut().zip(y).for_each(|(o, v)| {
-                    *o = quantize(*v).clamp(0.0, u8::MAX as f32) as u8;
+                    *o = quantize(*v).clamp(0, u8::MAX as i32) as u8;
                 }),
                 other => bail!("QuantDepthwiseConv: output type {other:?}"),
             }
