@@ -181,10 +181,9 @@ fn main() {
     // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
     let mut profiles = Vec::new();
     let mut rss = Vec::new();
-    // `BENCH_MODELS=mobilenetv2,resnet50` runs only those. MobileNetV2 has no int8 graph: its
-    // depthwise convolutions have no int8 kernel of ours, and tract's are slower than fp32.
+    // `BENCH_MODELS=mobilenetv2,resnet50` runs only those.
     let only = std::env::var("BENCH_MODELS").unwrap_or_default();
-    let archs = [("resnet18", 3.64, true), ("resnet50", 8.21, true), ("mobilenetv2", 0.60, false)];
+    let archs = [("resnet18", 3.64, true), ("resnet50", 8.21, true), ("mobilenetv2", 0.60, true)];
     for (arch, gflop, with_int8) in
         archs.into_iter().filter(|(a, _, _)| only.is_empty() || only.split(',').any(|o| o == *a))
     {
