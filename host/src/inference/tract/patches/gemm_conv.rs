@@ -28,9 +28,7 @@ use tract_linalg::multithread::{Executor, current_tract_executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::ConvShape;
 use super::depthwise::Values;
@@ -102,27 +100,16 @@ impl Eq for GemmConv {}
 
 /// `Some(op)` for a convolution this op handles (see the module doc), else `None`.
 pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<GemmConv>> {
-    let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
-    if conv.q_params.is_some()
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        || conv.pool_spec.kernel_shape.len() != 2
-        || node.inputs.len() != 3
-    {
+    let Some((conv, input, [c_in, h, w])) = super::batch1_conv(model, node, 3)? else { return Ok(None) };
+    if conv.q_params.is_some() {
         return Ok(None);
     }
-    let input = model.outlet_fact(node.inputs[0])?;
     let (Some(kernel), Some(bias)) =
         (model.outlet_fact(node.inputs[1])?.konst.clone(), model.outlet_fact(node.inputs[2])?.konst.clone())
     else {
         return Ok(None);
     };
-    let (n, c_in, h, w) = match input.shape.as_concrete() {
-        Some(&[n, c, h, w]) if conv.pool_spec.data_format == DataFormat::NCHW => (n, c, h, w),
-        Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => (1, c, h, w),
-        _ => return Ok(None),
-    };
-    if n != 1 || input.datum_type != f32::datum_type() || !is_plain_f32(&kernel) {
+    if input.datum_type != f32::datum_type() || !is_plain_f32(&kernel) {
         return Ok(None);
     }
     let [c_out, kc, kh, kw] = *kernel.shape() else { return Ok(None) };

@@ -17,6 +17,8 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
+use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 mod depthwise;
 mod fold;
@@ -65,6 +67,31 @@ pub fn apply(model: &mut TypedModel) -> TractResult<()> {
 /// over-read (see `tract/amx.rs`).
 pub fn has_amx_slack(node: &TypedNode) -> bool {
     node.op_is::<im2col::Im2ColI8K4>()
+}
+
+/// For a 2-D OIHW convolution on an NCHW (or CHW) input of batch 1 with concrete shape, with
+/// `inputs` inputs, both our float and int8 replacements' starting point: the op, its input's
+/// fact and the input's `(c, h, w)`.
+pub fn batch1_conv<'a>(
+    model: &'a TypedModel,
+    node: &'a TypedNode,
+    inputs: usize,
+) -> TractResult<Option<(&'a Conv, &'a TypedFact, [usize; 3])>> {
+    let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
+    if conv.kernel_fmt != KernelFormat::OIHW
+        || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
+        || conv.pool_spec.kernel_shape.len() != 2
+        || node.inputs.len() != inputs
+    {
+        return Ok(None);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let chw = match input.shape.as_concrete() {
+        Some(&[1, c, h, w]) if conv.pool_spec.data_format == DataFormat::NCHW => [c, h, w],
+        Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => [c, h, w],
+        _ => return Ok(None),
+    };
+    Ok(Some((conv, input, chw)))
 }
 
 /// A 2-D convolution's spatial geometry, all concrete: what both of our im2col gathers (int8

@@ -12,8 +12,6 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::conv::{Conv, KernelFormat};
-use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::ConvShape;
 use super::depthwise::Values;
@@ -39,31 +37,20 @@ impl Eq for QuantDepthwise {}
 /// `Some(op)` for an int8/uint8 depthwise convolution with constant weights and quantization
 /// parameters (per-tensor or per-channel weight scales), batch 1, NCHW/CHW.
 pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<QuantDepthwise>> {
-    let Some(conv) = node.op_as::<Conv>() else { return Ok(None) };
-    if conv.q_params.is_none()
-        || conv.kernel_fmt != KernelFormat::OIHW
-        || !matches!(conv.pool_spec.data_format, DataFormat::NCHW | DataFormat::CHW)
-        || conv.pool_spec.kernel_shape.len() != 2
-        || node.inputs.len() != 9
-    {
+    let Some((conv, input, [c, h, w])) = super::batch1_conv(model, node, 9)? else { return Ok(None) };
+    if conv.q_params.is_none() {
         return Ok(None);
     }
-    let input = model.outlet_fact(node.inputs[0])?;
     let Some(consts) =
         node.inputs[1..].iter().map(|i| model.outlet_fact(*i).ok()?.konst.clone()).collect::<Option<Vec<_>>>()
     else {
         return Ok(None);
     };
     let [kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale] = &consts[..] else { return Ok(None) };
-    let (n, c, h, w) = match input.shape.as_concrete() {
-        Some(&[n, c, h, w]) if conv.pool_spec.data_format == DataFormat::NCHW => (n, c, h, w),
-        Some(&[c, h, w]) if conv.pool_spec.data_format == DataFormat::CHW => (1, c, h, w),
-        _ => return Ok(None),
-    };
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let Some(output_shape) = out_fact.shape.as_concrete().map(TVec::from) else { return Ok(None) };
     let is_8bit = |dt: DatumType| matches!(dt.unquantized(), DatumType::I8 | DatumType::U8);
-    if n != 1 || !is_8bit(input.datum_type) || !is_8bit(out_fact.datum_type) || !is_8bit(kernel.datum_type()) {
+    if !is_8bit(input.datum_type) || !is_8bit(out_fact.datum_type) || !is_8bit(kernel.datum_type()) {
         return Ok(None);
     }
     let &[c_out, 1, kh, kw] = kernel.shape() else { return Ok(None) };
