@@ -210,10 +210,8 @@ mod tests {
             for ox in 0..g.ow {
                 for ki in 0..g.kh {
                     for kj in 0..g.kw {
-                        let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad_before[0] as isize;
-                        let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad_before[1] as isize;
-                        if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
-                            out[oy * g.ow + ox] += weights[ki * g.kw + kj] * plane[y as usize * g.w + x as usize];
+                        if let Some((y, x)) = g.input_at(oy, ox, ki, kj) {
+                            out[oy * g.ow + ox] += weights[ki * g.kw + kj] * plane[y * g.w + x];
                         }
                     }
                 }

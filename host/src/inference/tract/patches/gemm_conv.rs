@@ -639,10 +639,8 @@ mod tests {
                     for c in 0..g.c {
                         for ki in 0..g.kh {
                             for kj in 0..g.kw {
-                                let y = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad_before[0] as isize;
-                                let x = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad_before[1] as isize;
-                                if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
-                                    acc += image[(c * g.h + y as usize) * g.w + x as usize]
+                                if let Some((y, x)) = g.input_at(oy, ox, ki, kj) {
+                                    acc += image[(c * g.h + y) * g.w + x]
                                         * weights[((co * g.c + c) * g.kh + ki) * g.kw + kj];
                                 }
                             }

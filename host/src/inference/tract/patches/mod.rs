@@ -136,6 +136,15 @@ impl ConvShape {
     pub fn n(&self) -> usize {
         self.oh * self.ow
     }
+
+    /// The input pixel `(y, x)` under kernel tap `(ki, kj)` of output `(oy, ox)`, or `None` in
+    /// the padding: what the tests' direct reference convolutions read.
+    #[cfg(test)]
+    pub fn input_at(&self, oy: usize, ox: usize, ki: usize, kj: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride[0] + ki * self.dilation[0]).checked_sub(self.pad_before[0])?;
+        let x = (ox * self.stride[1] + kj * self.dilation[1]).checked_sub(self.pad_before[1])?;
+        (y < self.h && x < self.w).then_some((y, x))
+    }
 }
 
 /// Puts `replacement(node)` in place of every node it answers for (same inputs and outputs).
