@@ -1,13 +1,14 @@
-//! fp32 convolutions on a cache-blocked GEMM (the `gemm` crate) instead of tract's kernels.
+//! fp32 convolutions on cache-blocked GEMMs instead of tract's kernels.
 //!
 //! tract 0.23.9 runs a float convolution as its packing ops plus `OptMatMul`, whose kernels
 //! (`avx512_mmm_f32_32x12`, ...) stream the whole depth K for every output tile with no cache
 //! blocking: on ResNet-50 the matrix products ran at ~70 GFLOP/s on one core of this Xeon where
-//! sgemm reaches ~175 (docs/PERFORMANCE.md). The `gemm` crate blocks K, M and N for the caches
-//! and has AVX-512 kernels (`x86-v4`), so this op does the convolution as im2col + one GEMM:
+//! sgemm reaches ~175 (docs/PERFORMANCE.md). This op does the convolution as one GEMM,
 //! `out[c_out × (h·w)] = W[c_out × K] · cols[K × (h·w)] + bias`, K = c_in·kh·kw, with the ONNX
-//! kernel (OIHW) already the row-major W. A 1×1, stride-1, unpadded convolution multiplies the
-//! input itself (C × H·W is already `cols`).
+//! kernel (OIHW) already the row-major W: on CPUs with AVX-512 on our packed kernels
+//! ([`super::sgemm`]: weights packed at load, columns gathered straight from the image), else
+//! on the `gemm` crate after an im2col pass. A 1×1, stride-1, unpadded convolution multiplies
+//! the input itself (C × H·W is already `cols`).
 //!
 //! Scope: 2-D NCHW (or CHW, as tract makes batch-1 graphs), float32, one group, constant kernel and bias, batch 1 (what Tessera's
 //! plans are made for), and the `EinSum` tract's declutter makes of a 1×1 convolution.
@@ -60,11 +61,6 @@ impl Geometry {
     fn k(&self) -> usize {
         self.c * self.kh * self.kw
     }
-
-    /// Whether the input is already the `cols` matrix.
-    fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad_before == [0, 0] && self.oh == self.h
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,8 +69,8 @@ pub struct GemmConv {
     /// A depthwise convolution (group = channels, one filter each: `weights` is `c × kh·kw`),
     /// run by [`super::depthwise`]'s direct kernel instead of a GEMM.
     depthwise: bool,
-    /// `c_out × K` values, row-major (the OIHW kernel, or the 1×1 convolution's `O × I`).
-    weights: Arc<Tensor>,
+    /// `c_out × K` values (the OIHW kernel, or the 1×1 convolution's `O × I`).
+    weights: Weights,
     /// `c_out` values, or none.
     bias: Option<Arc<Tensor>>,
     /// Whether the second input (same layout as the output) is added: a fused residual.
@@ -83,6 +79,40 @@ pub struct GemmConv {
     clamp: Option<(f32, f32)>,
     /// The replaced node's output shape (`c_out × h_out × w_out`, with or without batch axes).
     output_shape: TVec<usize>,
+}
+
+/// A convolution's weights, as the kernel that runs it reads them.
+#[derive(Debug, Clone, PartialEq)]
+enum Weights {
+    /// Row-major `c_out × K` (the depthwise kernel's `c × kh·kw`): the `gemm` crate's operand,
+    /// shared with the model's constant.
+    Plain(Arc<Tensor>),
+    /// Packed once for [`super::sgemm`]'s AVX-512 kernels (the plain copy is not kept).
+    #[cfg(target_arch = "x86_64")]
+    Packed(Arc<super::sgemm::PackedWeights>),
+}
+
+impl Weights {
+    /// The weights of a GEMM convolution (`kernel`: `m × k`, checked f32): packed for our
+    /// kernels when this CPU has AVX-512, else plain for the `gemm` crate.
+    fn for_gemm(kernel: Arc<Tensor>, m: usize, k: usize) -> Weights {
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() {
+            let plain = f32s(&kernel).expect("checked f32 weights");
+            return Weights::Packed(Arc::new(super::sgemm::PackedWeights::new(plain, m, k)));
+        }
+        let _ = (m, k);
+        Weights::Plain(kernel)
+    }
+
+    /// The plain values, if these are not packed.
+    fn plain(&self) -> Option<&[f32]> {
+        match self {
+            Weights::Plain(t) => f32s(t),
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed(_) => None,
+        }
+    }
 }
 
 impl PartialEq for GemmConv {
@@ -134,8 +164,8 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<G
     };
     let Some(output_shape) = output_shape(model, node, c_out * geo.n()) else { return Ok(None) };
     // The OIHW kernel is already the row-major `c_out × K` matrix: share the constant's own
-    // tensor rather than copy it (one copy of the weights per loaded version).
-    let weights = kernel;
+    // tensor rather than copy it, or pack it (one copy of the weights per loaded version).
+    let weights = if depthwise { Weights::Plain(kernel) } else { Weights::for_gemm(kernel, c_out, geo.k()) };
     Ok(Some(GemmConv { geo, depthwise, weights, bias, residual: false, clamp: None, output_shape }))
 }
 
@@ -151,7 +181,7 @@ pub(super) fn float_depthwise(
     GemmConv {
         geo: Geometry { conv, c_out },
         depthwise: true,
-        weights,
+        weights: Weights::Plain(weights),
         bias: Some(bias),
         residual: false,
         clamp: None,
@@ -222,9 +252,9 @@ pub fn pointwise_replacement(model: &TypedModel, node: &TypedNode) -> TractResul
     };
     let geo = Geometry { conv, c_out: o_len };
     Ok(Some(GemmConv {
+        weights: Weights::for_gemm(kernel, o_len, i_len),
         geo,
         depthwise: false,
-        weights: kernel,
         bias: None,
         residual: false,
         clamp: None,
@@ -340,6 +370,9 @@ thread_local! {
     /// The im2col matrix, reused by every convolution run on this thread (sized for the
     /// largest): allocating it per call would fault its pages in every time.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// [`super::sgemm`]'s column panel.
+    #[cfg(target_arch = "x86_64")]
+    static SGEMM: RefCell<super::sgemm::Scratch> = RefCell::new(Default::default());
 }
 
 impl Op for GemmConv {
@@ -426,11 +459,14 @@ impl GemmConv {
     }
 }
 
-/// What each output band starts from and ends with, around the GEMM.
-struct Epilogue<'a> {
-    bias: Option<&'a [f32]>,
-    residual: Option<&'a [f32]>,
-    clamp: Option<(f32, f32)>,
+/// What each output band starts from and ends with, around the GEMM:
+/// `clamp(bias + residual + W · cols)`.
+pub(super) struct Epilogue<'a> {
+    /// One value per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// The output's layout, `c_out × n`.
+    pub residual: Option<&'a [f32]>,
+    pub clamp: Option<(f32, f32)>,
 }
 
 /// The output buffer, shared by the threads that each write their own band of it.
@@ -451,6 +487,11 @@ impl GemmConv {
         use rayon::prelude::*;
         let g = &self.geo;
         let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
+        // Channel bands start on a kernel panel boundary (whole panels of packed weights).
+        let panels = |i: usize| {
+            let bound = |i: usize| (g.c_out.div_ceil(PANEL_ROWS) * i / threads * PANEL_ROWS).min(g.c_out);
+            bound(i)..bound(i + 1)
+        };
         if self.depthwise {
             (0..threads).into_par_iter().for_each(|i| self.depthwise(input, epilogue, dst, chunk(g.c, i)));
             return;
@@ -459,7 +500,7 @@ impl GemmConv {
         if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
             (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, chunk(g.oh, i), 0..g.c_out));
         } else {
-            (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, 0..g.oh, chunk(g.c_out, i)));
+            (0..threads).into_par_iter().for_each(|i| self.band(input, epilogue, dst, 0..g.oh, panels(i)));
         }
     }
 
@@ -467,7 +508,7 @@ impl GemmConv {
     fn depthwise(&self, input: Values, epilogue: &Epilogue, dst: &Dst, channels: std::ops::Range<usize>) {
         let g = &self.geo;
         let (plane, taps, n) = (g.h * g.w, g.kh * g.kw, g.n());
-        let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
+        let weights = self.weights.plain().expect("depthwise weights are plain f32");
         assert!(weights.len() == g.c * taps && dst.len == g.c * n && channels.end <= g.c);
         DEPTHWISE.with_borrow_mut(|scratch| {
             for ch in channels {
@@ -505,7 +546,20 @@ impl GemmConv {
         if width == 0 || channels.is_empty() {
             return;
         }
-        let weights = self.weights.try_as_plain_ram().and_then(|w| w.as_slice::<f32>()).expect("f32 weights");
+        #[cfg(target_arch = "x86_64")]
+        if let Weights::Packed(packed) = &self.weights {
+            assert!(packed.m() == g.c_out && packed.k() == k && dst.len == g.c_out * n && channels.end <= g.c_out);
+            SGEMM.with_borrow_mut(|scratch| {
+                // SAFETY: `dst` holds c_out × n values (asserted above), of which only this
+                // thread writes these channels in these columns (see `split`); packed weights
+                // exist only where `sgemm::available()`.
+                unsafe {
+                    super::sgemm::conv(g, packed, input, epilogue, dst.ptr, (channels, c0..c0 + width), scratch);
+                }
+            });
+            return;
+        }
+        let weights = self.weights.plain().expect("plain or packed weights");
         assert!(weights.len() == g.c_out * k && dst.len == g.c_out * n && channels.end <= g.c_out);
         // This band's output: `width` values from `c0` in each of `channels`.
         // SAFETY: inside `dst` (asserted above) and written by no other thread (see `split`);
@@ -571,6 +625,12 @@ impl GemmConv {
         }
     }
 }
+
+/// Rows of a packed weight panel (8 for the `gemm` crate too: it does not care).
+#[cfg(target_arch = "x86_64")]
+const PANEL_ROWS: usize = super::sgemm::MR;
+#[cfg(not(target_arch = "x86_64"))]
+const PANEL_ROWS: usize = 8;
 
 /// Below this many output columns per thread, threads split the output channels instead (a
 /// narrow GEMM wastes the microkernel's width).
@@ -668,6 +728,9 @@ mod tests {
             // Wide enough that 3 threads split it by bands of output rows.
             (3, 20, 40, 5, [3, 3], [1, 1], [1, 1], [1, 1]),
             (7, 24, 30, 6, [1, 1], [1, 1], [1, 1], [0, 0]),
+            // Deep enough for several K-blocks, with a part panel of rows and of columns.
+            (40, 9, 9, 20, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (64, 7, 7, 16, [3, 3], [1, 1], [1, 1], [1, 1]),
         ];
         let three_threads = Executor::multithread(3);
         for (c_in, h, w, c_out, [kh, kw], stride, dilation, pad) in cases {
@@ -691,10 +754,11 @@ mod tests {
             let weights: Vec<f32> = (0..c_out * geo.k()).map(|i| value(i * 31 + 5)).collect();
             let bias: Vec<f32> = (0..c_out).map(|i| value(i + 100)).collect();
             let residual: Vec<f32> = (0..c_out * geo.n()).map(|i| value(i * 13 + 7)).collect();
+            let kernel = tensor1(&weights).into_shape(&[c_out, geo.k()]).unwrap().into_arc_tensor();
             let mut op = GemmConv {
                 geo: geo.clone(),
                 depthwise: false,
-                weights: tensor1(&weights).into_shape(&[c_out, geo.k()]).unwrap().into_arc_tensor(),
+                weights: Weights::Plain(kernel.clone()),
                 bias: Some(tensor1(&bias).into_arc_tensor()),
                 residual: false,
                 clamp: None,
@@ -706,7 +770,11 @@ mod tests {
             // Plain, then with the epilogues fusion gives it: a residual, a ReLU6-like clamp.
             let epilogues =
                 [(false, None), (true, None), (true, Some((0.0, 0.25))), (false, Some((-0.1, f32::INFINITY)))];
-            for (with_residual, clamp) in epilogues {
+            // On the `gemm` crate, then on the packed AVX-512 kernels where this CPU has them.
+            let packed = Weights::for_gemm(kernel.clone(), c_out, geo.k());
+            let variants = [(Weights::Plain(kernel.clone()), epilogues), (packed, epilogues)];
+            for (weights, (with_residual, clamp)) in variants.into_iter().flat_map(|(w, e)| e.map(|e| (w.clone(), e))) {
+                op.weights = weights;
                 op.residual = with_residual;
                 op.clamp = clamp;
                 let inputs =

@@ -9,8 +9,9 @@
 //!   after the last panel for the AMX kernels' over-read.
 //! - `quantize`: a vectorizable f32 -> int8 quantization.
 //! - `gemm_conv` (before tract's optimizer, [`before_optimize`]): fp32 convolutions, 1×1 ones
-//!   included, on the cache-blocked `gemm` crate instead of tract's kernels (close, not
-//!   byte-identical: another summation order; held to onnxruntime by the parity test), and
+//!   included, on our packed AVX-512 GEMM (`sgemm`; the `gemm` crate on other CPUs) instead
+//!   of tract's kernels (close, not byte-identical: another summation order; held to
+//!   onnxruntime by the parity test), and
 //!   depthwise ones on a direct kernel (`depthwise`); both with the bias, residual add and
 //!   ReLU/ReLU6 that follow them fused in. `qdepthwise`: int8 depthwise convolutions on that
 //!   kernel in float (dequantize, convolve, requantize) instead of tract's m = 1 products.
@@ -26,6 +27,8 @@ mod gemm_conv;
 mod im2col;
 mod qdepthwise;
 mod quantize;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 /// Rewrites the decluttered `model` before tract optimizes it.
 pub fn before_optimize(model: &mut TypedModel) -> TractResult<()> {
@@ -130,6 +133,16 @@ impl ConvShape {
             oh: padding[0].convoluted,
             ow: padding[1].convoluted,
         })
+    }
+
+    /// Whether the input is already the im2col matrix (`c × n`): a 1×1, stride-1, unpadded
+    /// convolution.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad_before == [0, 0]
+            && (self.oh, self.ow) == (self.h, self.w)
     }
 
     /// Output positions: the matrix product's width.
