@@ -9,9 +9,9 @@
 //! at session load. Here:
 //! - weights are packed at load into `MR`-row panels, K-block by K-block (`KC`), so the
 //!   kernel reads one contiguous stream of them;
-//! - for each `NR`-column panel of the output and each K-block, the image values under the
-//!   kernel taps are gathered into one `KC × NR` panel (it stays in L1) and every `MR`-row
-//!   panel of weights is multiplied by it (weights stream from L2/L3);
+//! - for each block of `NC` output columns and each K-block, the image values under the kernel
+//!   taps are gathered into `KC × NR` panels (the block stays in L2), and each panel, in L1,
+//!   is multiplied by every `MR`-row panel of weights (which stream from L2/L3);
 //! - the kernel keeps an `MR × NR` tile of the output in 24 registers (broadcast one weight,
 //!   multiply-add it with three 16-wide vectors of columns), starts it from bias + residual on
 //!   the first K-block, and clamps it on the last before its only store of the final values.
@@ -32,10 +32,10 @@ pub const MR: usize = 8;
 const LANES: usize = 16;
 /// Output columns per kernel tile: three vectors (24 accumulators with `MR` = 8).
 const NR: usize = 3 * LANES;
-/// Columns per block gathered at once: 14 panels, ≤ 516 KiB at `KC` deep, in the 2 MiB L2
-/// while every weight panel passes over them (weights stream once per block).
+/// Columns per block gathered at once: 14 panels, ≤ 336 KiB at `KC` deep, in the 2 MiB L2
+/// (weights stream once per block of columns).
 const NC: usize = 14 * NR;
-/// Depth of a K-block: its `KC × NR` column panel (≤ 36 KiB) stays in the 48 KiB L1d while
+/// Depth of a K-block: its `KC × NR` column panel (≤ 24 KiB) stays in the 48 KiB L1d while
 /// every weight panel passes over it.
 const KC: usize = 128;
 
@@ -126,13 +126,13 @@ pub unsafe fn conv(
     assert!(epilogue.residual.is_none_or(|r| r.len() == weights.m * n));
     scratch.panel.resize(KC * NC, 0.0);
     let block = &mut scratch.panel;
+    let pointwise = g.is_pointwise();
     for c0 in cols.clone().step_by(NC) {
         let width = NC.min(cols.end - c0);
         for ks in k_blocks(k) {
             // Gather this block of columns into `NR`-wide panels, each `ks.len() × NR`; a
             // pointwise convolution's input is already the matrix, read in place.
             let panel_len = ks.len() * NR;
-            let pointwise = g.is_pointwise();
             if !pointwise {
                 for (p, panel) in block.chunks_exact_mut(panel_len).take(width.div_ceil(NR)).enumerate() {
                     let (j0, width) = (c0 + p * NR, NR.min(width - p * NR));
