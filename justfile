@@ -38,6 +38,8 @@ test: build
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
     cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen
+    # Our patched jpeg-decoder (third_party/, not a workspace member) against upstream's decoder.
+    cargo test --release --manifest-path third_party/jpeg-decoder/Cargo.toml --no-default-features --target-dir target --lib
 
 # Seeded torchvision-architecture ResNet-18/50 graphs for benchmarks (not committed; see
 # models/tools/make_resnet.py). They land in build/models/<arch>/1/model.onnx.
