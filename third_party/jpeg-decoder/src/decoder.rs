@@ -1129,25 +1129,27 @@ fn decode_block<R: Read>(
     // The common case, a coefficient whose code and value fit the AC lookup table, runs on the
     // bit buffer held in locals: the state goes back to `huffman` only around a refill or the
     // general path, so the serial chain of table lookups does not round-trip through memory.
-    let end = spectral_selection.end;
+    // Word-sized locals: in WASM every u8 result would be masked back to 8 bits.
+    let end = spectral_selection.end as usize;
+    let mut index = index as usize;
     if index >= end {
         return Ok(());
     }
     let table = ac_table.unwrap();
     let ac_lut = table.ac_lut.as_ref();
     let mut bits = huffman.bits;
-    let mut num_bits = huffman.num_bits;
+    let mut num_bits = huffman.num_bits as u32;
     'block: while index < end {
         if let Some(ac_lut) = ac_lut {
             // Up to four table steps per refill check (and, in WASM, per loop back-edge with its
             // interruption check): each consumes at most LUT_BITS bits and a refill leaves at
             // least 57 in the buffer.
-            if num_bits < 4 * LUT_BITS {
+            if num_bits < 4 * LUT_BITS as u32 {
                 huffman.bits = bits;
-                huffman.num_bits = num_bits;
+                huffman.num_bits = num_bits as u8;
                 huffman.read_bits(reader)?;
                 bits = huffman.bits;
-                num_bits = huffman.num_bits;
+                num_bits = huffman.num_bits as u32;
             }
             let mut general = false;
             for _ in 0..4 {
@@ -1158,21 +1160,21 @@ fn decode_block<R: Read>(
                     let (symbol, size) = table.lut[peek];
                     if symbol == 0x00 && size != 0 {
                         bits <<= size;
-                        num_bits -= size;
+                        num_bits -= size as u32;
                         *eob_run = 0;
                         break 'block;
                     }
                     general = true;
                     break;
                 }
-                let size = run_size & 0x0f;
+                let size = (run_size & 0x0f) as u32;
                 bits <<= size;
                 num_bits -= size;
-                index += run_size >> 4;
+                index += (run_size >> 4) as usize;
                 if index >= end {
                     break 'block;
                 }
-                coefficients[UNZIGZAG[index as usize] as usize] = value << successive_approximation_low;
+                coefficients[UNZIGZAG[index] as usize] = value << successive_approximation_low;
                 index += 1;
                 if index >= end {
                     break 'block;
@@ -1183,7 +1185,7 @@ fn decode_block<R: Read>(
             }
         }
         huffman.bits = bits;
-        huffman.num_bits = num_bits;
+        huffman.num_bits = num_bits as u8;
         let byte = huffman.decode(reader, table)?;
         let r = byte >> 4;
         let s = byte & 0x0f;
@@ -1202,21 +1204,21 @@ fn decode_block<R: Read>(
                 }
             }
         } else {
-            index += r;
+            index += r as usize;
 
             if index >= end {
                 return Ok(());
             }
 
-            coefficients[UNZIGZAG[index as usize] as usize] =
+            coefficients[UNZIGZAG[index] as usize] =
                 huffman.receive_extend(reader, s)? << successive_approximation_low;
             index += 1;
         }
         bits = huffman.bits;
-        num_bits = huffman.num_bits;
+        num_bits = huffman.num_bits as u32;
     }
     huffman.bits = bits;
-    huffman.num_bits = num_bits;
+    huffman.num_bits = num_bits as u8;
 
     Ok(())
 }

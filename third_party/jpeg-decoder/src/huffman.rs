@@ -129,7 +129,7 @@ impl HuffmanDecoder {
         // would be a store and a reload, since `reader` might alias it as far as the compiler
         // knows (the same goes for `self.marker`, hence one check before the loop).
         let mut bits = self.bits;
-        let mut num_bits = self.num_bits;
+        let mut num_bits = self.num_bits as u32;
         if self.marker.is_none() {
             while num_bits <= 56 {
                 let byte = match read_u8(reader) {
@@ -137,7 +137,7 @@ impl HuffmanDecoder {
                     Err(e) => {
                         // What was read before the end of the data stays, as upstream's did.
                         self.bits = bits;
-                        self.num_bits = num_bits;
+                        self.num_bits = num_bits as u8;
                         return Err(e.into());
                     }
                 };
@@ -176,7 +176,7 @@ impl HuffmanDecoder {
         }
 
         self.bits = bits;
-        self.num_bits = num_bits;
+        self.num_bits = num_bits as u8;
         Ok(())
     }
 }
