@@ -745,6 +745,13 @@ mod tests {
             // Deep enough for several K-blocks, with a part panel of rows and of columns.
             (40, 9, 9, 20, [3, 3], [1, 1], [1, 1], [1, 1]),
             (64, 7, 7, 16, [3, 3], [1, 1], [1, 1], [1, 1]),
+            // A last column panel of 1-4 columns (the narrow kernel, after the panel before
+            // it): n = 49 pointwise, 50, 51 pointwise, 100; and an output of 4 columns only.
+            (9, 7, 7, 20, [1, 1], [1, 1], [1, 1], [0, 0]),
+            (3, 5, 10, 4, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (2, 3, 17, 3, [1, 1], [1, 1], [1, 1], [0, 0]),
+            (6, 10, 10, 9, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (4, 3, 3, 5, [3, 3], [2, 2], [1, 1], [1, 1]),
         ];
         let three_threads = Executor::multithread(3);
         for (c_in, h, w, c_out, [kh, kw], stride, dilation, pad) in cases {
