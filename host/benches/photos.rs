@@ -20,7 +20,7 @@ use tessera::Config;
 use tessera::runtime::{Runtime, SpecView};
 
 /// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const BLOCK: usize = 5;
 
 fn root() -> PathBuf {
@@ -139,7 +139,15 @@ fn main() {
         "image", "bytes", "wasm ms", "native ms", "pillow ms", "draft ms", "wasm/native", "wasm/pillow", "wasm/draft"
     );
     let median_or_nan = |v: &Vec<f64>| if v.is_empty() { f64::NAN } else { median(v.clone()) };
+    // This shared machine drifts between states ~30 % apart within seconds (seen on both builds,
+    // with nothing else of ours running), so besides the pooled medians each round's WASM block is
+    // also divided by the native block run right after it, and the median of those ratios printed.
+    let per_round = |a: &[f64], b: &[f64]| {
+        median(a.chunks(BLOCK).zip(b.chunks(BLOCK)).map(|(a, b)| median(a.to_vec()) / median(b.to_vec())).collect())
+    };
+    let mut paired = Vec::new();
     for (i, (name, bytes, _)) in photos.iter().enumerate() {
+        paired.push((name, per_round(&wasm[i], &native[i])));
         let (wasm, native) = (median(wasm[i].clone()), median(native[i].clone()));
         let (full, draft) = (median_or_nan(&full[i]), median_or_nan(&draft[i]));
         println!(
@@ -150,6 +158,8 @@ fn main() {
             wasm / draft
         );
     }
+    let paired: Vec<String> = paired.iter().map(|(name, r)| format!("{name} {r:.2}×")).collect();
+    println!("wasm/native, median of the {ROUNDS} rounds' block ratios: {}", paired.join(", "));
     let pillow = &full[0];
     if pillow.is_empty() {
         println!("(Pillow figures missing: run `./run build` first so .venv has Pillow)");

@@ -1118,7 +1118,7 @@ fn decode_block<R: Read>(
         coefficients[0] = *dc_predictor << successive_approximation_low;
     }
 
-    let mut index = cmp::max(spectral_selection.start, 1);
+    let index = cmp::max(spectral_selection.start, 1);
 
     if index < spectral_selection.end && *eob_run > 0 {
         *eob_run -= 1;
