@@ -1,7 +1,8 @@
 //! Prints tract's per-op profile of an ONNX image model (batch 1, 3×224×224, one thread):
 //! `cargo run --release -p tessera --example profile -- build/models/resnet50/1/model.onnx`.
 //! `--nodes N` adds the N slowest nodes; `--amx` lets tract use AMX for int8 models;
-//! `--threads N` runs under tract's multi-threaded executor (as the latency mode does).
+//! `--threads N` runs under tract's multi-threaded executor (as the latency mode does);
+//! `--runs N` averages N timed runs (default 3).
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -13,19 +14,19 @@ fn main() -> anyhow::Result<()> {
             None => Ok(0),
         }
     };
-    let (nodes, threads) = (count("--nodes")?, count("--threads")?);
+    let (nodes, threads, runs) = (count("--nodes")?, count("--threads")?, count("--runs")?.max(3));
     let executor = match threads {
         0 | 1 => tract_linalg::multithread::Executor::SingleThread,
         n => tract_linalg::multithread::Executor::multithread(n),
     };
     // As the latency mode runs its plan.
-    tessera::inference::tract::run_on_executor(executor, || run(path, nodes, &args))
+    tessera::inference::tract::run_on_executor(executor, || run(path, nodes, runs, &args))
 }
 
-fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {
+fn run(path: &str, nodes: usize, runs: usize, args: &[String]) -> anyhow::Result<()> {
     tessera::inference::request_amx_int8(args.iter().any(|a| a == "--amx"));
     let path = std::path::Path::new(path);
-    let ops = tessera::inference::tract::profile_ops(path, &[1, 3, 224, 224], 3)?;
+    let ops = tessera::inference::tract::profile_ops(path, &[1, 3, 224, 224], runs)?;
     let total: f64 = ops.iter().map(|o| o.ms).sum();
     println!("total {total:.2} ms per run");
     for o in &ops {
@@ -40,7 +41,7 @@ fn run(path: &str, nodes: usize, args: &[String]) -> anyhow::Result<()> {
     }
     if nodes > 0 {
         println!();
-        for n in tessera::inference::tract::profile_nodes(path, &[1, 3, 224, 224], 3)?.iter().take(nodes) {
+        for n in tessera::inference::tract::profile_nodes(path, &[1, 3, 224, 224], runs)?.iter().take(nodes) {
             println!("{:>8.3} ms  {} [{}] {}", n.ms, n.name, n.op, n.info);
         }
     }

@@ -32,7 +32,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::ConvShape;
-use super::depthwise::Values;
+use super::depthwise::{Output, Requantize, Values};
 
 /// The f32 slice of `values`; `run` lets 8-bit values reach only the depthwise path.
 fn f32_values(values: Values<'_>) -> &[f32] {
@@ -460,16 +460,50 @@ impl GemmConv {
             let mut view = output.try_as_plain_ram_mut()?;
             let out = view.as_slice_mut::<f32>()?;
             let dst = Dst { ptr: out.as_mut_ptr(), len: out.len() };
-            match current_tract_executor() {
-                Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
-                    let threads = pool.current_num_threads();
-                    pool.install(|| self.split(input, &epilogue, &dst, threads));
-                }
-                _ if self.depthwise => self.depthwise(input, &epilogue, &dst, 0..g.c),
-                _ => self.band(f32_values(input), &epilogue, &dst, 0..g.oh, 0..g.c_out),
-            }
+            self.dispatch(input, &epilogue, &dst, None);
         }
         Ok(output)
+    }
+
+    /// A depthwise convolution of 8-bit or f32 `input` (no residual), requantized into `out`
+    /// (an i8 or u8 tensor of the output's shape) as each channel leaves the accumulator.
+    pub(super) fn run_depthwise_quantized(
+        &self,
+        input: Values,
+        requantize: Requantize,
+        out: &mut Tensor,
+    ) -> TractResult<()> {
+        let g = &self.geo;
+        ensure!(self.depthwise && input.len() == g.c * g.h * g.w, "GemmConv: not a depthwise input {:?}", g);
+        ensure!(out.len() == g.c * g.n(), "GemmConv: quantized output has the wrong size");
+        let bias = match &self.bias {
+            Some(b) => Some(b.try_as_plain_ram()?.as_slice::<f32>()?),
+            None => None,
+        };
+        let epilogue = Epilogue { bias, residual: None, clamp: self.clamp };
+        let len = out.len();
+        let mut view = out.try_as_plain_ram_mut()?;
+        let ptr = match view.datum_type().unquantized() {
+            DatumType::I8 => QuantizedPtr::I8(view.as_slice_mut::<i8>()?.as_mut_ptr()),
+            DatumType::U8 => QuantizedPtr::U8(view.as_slice_mut::<u8>()?.as_mut_ptr()),
+            other => bail!("GemmConv: quantized output type {other:?}"),
+        };
+        let quantized = QuantizedDst { ptr, len, requantize };
+        self.dispatch(input, &epilogue, &Dst { ptr: std::ptr::null_mut(), len: 0 }, Some(&quantized));
+        Ok(())
+    }
+
+    /// Runs the convolution on the current tract executor's threads, or on this one.
+    fn dispatch(&self, input: Values, epilogue: &Epilogue, dst: &Dst, quantized: Option<&QuantizedDst>) {
+        let g = &self.geo;
+        match current_tract_executor() {
+            Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
+                let threads = pool.current_num_threads();
+                pool.install(|| self.split(input, epilogue, dst, quantized, threads));
+            }
+            _ if self.depthwise => self.depthwise(input, epilogue, dst, quantized, 0..g.c),
+            _ => self.band(f32_values(input), epilogue, dst, 0..g.oh, 0..g.c_out),
+        }
     }
 }
 
@@ -489,6 +523,23 @@ struct Dst {
     len: usize,
 }
 
+/// An 8-bit output buffer a depthwise convolution requantizes into, shared like [`Dst`].
+pub(super) struct QuantizedDst {
+    ptr: QuantizedPtr,
+    len: usize,
+    requantize: Requantize,
+}
+
+#[derive(Clone, Copy)]
+enum QuantizedPtr {
+    I8(*mut i8),
+    U8(*mut u8),
+}
+
+// SAFETY: as for `Dst`.
+unsafe impl Send for QuantizedDst {}
+unsafe impl Sync for QuantizedDst {}
+
 // SAFETY: `GemmConv::split` gives every thread a disjoint set of output elements (other rows,
 // or other columns of the same rows), and the buffer outlives the parallel section.
 unsafe impl Send for Dst {}
@@ -497,7 +548,7 @@ unsafe impl Sync for Dst {}
 impl GemmConv {
     /// Splits the convolution over `threads`: by bands of output rows (each thread gathers its
     /// own im2col columns) when there are enough columns, else by output channels.
-    fn split(&self, input: Values, epilogue: &Epilogue, dst: &Dst, threads: usize) {
+    fn split(&self, input: Values, epilogue: &Epilogue, dst: &Dst, quantized: Option<&QuantizedDst>, threads: usize) {
         use rayon::prelude::*;
         let g = &self.geo;
         let chunk = |len: usize, i: usize| (len * i / threads)..(len * (i + 1) / threads);
@@ -507,7 +558,7 @@ impl GemmConv {
             bound(i)..bound(i + 1)
         };
         if self.depthwise {
-            (0..threads).into_par_iter().for_each(|i| self.depthwise(input, epilogue, dst, chunk(g.c, i)));
+            (0..threads).into_par_iter().for_each(|i| self.depthwise(input, epilogue, dst, quantized, chunk(g.c, i)));
             return;
         }
         let input = f32_values(input);
@@ -518,17 +569,35 @@ impl GemmConv {
         }
     }
 
-    /// The depthwise convolution of `channels`, on this thread.
-    fn depthwise(&self, input: Values, epilogue: &Epilogue, dst: &Dst, channels: std::ops::Range<usize>) {
+    /// The depthwise convolution of `channels`, on this thread, into `dst` (f32) or `quantized`.
+    fn depthwise(
+        &self,
+        input: Values,
+        epilogue: &Epilogue,
+        dst: &Dst,
+        quantized: Option<&QuantizedDst>,
+        channels: std::ops::Range<usize>,
+    ) {
         let g = &self.geo;
         let (plane, taps, n) = (g.h * g.w, g.kh * g.kw, g.n());
         let weights = self.weights.plain().expect("depthwise weights are plain f32");
-        assert!(weights.len() == g.c * taps && dst.len == g.c * n && channels.end <= g.c);
+        let len = quantized.map_or(dst.len, |q| q.len);
+        assert!(weights.len() == g.c * taps && len == g.c * n && channels.end <= g.c);
         DEPTHWISE.with_borrow_mut(|scratch| {
             for ch in channels {
-                // SAFETY: channel `ch`'s plane of `dst` (inside it, asserted above), which no
-                // other thread writes (see `split`).
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(ch * n), n) };
+                // SAFETY: channel `ch`'s plane of the output (inside it, asserted above), which
+                // no other thread writes (see `split`).
+                let out = unsafe {
+                    match quantized {
+                        None => Output::F32(std::slice::from_raw_parts_mut(dst.ptr.add(ch * n), n)),
+                        Some(&QuantizedDst { ptr: QuantizedPtr::I8(p), requantize, .. }) => {
+                            Output::I8(std::slice::from_raw_parts_mut(p.add(ch * n), n), requantize)
+                        }
+                        Some(&QuantizedDst { ptr: QuantizedPtr::U8(p), requantize, .. }) => {
+                            Output::U8(std::slice::from_raw_parts_mut(p.add(ch * n), n), requantize)
+                        }
+                    }
+                };
                 let channel = super::depthwise::Channel {
                     g,
                     weights: &weights[ch * taps..][..taps],

@@ -6,22 +6,22 @@
 //! those products. A depthwise convolution does 9 multiply-adds per output value and is
 //! bound by memory, not arithmetic, so int8 kernels would buy little there: this op runs
 //! [`super::depthwise`] on weights and bias dequantized once at load, dequantizing the input as
-//! the kernel stages each channel, and requantizes the output (round half to even, as
-//! onnxruntime does, then saturate).
+//! the kernel stages each channel and requantizing the output as it leaves the accumulator
+//! (round half to even, as onnxruntime does, then saturate).
 //! The graph's other quantized convolutions keep tract's int8 kernels.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::ConvShape;
-use super::depthwise::Values;
+use super::depthwise::{Requantize, Values};
 use super::gemm_conv::{GemmConv, float_depthwise};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantDepthwise {
     /// The float convolution (weights and bias dequantized).
     float: GemmConv,
-    /// Input zero point and scale: x = (q - x0) · x_scale.
+    /// Input zero point and scale: x = (q - x0) · x_scale (the scale is folded into the weights).
     x0: f32,
     x_scale: f32,
     /// Output zero point and scale: q = round(y / y_scale) + y0.
@@ -84,7 +84,8 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     };
     let Some(kernel) = as_f32(kernel) else { return Ok(None) };
     let taps = kh * kw;
-    let weights: Vec<f32> = (0..c * taps).map(|i| (kernel[i] - k0[i / taps]) * k_scale[i / taps]).collect();
+    // The input's scale is folded into the weights: the kernel stages `q - x0` only.
+    let weights: Vec<f32> = (0..c * taps).map(|i| (kernel[i] - k0[i / taps]) * k_scale[i / taps] * x_scale).collect();
     let bias: Vec<f32> = (0..c).map(|ch| bias[ch] * x_scale * k_scale[ch]).collect();
     let float = float_depthwise(
         shape,
@@ -127,38 +128,19 @@ impl EvalOp for QuantDepthwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let (zero, scale) = (self.x0, self.x_scale);
+        let zero = self.x0;
         let view = x.try_as_plain_ram()?;
         // Dequantized as the kernel stages each channel: no float copy of the whole input.
         let values = match x.datum_type().unquantized() {
-            DatumType::I8 => Values::I8 { q: view.as_slice::<i8>()?, zero, scale },
-            DatumType::U8 => Values::U8 { q: view.as_slice::<u8>()?, zero, scale },
+            DatumType::I8 => Values::I8 { q: view.as_slice::<i8>()?, zero, scale: 1.0 },
+            DatumType::U8 => Values::U8 { q: view.as_slice::<u8>()?, zero, scale: 1.0 },
             other => bail!("QuantDepthwiseConv: input is {other:?}, not 8-bit"),
         };
-        let y = self.float.run(values, None)?;
-        let y = y.try_as_plain_ram()?;
-        let y = y.as_slice::<f32>()?;
-        let mut out = Tensor::zero_dt(self.out_dt, &self.output_shape)?;
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            // Round half to even by the 1.5·2²³ trick: after adding it, the low mantissa bits
-            // are the rounded integer (exact below 2²², and anything that large saturates).
-            // Integer arithmetic from there vectorizes on baseline x86-64, where
-            // `round_ties_even` is a libm call and a saturating `as` cast is scalar.
-            const MAGIC: f32 = 12_582_912.0;
-            let (scale, zero) = (self.y_scale, self.y0 as i32);
-            let quantize =
-                |v: f32| ((v / scale).clamp(-4e6, 4e6) + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32 + zero;
-            match self.out_dt.unquantized() {
-                DatumType::I8 => view.as_slice_mut::<i8>()?.iter_mut().zip(y).for_each(|(o, v)| {
-                    *o = quantize(*v).clamp(i8::MIN as i32, i8::MAX as i32) as i8;
-                }),
-                DatumType::U8 => view.as_slice_mut::<u8>()?.iter_mut().zip(y).for_each(|(o, v)| {
-                    *o = quantize(*v).clamp(0, u8::MAX as i32) as u8;
-                }),
-                other => bail!("QuantDepthwiseConv: output type {other:?}"),
-            }
-        }
+        // SAFETY: the kernel writes every value (each channel's whole plane); 8-bit integers
+        // have no invalid bit patterns anyway.
+        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &self.output_shape)? };
+        let requantize = Requantize::new(self.y_scale, self.y0 as i32);
+        self.float.run_depthwise_quantized(values, requantize, &mut out)?;
         Ok(tvec!(out.into_tvalue()))
     }
 }
