@@ -183,7 +183,9 @@ fn main() {
     for _ in 0..ROUNDS {
         std::thread::scope(|s| {
             s.spawn(|| {
-                // int8: tract's asm kernels, the ones that leave the state dirty.
+                // What the server's loading thread does. (Since session 8 this model's
+                // convolutions run on our own int8 kernel, which leaves the state clean; tract's
+                // asm kernels, the ones that dirty it, still run a user's other matmuls.)
                 let model = root.join("models/shapes-int8/1/model.onnx");
                 let plan = tessera::inference::tract::load_plan(&model, &[1, 3, 224, 224]).unwrap();
                 tessera::inference::tract::run_plan_once(&plan, &input).unwrap();

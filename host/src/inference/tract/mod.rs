@@ -274,18 +274,19 @@ pub fn profile_ops(path: &Path, input_shape: &[usize], runs: usize) -> Result<Ve
     Ok(ops)
 }
 
-/// One matrix multiplication of an optimized plan and the kernel tract chose for it.
+/// One matrix multiplication of an optimized plan and the kernel tract (or our patch) chose for it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MatMulKernel {
     pub node: String,
-    /// tract-linalg's kernel name(s), e.g. `avx512amx_mmm_i32_16x16`.
+    /// tract-linalg's kernel name(s), e.g. `avx512amx_mmm_i32_16x16`, or our int8 GEMM's.
     pub kernel: String,
     /// What the kernel accumulates in: `I32` for the int8 kernels, `F32` for the float ones.
     pub accumulator: String,
 }
 
 /// The matrix-multiply kernels of the optimized plan of `path`: tells whether an int8 graph
-/// really reaches tract's int8 kernels (a graph tract cannot map runs dequantized, in fp32).
+/// really reaches int8 kernels, tract's or ours (a graph tract cannot map runs dequantized, in
+/// fp32).
 pub fn matmul_kernels(path: &Path, input_shape: &[usize]) -> Result<Vec<MatMulKernel>, LoadError> {
     use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
     let plan = load_plan(path, input_shape)?;
@@ -294,6 +295,14 @@ pub fn matmul_kernels(path: &Path, input_shape: &[usize]) -> Result<Vec<MatMulKe
         .nodes
         .iter()
         .filter_map(|node| {
+            #[cfg(feature = "tract-patches")]
+            if let Some(kernel) = patches::int8_gemm_kernel(node) {
+                return Some(MatMulKernel {
+                    node: node.name.clone(),
+                    kernel: kernel.to_string(),
+                    accumulator: "I32".to_string(),
+                });
+            }
             let op = node.op_as::<OptMatMul>()?;
             Some(MatMulKernel {
                 node: node.name.clone(),

@@ -14,7 +14,10 @@
 //!   onnxruntime by the parity test), and
 //!   depthwise ones on a direct kernel (`depthwise`); both with the bias, residual add and
 //!   ReLU/ReLU6 that follow them fused in. `qdepthwise`: int8 depthwise convolutions on that
-//!   kernel in float (dequantize, convolve, requantize) instead of tract's m = 1 products.
+//!   kernel in float (dequantize, convolve, requantize) instead of tract's m = 1 products;
+//!   `qgemm_conv`: the other int8 convolutions on our AVX-512 VNNI GEMM with the requantization
+//!   (per-tensor or per-channel) in its epilogue (exact integer sums; the requantization is
+//!   onnxruntime's, so close to tract's, not byte-identical).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
@@ -26,6 +29,8 @@ mod fold;
 mod gemm_conv;
 mod im2col;
 mod qdepthwise;
+#[cfg(target_arch = "x86_64")]
+mod qgemm_conv;
 mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
@@ -33,6 +38,8 @@ mod sgemm;
 /// Rewrites the decluttered `model` before tract optimizes it.
 pub fn before_optimize(model: &mut TypedModel) -> TractResult<()> {
     replace_ops(model, qdepthwise::replacement)?;
+    #[cfg(target_arch = "x86_64")]
+    replace_ops(model, qgemm_conv::replacement)?;
     replace_ops(model, gemm_conv::replacement)?;
     replace_ops(model, gemm_conv::pointwise_replacement)?;
     model.compact()?;
@@ -70,6 +77,16 @@ pub fn apply(model: &mut TypedModel) -> TractResult<()> {
 /// over-read (see `tract/amx.rs`).
 pub fn has_amx_slack(node: &TypedNode) -> bool {
     node.op_is::<im2col::Im2ColI8K4>()
+}
+
+/// The name of our int8 GEMM kernel if `node` runs on it (for `matmul_kernels`).
+pub fn int8_gemm_kernel(node: &TypedNode) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if node.op_is::<qgemm_conv::QGemmConv>() {
+        return Some("tessera_qgemm_avx512vnni_8x48");
+    }
+    let _ = node;
+    None
 }
 
 /// For a 2-D OIHW convolution on an NCHW (or CHW) input of batch 1 with concrete shape, with
