@@ -35,14 +35,13 @@ const LANES: usize = 16;
 const NR: usize = 3 * LANES;
 /// A block of columns gathered at once holds at most this many bytes (all of K): it stays in the
 /// 2 MiB L2 while every row panel of weights passes over it.
-const BLOCK_BYTES: usize = 256 << 10;
-/// Below this many output columns per thread, threads split the output channels instead.
-const COLUMNS_PER_THREAD: usize = 128;
+const BLOCK_BYTES: usize = 1 << 20;
 
 /// Whether this CPU runs the kernel (checked once per process by std).
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vbmi")
         && is_x86_feature_detected!("avx512vnni")
 }
@@ -218,9 +217,13 @@ impl QGemmConv {
                     // checked above); no other thread writes these outputs (see `split`);
                     // `available()` held when the op was made.
                     unsafe {
-                        match tile.width.div_ceil(LANES) {
-                            1 => tile_kernel::<1>(&tile),
-                            2 => tile_kernel::<2>(&tile),
+                        match tile.width {
+                            1 => narrow_kernel::<1>(&tile),
+                            2 => narrow_kernel::<2>(&tile),
+                            3 => narrow_kernel::<3>(&tile),
+                            4 => narrow_kernel::<4>(&tile),
+                            w if w <= LANES => tile_kernel::<1>(&tile),
+                            w if w <= 2 * LANES => tile_kernel::<2>(&tile),
                             _ => tile_kernel::<3>(&tile),
                         }
                     }
@@ -229,22 +232,29 @@ impl QGemmConv {
         }
     }
 
-    /// Splits the convolution over `threads` (as [`super::gemm_conv`] does): by bands of
-    /// output rows when there are enough columns, else by panels of output channels.
+    /// Splits the convolution over `threads`, in more pieces than threads so that a pool
+    /// thread that wakes late still finds work (an int8 convolution of ResNet-50's later stages
+    /// takes 0.3–1 ms: about what waking a sleeping worker took here, so with one piece per
+    /// thread the first one ran both). By chunks of whole column panels when there are enough
+    /// (each chunk gathers only its own columns), else by chunks of output channels (each
+    /// gathers every column: the gather is a large share of an int8 convolution).
     fn split(&self, image: &[u8], dst: &Dst, threads: usize) {
         use rayon::prelude::*;
         let g = &self.geo;
         let run = |channels: Range<usize>, cols: Range<usize>| {
             SCRATCH.with_borrow_mut(|scratch| self.band(image, dst, channels, cols, scratch))
         };
-        if g.oh >= threads && g.n() >= threads * COLUMNS_PER_THREAD {
-            (0..threads).into_par_iter().for_each(|i| {
-                let rows = (g.oh * i / threads)..(g.oh * (i + 1) / threads);
-                run(0..self.m, rows.start * g.ow..rows.end * g.ow)
+        let panels = g.n() / NR;
+        if panels >= 2 * threads {
+            // One panel per piece (the last takes the tail of columns).
+            (0..panels).into_par_iter().for_each(|p| {
+                let end = if p + 1 == panels { g.n() } else { (p + 1) * NR };
+                run(0..self.m, p * NR..end)
             });
         } else {
-            let bound = |i: usize| (self.m.div_ceil(MR) * i / threads * MR).min(self.m);
-            (0..threads).into_par_iter().for_each(|i| run(bound(i)..bound(i + 1), 0..g.n()));
+            let pieces = 2 * threads;
+            let bound = |i: usize| (self.m.div_ceil(MR) * i / pieces * MR).min(self.m);
+            (0..pieces).into_par_iter().for_each(|i| run(bound(i)..bound(i + 1), 0..g.n()));
         }
     }
 }
@@ -490,6 +500,70 @@ unsafe fn tile_kernel<const NV: usize>(t: &Tile) {
     }
 }
 
+/// `c[rows × W] = requantize(a · b + offset)` for a last panel only `W` ≤ 4 columns wide (ResNet's
+/// 7×7 = 49 = 48 + 1 columns, 14×14 = 196 = 4·48 + 4): 256-bit vectors run along the panel's 8
+/// rows (one load of the packed weights per step), each `vpdpbusd`'d with one broadcast column,
+/// four steps in flight on separate accumulators. The 16-column vectors of [`tile_kernel`] would
+/// spend 8 broadcasts and 8 `vpdpbusd` per step on 1–4 useful lanes.
+///
+/// # Safety
+/// As [`tile_kernel`], with `t.width == W`; AVX-512VL is available too.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn narrow_kernel<const W: usize>(t: &Tile) {
+    const STEPS: usize = 4;
+    debug_assert!(t.width == W && W <= 4);
+    let mut acc = [[_mm256_setzero_si256(); W]; STEPS];
+    // SAFETY (whole body): every access stays inside what `Tile` describes (a column j < 4 of a
+    // panel step sits at byte 4j of it).
+    unsafe {
+        let (mut a, mut b) = (t.a, t.b);
+        let step = |acc: &mut [__m256i; W], a: *const i8, b: *const u8| {
+            let w = _mm256_loadu_si256(a as *const __m256i);
+            for (col, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_set1_epi32((b.add(4 * col) as *const i32).read_unaligned());
+                *acc = _mm256_dpbusd_epi32(*acc, x, w);
+            }
+        };
+        for _ in 0..t.steps / STEPS {
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR * 4));
+            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR * 4 + 64));
+            for (s, acc) in acc.iter_mut().enumerate() {
+                step(acc, a.add(s * MR * 4), b.add(s * NR * 4));
+            }
+            a = a.add(STEPS * MR * 4);
+            b = b.add(STEPS * NR * 4);
+        }
+        for acc in acc.iter_mut().take(t.steps % STEPS) {
+            step(acc, a, b);
+            a = a.add(MR * 4);
+            b = b.add(NR * 4);
+        }
+        let mut offset = [0i32; MR];
+        let mut multiplier = [0f32; MR];
+        for r in 0..t.rows {
+            (offset[r], multiplier[r]) = (*t.offset.add(r), *t.multiplier.add(r));
+        }
+        let (offset, multiplier) =
+            (_mm256_loadu_si256(offset.as_ptr() as *const __m256i), _mm256_loadu_ps(multiplier.as_ptr()));
+        let y0 = _mm256_set1_epi32(t.y0);
+        let (lo, hi) = if t.signed_output { (-128, 127) } else { (0, 255) };
+        let (lo, hi) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
+        let sums: [__m256i; W] = std::array::from_fn(|col| {
+            _mm256_add_epi32(_mm256_add_epi32(acc[0][col], acc[1][col]), _mm256_add_epi32(acc[2][col], acc[3][col]))
+        });
+        for (col, &sum) in sums.iter().enumerate() {
+            let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sum, offset)), multiplier);
+            // Round half to even (the default MXCSR mode), the zero point, then saturate.
+            let q = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(scaled), y0), lo), hi);
+            let mut values = [0i32; MR];
+            _mm256_storeu_si256(values.as_mut_ptr() as *mut __m256i, q);
+            for (r, value) in values.iter().enumerate().take(t.rows) {
+                *t.c.add(r * t.ldc + col) = *value as u8;
+            }
+        }
+    }
+}
+
 impl Op for QGemmConv {
     fn name(&self) -> StaticName {
         "QGemmConv".into()
@@ -623,6 +697,11 @@ mod tests {
             // Rows longer than one 64-byte vector, stride 1 and 2, the last reads at the row's end.
             (2, 5, 151, 9, [3, 3], [2, 2], [1, 1], [1, 1], [1, 1]),
             (2, 4, 130, 8, [1, 3], [1, 1], [1, 1], [0, 0], [0, 0]),
+            // Last panels of 1 to 4 columns (n = 49, 50, 51, 52), 1 to 8 rows in the last panel.
+            (16, 7, 7, 24, [3, 3], [1, 1], [1, 1], [1, 1], [1, 1]),
+            (9, 5, 10, 11, [1, 1], [1, 1], [1, 1], [0, 0], [0, 0]),
+            (7, 3, 17, 5, [3, 3], [1, 1], [1, 1], [1, 1], [1, 1]),
+            (40, 4, 13, 33, [1, 1], [1, 1], [1, 1], [0, 0], [0, 0]),
         ];
         let mut state = 0x2545f4914f6cdd1du64;
         let mut byte = || {
