@@ -85,10 +85,7 @@ impl ModelWorker for TractWorker {
             (None, _) => run_once(state, shape, input, None),
             // The job runs on a thread of the pool, so its serial nodes do not compete with the
             // pool's spinning threads for the cores (latency mode: ResNet-50 int8 26 -> 30 img/s).
-            (Some(pool), EngineMode::Latency) => run_on_executor(pool.clone(), || {
-                let _spinners = Spinners::start(pool);
-                run_once(state, shape, input, None)
-            }),
+            (Some(pool), EngineMode::Latency) => run_on_executor(pool.clone(), || run_once(state, shape, input, None)),
             (Some(pool), _) if alone() => {
                 run_on_executor(pool.clone(), || run_once(state, shape, input, Some((pool, alone))))
             }
@@ -176,65 +173,14 @@ fn run_once(
     let tensor = Tensor::from_shape(shape, &input)?;
     let outputs = match split {
         None => state.run(tvec!(tensor.into()))?,
-        Some((pool, alone)) => {
-            let spinners = alone().then(|| Spinners::start(pool));
-            state.run_plan_with_eval(tvec!(tensor.into()), |ctx, op_state, node, inputs| {
-                let eval = || tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                let executor = if alone() {
-                    pool.clone()
-                } else {
-                    spinners.iter().for_each(Spinners::stop);
-                    Executor::SingleThread
-                };
-                multithread_tract_scope(executor, eval)
-            })?
-        }
+        Some((pool, alone)) => state.run_plan_with_eval(tvec!(tensor.into()), |ctx, op_state, node, inputs| {
+            let eval = || tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+            let executor = if alone() { pool.clone() } else { Executor::SingleThread };
+            multithread_tract_scope(executor, eval)
+        })?,
     };
     let view = outputs[0].to_plain_array_view::<f32>()?;
     Ok(view.iter().copied().collect())
-}
-
-/// Keeps the pool's other threads awake while a lone job splits its nodes over them.
-///
-/// Between two nodes the pool's workers have nothing to do and go to sleep; waking one took
-/// about 0.3 ms on this project's machines, as long as a whole int8 convolution of ResNet-50's
-/// later stages, so the job's own thread ran most pieces itself and two threads were no faster
-/// than one (int8 ResNet-50, `examples/profile --threads 2`). A spinner runs on each other
-/// worker for the job's duration, taking pending pieces as soon as they are queued
-/// (`rayon::yield_now`). Spinners leave as soon as another job is accepted (the job's nodes then
-/// run single-threaded and the cores belong to the other jobs) or the job ends.
-struct Spinners {
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Spinners {
-    fn start(pool: &Executor) -> Spinners {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let running = std::sync::Arc::new(AtomicBool::new(true));
-        if let Executor::MultiThread(pool) = pool {
-            for _ in 1..pool.current_num_threads() {
-                let running = running.clone();
-                pool.spawn(move || {
-                    while running.load(Ordering::Relaxed) {
-                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                            std::hint::spin_loop();
-                        }
-                    }
-                });
-            }
-        }
-        Spinners { running }
-    }
-
-    fn stop(&self) {
-        self.running.store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for Spinners {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Runs `plan` once on the calling thread, single-threaded: for benchmarks and diagnostics

@@ -114,6 +114,53 @@ pub fn batch1_conv<'a>(
     Ok(Some((conv, input, chw)))
 }
 
+/// The constant quantization parameters of a quantized `Conv` (tract's 9 inputs: x, kernel,
+/// then these), what both of our int8 convolutions start from.
+pub struct QuantParams {
+    /// Input and output zero points and scales (one for the tensor).
+    pub x0: f64,
+    pub x_scale: f64,
+    pub y0: f64,
+    pub y_scale: f64,
+    /// Per output channel (a single value repeated): weight zero points and scales, and bias.
+    pub k0: Vec<f64>,
+    pub k_scale: Vec<f64>,
+    pub bias: Vec<f64>,
+}
+
+impl QuantParams {
+    /// From the constants after the kernel (`bias, x0, x_scale, k0, k_scale, y0, y_scale`), for
+    /// `channels` output channels; `None` if one is not constant, not numeric, or the wrong size.
+    pub fn new(consts: &[Arc<Tensor>], channels: usize) -> Option<QuantParams> {
+        let per_channel = |t: &Tensor| -> Option<Vec<f64>> {
+            let view = t.try_as_plain_ram().ok()?;
+            let values: Vec<f64> = match t.datum_type().unquantized() {
+                DatumType::F32 => view.as_slice::<f32>().ok()?.iter().map(|v| *v as f64).collect(),
+                DatumType::I32 => view.as_slice::<i32>().ok()?.iter().map(|v| *v as f64).collect(),
+                DatumType::I8 => view.as_slice::<i8>().ok()?.iter().map(|v| *v as f64).collect(),
+                DatumType::U8 => view.as_slice::<u8>().ok()?.iter().map(|v| *v as f64).collect(),
+                _ => return None,
+            };
+            match values.len() {
+                1 => Some(vec![values[0]; channels]),
+                len if len == channels => Some(values),
+                _ => None,
+            }
+        };
+        let scalar = |t: &Tensor| per_channel(t).filter(|v| v.iter().all(|x| *x == v[0])).map(|v| v[0]);
+        let [bias, x0, x_scale, k0, k_scale, y0, y_scale] = consts else { return None };
+        Some(QuantParams {
+            x0: scalar(x0)?,
+            x_scale: scalar(x_scale)?,
+            y0: scalar(y0)?,
+            y_scale: scalar(y_scale)?,
+            k0: per_channel(k0)?,
+            k_scale: per_channel(k_scale)?,
+            bias: per_channel(bias)?,
+        })
+    }
+}
+
 /// A 2-D convolution's spatial geometry, all concrete: what both of our im2col gathers (int8
 /// panels, f32 matrix) work from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -167,6 +214,30 @@ impl ConvShape {
         self.oh * self.ow
     }
 
+    /// Where row `kk` of the im2col matrix (kernel tap (channel, ki, kj)) reads, for our
+    /// gathers.
+    pub fn tap(&self, kk: usize) -> Tap {
+        let (channel, tap) = (kk / (self.kh * self.kw), kk % (self.kh * self.kw));
+        let dy = ((tap / self.kw) * self.dilation[0]) as isize - self.pad_before[0] as isize;
+        let dx = ((tap % self.kw) * self.dilation[1]) as isize - self.pad_before[1] as isize;
+        let s = self.stride[1] as isize;
+        let lo = ((-dx).max(0) + s - 1) / s;
+        let hi = ((self.w as isize - dx + s - 1) / s).clamp(0, self.ow as isize);
+        Tap { channel, dy, dx, inside: lo.min(hi) as usize..hi as usize }
+    }
+}
+
+/// One kernel tap's reads (see [`ConvShape::tap`]): output position (oy, ox) reads input row
+/// `oy·stride_y + dy`, column `ox·stride_x + dx` of `channel`.
+pub struct Tap {
+    pub channel: usize,
+    pub dy: isize,
+    pub dx: isize,
+    /// The output columns whose input column lies inside the image.
+    pub inside: std::ops::Range<usize>,
+}
+
+impl ConvShape {
     /// The input pixel `(y, x)` under kernel tap `(ki, kj)` of output `(oy, ox)`, or `None` in
     /// the padding: what the tests' direct reference convolutions read.
     #[cfg(test)]

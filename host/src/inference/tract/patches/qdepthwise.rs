@@ -46,7 +46,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     else {
         return Ok(None);
     };
-    let [kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale] = &consts[..] else { return Ok(None) };
+    let [kernel, ..] = &consts[..] else { return Ok(None) };
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let Some(output_shape) = out_fact.shape.as_concrete().map(TVec::from) else { return Ok(None) };
     let is_8bit = |dt: DatumType| matches!(dt.unquantized(), DatumType::I8 | DatumType::U8);
@@ -61,27 +61,10 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     if [shape.kh, shape.kw] != [kh, kw] || output_shape.iter().product::<usize>() != c * shape.n() {
         return Ok(None);
     }
-    // One value per channel (or one for all) of an i32 or f32 constant.
-    let per_channel = |t: &Tensor| -> Option<Vec<f32>> {
-        let values: Vec<f32> = match t.datum_type() {
-            DatumType::F32 => t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec(),
-            DatumType::I32 => t.try_as_plain_ram().ok()?.as_slice::<i32>().ok()?.iter().map(|v| *v as f32).collect(),
-            _ => return None,
-        };
-        match values.len() {
-            1 => Some(vec![values[0]; c]),
-            len if len == c => Some(values),
-            _ => None,
-        }
-    };
-    let scalar = |t: &Tensor| per_channel(t).filter(|v| v.iter().all(|x| *x == v[0])).map(|v| v[0]);
-    let (Some(x0), Some(x_scale), Some(y0), Some(y_scale)) = (scalar(x0), scalar(x_scale), scalar(y0), scalar(y_scale))
-    else {
-        return Ok(None);
-    };
-    let (Some(k0), Some(k_scale), Some(bias)) = (per_channel(k0), per_channel(k_scale), per_channel(bias)) else {
-        return Ok(None);
-    };
+    let Some(params) = super::QuantParams::new(&consts[1..], c) else { return Ok(None) };
+    let [x0, x_scale, y0, y_scale] = [params.x0, params.x_scale, params.y0, params.y_scale].map(|v| v as f32);
+    let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+    let (k0, k_scale, bias) = (f32s(&params.k0), f32s(&params.k_scale), f32s(&params.bias));
     let Some(kernel) = as_f32(kernel) else { return Ok(None) };
     let taps = kh * kw;
     // The input's scale is folded into the weights: the kernel stages `q - x0` only.

@@ -84,7 +84,7 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     else {
         return Ok(None);
     };
-    let [kernel, bias, x0, x_scale, k0, k_scale, y0, y_scale] = &consts[..] else { return Ok(None) };
+    let [kernel, rest @ ..] = &consts[..] else { return Ok(None) };
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let Some(output_shape) = out_fact.shape.as_concrete().map(TVec::from) else { return Ok(None) };
     let is_8bit = |dt: DatumType| matches!(dt.unquantized(), DatumType::I8 | DatumType::U8);
@@ -98,28 +98,8 @@ pub fn replacement(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     {
         return Ok(None);
     }
-    // One value per output channel (or one for all) of an integer or f32 constant.
-    let per_channel = |t: &Tensor| -> Option<Vec<f64>> {
-        let view = t.try_as_plain_ram().ok()?;
-        let values: Vec<f64> = match t.datum_type().unquantized() {
-            DatumType::F32 => view.as_slice::<f32>().ok()?.iter().map(|v| *v as f64).collect(),
-            DatumType::I32 => view.as_slice::<i32>().ok()?.iter().map(|v| *v as f64).collect(),
-            DatumType::I8 => view.as_slice::<i8>().ok()?.iter().map(|v| *v as f64).collect(),
-            DatumType::U8 => view.as_slice::<u8>().ok()?.iter().map(|v| *v as f64).collect(),
-            _ => return None,
-        };
-        match values.len() {
-            1 => Some(vec![values[0]; m]),
-            len if len == m => Some(values),
-            _ => None,
-        }
-    };
-    let scalar = |t: &Tensor| per_channel(t).filter(|v| v.iter().all(|x| *x == v[0])).map(|v| v[0]);
-    let (Some(x0), Some(x_scale), Some(y0), Some(y_scale)) = (scalar(x0), scalar(x_scale), scalar(y0), scalar(y_scale))
+    let Some(super::QuantParams { x0, x_scale, y0, y_scale, k0, k_scale, bias }) = super::QuantParams::new(rest, m)
     else {
-        return Ok(None);
-    };
-    let (Some(k0), Some(k_scale), Some(bias)) = (per_channel(k0), per_channel(k_scale), per_channel(bias)) else {
         return Ok(None);
     };
     // Symmetric weights only (both of our quantizers make them): `w − k0` must stay an i8.
@@ -324,15 +304,10 @@ fn gather(op: &QGemmConv, image: &[u8], cols: Range<usize>, block: &mut [u8], ro
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 fn gather_row(g: &ConvShape, image: &[u8], kk: usize, j0: usize, dst: &mut [u8], pad: u8) {
     let plane_len = g.h * g.w;
-    let (c, tap) = (kk / (g.kh * g.kw), kk % (g.kh * g.kw));
-    let plane = &image[c * plane_len..(c + 1) * plane_len];
-    let dy = ((tap / g.kw) * g.dilation[0]) as isize - g.pad_before[0] as isize;
-    let dx = ((tap % g.kw) * g.dilation[1]) as isize - g.pad_before[1] as isize;
+    let super::Tap { channel, dy, dx, inside } = g.tap(kk);
+    let plane = &image[channel * plane_len..(channel + 1) * plane_len];
+    let (ox_lo, ox_hi) = (inside.start, inside.end);
     let s = g.stride[1] as isize;
-    // Output columns whose input x = ox·s + dx is inside the image.
-    let ox_lo = ((-dx).max(0) + s - 1) / s;
-    let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.ow as isize);
-    let (ox_lo, ox_hi) = (ox_lo.min(ox_hi) as usize, ox_hi as usize);
     let (mut oy, mut ox) = (j0 / g.ow, j0 % g.ow);
     let mut rest = dst;
     while !rest.is_empty() {

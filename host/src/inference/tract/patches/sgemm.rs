@@ -220,15 +220,10 @@ unsafe fn run(t: &Tile) {
 #[target_feature(enable = "avx512f")]
 unsafe fn gather(g: &ConvShape, image: &[f32], kk: usize, j0: usize, dst: &mut [f32]) {
     let plane_len = g.h * g.w;
-    let (c, tap) = (kk / (g.kh * g.kw), kk % (g.kh * g.kw));
-    let plane = &image[c * plane_len..(c + 1) * plane_len];
-    let dy = ((tap / g.kw) * g.dilation[0]) as isize - g.pad_before[0] as isize;
-    let dx = ((tap % g.kw) * g.dilation[1]) as isize - g.pad_before[1] as isize;
-    // Output columns whose input x = ox·s + dx is inside the image.
+    let super::Tap { channel, dy, dx, inside } = g.tap(kk);
+    let plane = &image[channel * plane_len..(channel + 1) * plane_len];
+    let (ox_lo, ox_hi) = (inside.start, inside.end);
     let s = g.stride[1] as isize;
-    let ox_lo = ((-dx).max(0) + s - 1) / s;
-    let ox_hi = ((g.w as isize - dx + s - 1) / s).clamp(0, g.ow as isize);
-    let (ox_lo, ox_hi) = (ox_lo.min(ox_hi) as usize, ox_hi as usize);
     let mut j = j0;
     let mut rest = dst;
     while !rest.is_empty() {
