@@ -325,21 +325,7 @@ mod tests {
         ];
         let mut scratch = Scratch::default();
         for (h, w, [kh, kw], stride, dilation, pad, after) in cases {
-            let out_dim = |size: usize, k: usize, s: usize, d: usize, p: usize, q: usize| {
-                (size + p + q - (d * (k - 1) + 1)) / s + 1
-            };
-            let g = ConvShape {
-                c: 1,
-                h,
-                w,
-                kh,
-                kw,
-                stride,
-                dilation,
-                pad_before: pad,
-                oh: out_dim(h, kh, stride[0], dilation[0], pad[0], after[0]),
-                ow: out_dim(w, kw, stride[1], dilation[1], pad[1], after[1]),
-            };
+            let g = ConvShape::for_test(1, h, w, [kh, kw], stride, dilation, pad, after);
             let value = |i: usize| ((i * 7919 % 997) as f32 / 997.0) - 0.5;
             let plane: Vec<f32> = (0..h * w).map(value).collect();
             let weights: Vec<f32> = (0..kh * kw).map(|i| value(i * 31 + 5)).collect();

@@ -238,6 +238,25 @@ pub struct Tap {
 }
 
 impl ConvShape {
+    /// A test geometry: `c × h × w` input, `kernel`, `stride`, `dilation`, padding `pad` before
+    /// and `after` (per axis).
+    #[cfg(test)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_test(
+        c: usize,
+        h: usize,
+        w: usize,
+        [kh, kw]: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pad: [usize; 2],
+        after: [usize; 2],
+    ) -> ConvShape {
+        let out =
+            |size: usize, i: usize, k: usize| (size + pad[i] + after[i] - (dilation[i] * (k - 1) + 1)) / stride[i] + 1;
+        ConvShape { c, h, w, kh, kw, stride, dilation, pad_before: pad, oh: out(h, 0, kh), ow: out(w, 1, kw) }
+    }
+
     /// The input pixel `(y, x)` under kernel tap `(ki, kj)` of output `(oy, ox)`, or `None` in
     /// the padding: what the tests' direct reference convolutions read.
     #[cfg(test)]

@@ -657,8 +657,6 @@ mod tests {
             eprintln!("no AVX-512 VNNI: nothing to test");
             return;
         }
-        let out_dim =
-            |size: usize, k: usize, s: usize, d: usize, p: usize, q: usize| (size + p + q - (d * (k - 1) + 1)) / s + 1;
         // (c, h, w, m, kernel, stride, dilation, pad before, pad after)
         let cases = [
             (3, 23, 29, 16, [7, 7], [2, 2], [1, 1], [3, 3], [3, 3]),
@@ -686,18 +684,7 @@ mod tests {
             state as u8
         };
         for (c, h, w, m, [kh, kw], stride, dilation, pad, after) in cases {
-            let geo = ConvShape {
-                c,
-                h,
-                w,
-                kh,
-                kw,
-                stride,
-                dilation,
-                pad_before: pad,
-                oh: out_dim(h, kh, stride[0], dilation[0], pad[0], after[0]),
-                ow: out_dim(w, kw, stride[1], dilation[1], pad[1], after[1]),
-            };
+            let geo = ConvShape::for_test(c, h, w, [kh, kw], stride, dilation, pad, after);
             let k = c * kh * kw;
             let weights: Vec<i8> = (0..m * k).map(|_| (byte() as i8).max(-127)).collect();
             let image: Vec<u8> = (0..c * h * w).map(|_| byte()).collect();
