@@ -43,8 +43,8 @@ test: build
 
 # Seeded torchvision-architecture ResNet-18/50 graphs for benchmarks (not committed; see
 # models/tools/make_resnet.py). They land in build/models/<arch>/1/model.onnx.
-# Seeded ResNet-18/50 and MobileNetV2 (the depthwise model), fp32 and int8, for the engine
-# benchmark (not committed).
+# Seeded ResNet-18/50 and MobileNetV2 (the depthwise model), fp32, int8 for tract (QOperator) and
+# int8 for onnxruntime (QDQ), for the engine benchmark (not committed).
 # Random calibration and --speed-only: seeded weights have no accuracy to keep (no int8 graph of
 # them passes quantize.py's 99 % agreement gate); accuracy is tested on the trained model.
 models:
@@ -52,14 +52,20 @@ models:
       [ -f build/models/$arch/1/model.onnx ] || {{python}} models/tools/make_resnet.py --arch $arch --out build/models/$arch/1/model.onnx; \
       [ -f build/models/$arch-int8/1/model.onnx ] || {{python}} models/tools/quantize.py --model build/models/$arch/1/model.onnx \
         --out build/models/$arch-int8/1/model.onnx --calibration random --count 16 --speed-only; \
+      [ -f build/models/$arch-qdq/1/model.onnx ] || {{python}} models/tools/quantize.py --model build/models/$arch/1/model.onnx \
+        --out build/models/$arch-qdq/1/model.onnx --format qdq --calibration random --count 16 --speed-only; \
     done
+    # The default model's QDQ graph (onnxruntime's int8), under the accuracy gate: it is trained.
+    [ -f build/models/shapes-qdq/1/model.onnx ] || {{python}} models/tools/quantize.py --model models/shapes/1/model.onnx \
+      --out build/models/shapes-qdq/1/model.onnx --format qdq --calibration shapes
 
 # Re-make the committed int8 default model (models/shapes-int8) from models/shapes.
 quantize: build
     {{python}} models/tools/quantize.py --model models/shapes/1/model.onnx --out models/shapes-int8/1/model.onnx \
       --calibration shapes --held-out 504
 
-# tract (both modes) vs onnxruntime on seeded ResNet-18/50 and MobileNetV2; see docs/PERFORMANCE.md.
+# Every engine (tract fp32/int8, Tessera's onnxruntime fp32/int8) against Python onnxruntime on the
+# default model, seeded ResNet-18/50 and MobileNetV2, both modes; see docs/PERFORMANCE.md.
 # `BENCH_MODELS=mobilenetv2 just bench-engine` runs one model.
 bench-engine: build models
     cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench engine

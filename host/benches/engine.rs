@@ -1,16 +1,20 @@
-//! Engine benchmark: tract (both scheduling modes) against onnxruntime (Python, the engine a
-//! user would otherwise pick) on seeded ResNet-18 and ResNet-50 at batch 1, same thread count,
-//! one invocation, figures as ratios. Reproduce with `just bench-engine`.
+//! Engine benchmark: every engine Tessera offers, and the Python onnxruntime a user would
+//! otherwise pick, on the default model, seeded ResNet-18/50 and the depthwise MobileNetV2,
+//! batch 1, same thread count, one invocation, figures as ratios. Reproduce with
+//! `just bench-engine` (`BENCH_MODELS=resnet50,mobilenetv2` runs only those).
 //!
-//! - throughput: tract with THREADS single-threaded workers and 2×THREADS concurrent callers,
-//!   vs the faster of onnxruntime's THREADS 1-thread sessions / one THREADS-thread session;
-//! - latency: tract with one worker whose matmuls use THREADS threads, one caller, vs one
-//!   onnxruntime session with THREADS intra-op threads, one caller.
+//! Systems, each in two modes:
+//! - tract fp32, and tract on the int8 QOperator graph `models/tools/quantize.py` makes for it
+//!   (on AMX when this process gets it, and on AVX-512 VNNI in a child process of this bench,
+//!   since tract fixes its CPU features once per process);
+//! - Tessera's onnxruntime engine (the `.venv` wheel's library) on the fp32 graph and on the
+//!   int8 QDQ graph (`quantize.py --format qdq`);
+//! - Python onnxruntime on the same two graphs (`models/tools/ort_bench.py`).
 //!
-//! tract runs each model in fp32 and as the int8 graph `models/tools/quantize.py` makes of
-//! it, on AMX (this process asks for it) and on AVX-512 VNNI (a child process of this bench,
-//! since tract fixes its CPU features once per process). onnxruntime runs fp32: the engine a
-//! user would otherwise pick, and the target.
+//! Modes: throughput = Tessera with THREADS workers (tract: single-threaded ones; onnxruntime:
+//! its one session over THREADS intra-op threads) and 2×THREADS concurrent callers, against the
+//! faster of Python onnxruntime's THREADS 1-thread sessions / one THREADS-thread session;
+//! latency = one caller, THREADS threads on each image.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +31,7 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+#[derive(Clone)]
 struct Figures {
     images_per_s: f64,
     p50_ms: f64,
@@ -42,14 +47,11 @@ const CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_NO_AMX";
 /// Set in the child processes that measure resident memory: `WORKERS:MODEL`.
 const RSS_CHILD_ENV: &str = "TESSERA_ENGINE_BENCH_RSS";
 
-fn tract(model: &Path, mode: EngineMode, callers: usize) -> Figures {
-    let pool = InferencePool::load(
-        model,
-        &[1, 3, 224, 224],
-        EngineKind::Tract,
-        &EngineConfig { mode, threads: THREADS, queue_len: 64 },
-    )
-    .expect("loading the model");
+/// `callers` concurrent callers of `model` on Tessera's `kind` engine, for SECONDS.
+fn tessera(model: &Path, kind: EngineKind, mode: EngineMode, callers: usize) -> Figures {
+    let pool =
+        InferencePool::load(model, &[1, 3, 224, 224], kind, &EngineConfig { mode, threads: THREADS, queue_len: 64 })
+            .unwrap_or_else(|e| panic!("loading {} on {kind}: {e}", model.display()));
     let input: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let far = || Instant::now() + Duration::from_secs(60);
     pool.infer(input.clone(), far()).unwrap(); // warm-up
@@ -152,9 +154,22 @@ fn tract_without_amx(model: &Path) -> (Figures, Figures) {
 fn child(model: &Path) {
     assert!(!tessera::inference::request_amx_int8(false));
     let json = |f: Figures| serde_json::json!({"images_per_s": f.images_per_s, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms});
-    let throughput = tract(model, EngineMode::Throughput, 2 * THREADS);
-    let latency = tract(model, EngineMode::Latency, 1);
+    let (throughput, latency) = both_modes(model, EngineKind::Tract);
     println!("{}", serde_json::json!({"throughput": json(throughput), "latency": json(latency)}));
+}
+
+/// (throughput, latency) of `model` on Tessera's `kind` engine.
+fn both_modes(model: &Path, kind: EngineKind) -> (Figures, Figures) {
+    (tessera(model, kind, EngineMode::Throughput, 2 * THREADS), tessera(model, kind, EngineMode::Latency, 1))
+}
+
+/// (throughput, latency) of Python onnxruntime on `model`, and its single-core sgemm GFLOP/s.
+fn python_ort(model: &Path) -> (Figures, Figures, f64) {
+    let o = ort(model);
+    eprintln!("Python onnxruntime {} on {}: {o}", o["onnxruntime"], model.display());
+    let (sessions, shared) = (fig(&o["throughput_sessions"]), fig(&o["throughput_shared"]));
+    let throughput = if sessions.images_per_s >= shared.images_per_s { sessions } else { shared };
+    (throughput, fig(&o["latency"]), o["sgemm_gflops_per_core"].as_f64().unwrap())
 }
 
 fn fig(v: &Value) -> Figures {
@@ -165,6 +180,46 @@ fn fig(v: &Value) -> Figures {
     }
 }
 
+/// One benchmarked model: its fp32 graph, the int8 QOperator graph for tract and the int8
+/// QDQ graph for onnxruntime, and its GFLOP per image (2 × multiply-adds of its Conv/Gemm).
+struct Bench {
+    name: &'static str,
+    gflop: f64,
+    fp32: PathBuf,
+    int8: PathBuf,
+    qdq: PathBuf,
+}
+
+fn benches() -> Vec<Bench> {
+    let seeded = |name: &'static str, gflop: f64| Bench {
+        name,
+        gflop,
+        fp32: root().join(format!("build/models/{name}/1/model.onnx")),
+        int8: root().join(format!("build/models/{name}-int8/1/model.onnx")),
+        qdq: root().join(format!("build/models/{name}-qdq/1/model.onnx")),
+    };
+    vec![
+        Bench {
+            name: "shapes",
+            gflop: 0.107,
+            fp32: root().join("models/shapes/1/model.onnx"),
+            int8: root().join("models/shapes-int8/1/model.onnx"),
+            qdq: root().join("build/models/shapes-qdq/1/model.onnx"),
+        },
+        seeded("resnet18", 3.63),
+        seeded("resnet50", 8.18),
+        seeded("mobilenetv2", 0.60),
+    ]
+}
+
+/// One system's figures on one model.
+struct Row {
+    system: String,
+    int8: bool,
+    throughput: Figures,
+    latency: Figures,
+}
+
 fn main() {
     if let Some(model) = std::env::var_os(CHILD_ENV) {
         return child(Path::new(&model));
@@ -173,73 +228,89 @@ fn main() {
         return rss_child(&spec);
     }
     let amx = tessera::inference::request_amx_int8(true);
-    println!("# Engine: tract vs onnxruntime fp32, batch 1, {THREADS} threads, {SECONDS} s per setup\n");
     println!(
-        "| model | tract engine | mode | tract img/s | tract p50 / p99 ms | onnxruntime fp32 img/s | ort p50 / p99 ms | tract/ort img/s | % of FP32 peak, tract / ort |"
+        "# Engines: tract, Tessera's onnxruntime and Python onnxruntime, batch 1, {THREADS} threads, {SECONDS} s per setup\n"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    // GFLOP per image (2 × multiply-adds) of the torchvision architectures at 224×224.
+    println!(
+        "× ort fp32: images/s over Python onnxruntime's on the fp32 graph in the same mode (the engine a \
+         user would otherwise pick); × ort same: over Python onnxruntime's on the same precision \
+         (int8 rows: its QDQ graph). % of peak: fp32 GFLOP/s over the single-core sgemm rate × {THREADS}.\n"
+    );
+    println!(
+        "| model | system | throughput img/s | × ort fp32 | × ort same | latency p50 / p99 ms | latency img/s | × ort fp32 | × ort same | % of FP32 peak, throughput |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut profiles = Vec::new();
     let mut rss = Vec::new();
-    // `BENCH_MODELS=mobilenetv2,resnet50` runs only those.
     let only = std::env::var("BENCH_MODELS").unwrap_or_default();
-    let archs = [("resnet18", 3.64, true), ("resnet50", 8.21, true), ("mobilenetv2", 0.60, true)];
-    for (arch, gflop, with_int8) in
-        archs.into_iter().filter(|(a, _, _)| only.is_empty() || only.split(',').any(|o| o == *a))
-    {
-        let fp32 = root().join(format!("build/models/{arch}/1/model.onnx"));
-        let int8 = root().join(format!("build/models/{arch}-int8/1/model.onnx"));
-        let models = if with_int8 { vec![("fp32", &fp32), ("int8", &int8)] } else { vec![("fp32", &fp32)] };
-        for (_, model) in &models {
+    for b in benches().into_iter().filter(|b| only.is_empty() || only.split(',').any(|o| o == b.name)) {
+        for model in [&b.fp32, &b.int8, &b.qdq] {
             assert!(model.is_file(), "{} is missing: run `just models`", model.display());
         }
-        let mut engines =
-            vec![("fp32", tract(&fp32, EngineMode::Throughput, 2 * THREADS), tract(&fp32, EngineMode::Latency, 1))];
-        if with_int8 {
-            engines.push((
-                if amx { "int8, AMX" } else { "int8 (no AMX on this CPU)" },
-                tract(&int8, EngineMode::Throughput, 2 * THREADS),
-                tract(&int8, EngineMode::Latency, 1),
-            ));
+        // Each engine's fp32 run right before Python's, then the int8 ones: the pairs that are
+        // compared see the same state of this (noisy, shared) machine.
+        let mut rows = Vec::new();
+        let (t, l) = both_modes(&b.fp32, EngineKind::Tract);
+        rows.push(Row { system: "tract fp32".into(), int8: false, throughput: t, latency: l });
+        let (t, l) = both_modes(&b.fp32, EngineKind::Onnxruntime);
+        rows.push(Row { system: "Tessera onnxruntime fp32".into(), int8: false, throughput: t, latency: l });
+        let (ort_fp32_t, ort_fp32_l, sgemm) = python_ort(&b.fp32);
+        let (t, l) = both_modes(&b.int8, EngineKind::Tract);
+        let int8_engine = if amx { "AMX" } else { "no AMX on this CPU" };
+        rows.push(Row { system: format!("tract int8 ({int8_engine})"), int8: true, throughput: t, latency: l });
+        if amx {
+            let (t, l) = tract_without_amx(&b.int8);
+            rows.push(Row { system: "tract int8 (AVX-512 VNNI)".into(), int8: true, throughput: t, latency: l });
         }
-        if amx && with_int8 {
-            let (throughput, latency) = tract_without_amx(&int8);
-            engines.push(("int8, AVX-512 VNNI", throughput, latency));
-        }
-        let o = ort(&fp32);
-        let (sessions, shared) = (fig(&o["throughput_sessions"]), fig(&o["throughput_shared"]));
-        let ort_throughput = if sessions.images_per_s >= shared.images_per_s { sessions } else { shared };
-        let ort_latency = fig(&o["latency"]);
-        let peak = o["sgemm_gflops_per_core"].as_f64().unwrap() * THREADS as f64;
-        for (engine, throughput, latency) in &engines {
-            for (mode, t, r) in [("throughput", throughput, &ort_throughput), ("latency", latency, &ort_latency)] {
-                let tract_peak = if engine.starts_with("fp32") {
-                    format!("{:.0} %", 100.0 * t.images_per_s * gflop / peak)
-                } else {
-                    "(int8)".to_string()
-                };
-                println!(
-                    "| {arch} | {engine} | {mode} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | **{:.2}×** | {tract_peak} / {:.0} % |",
-                    t.images_per_s,
-                    t.p50_ms,
-                    t.p99_ms,
-                    r.images_per_s,
-                    r.p50_ms,
-                    r.p99_ms,
-                    t.images_per_s / r.images_per_s,
-                    100.0 * r.images_per_s * gflop / peak,
-                );
-            }
-        }
-        eprintln!("onnxruntime {} setups for {arch}: {o}", o["onnxruntime"]);
+        let (t, l) = both_modes(&b.qdq, EngineKind::Onnxruntime);
+        rows.push(Row { system: "Tessera onnxruntime int8 QDQ".into(), int8: true, throughput: t, latency: l });
+        let (ort_int8_t, ort_int8_l, _) = python_ort(&b.qdq);
+        let peak = sgemm * THREADS as f64;
         eprintln!("FP32 peak (single-thread sgemm × {THREADS} cores): {peak:.0} GFLOP/s");
-        for (precision, model) in models {
-            profiles
-                .push((format!("{arch} {precision}"), profile_ops(model, &[1, 3, 224, 224], 3).expect("profiling")));
+        rows.push(Row {
+            system: "Python onnxruntime fp32".into(),
+            int8: false,
+            throughput: ort_fp32_t.clone(),
+            latency: ort_fp32_l.clone(),
+        });
+        rows.push(Row {
+            system: "Python onnxruntime int8 QDQ".into(),
+            int8: true,
+            throughput: ort_int8_t.clone(),
+            latency: ort_int8_l.clone(),
+        });
+        for r in &rows {
+            let (same_t, same_l) = if r.int8 { (&ort_int8_t, &ort_int8_l) } else { (&ort_fp32_t, &ort_fp32_l) };
+            let peak_share = if r.int8 {
+                "(int8)".to_string()
+            } else {
+                format!("{:.0} %", 100.0 * r.throughput.images_per_s * b.gflop / peak)
+            };
+            let (t, l) = (&r.throughput, &r.latency);
+            println!(
+                "| {} | {} | {:.1} | **{:.2}×** | {:.2}× | {:.1} / {:.1} | {:.1} | **{:.2}×** | {:.2}× | {peak_share} |",
+                b.name,
+                r.system,
+                t.images_per_s,
+                t.images_per_s / ort_fp32_t.images_per_s,
+                t.images_per_s / same_t.images_per_s,
+                l.p50_ms,
+                l.p99_ms,
+                l.images_per_s,
+                l.images_per_s / ort_fp32_l.images_per_s,
+                l.images_per_s / same_l.images_per_s,
+            );
+        }
+        for (precision, model) in [("fp32", &b.fp32), ("int8", &b.int8)] {
+            profiles.push((
+                format!("{} {precision}", b.name),
+                profile_ops(model, &[1, 3, 224, 224], 3).expect("profiling"),
+            ));
             let (one, four) = (rss_added(model, 1), rss_added(model, 4));
             let size = std::fs::metadata(model).map(|m| m.len() as f64 / (1 << 20) as f64).unwrap_or(0.0);
             rss.push(format!(
-                "{arch} {precision} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers"
+                "{} tract {precision} ({size:.0} MiB of ONNX): +{one:.0} MiB with 1 worker, +{four:.0} MiB with 4 workers",
+                b.name
             ));
         }
     }
