@@ -8,6 +8,7 @@
 //! - `im2col`: a faster int8 im2col into the panels tract's int8 kernels read, with slack
 //!   after the last panel for the AMX kernels' over-read.
 //! - `quantize`: a vectorizable f32 -> int8 quantization.
+//! - `maxpool`: a separable 2-D max pool (rows, then columns), same values as tract's.
 //! - `gemm_conv` (before tract's optimizer, [`before_optimize`]): fp32 convolutions, 1×1 ones
 //!   included, on our packed AVX-512 GEMM (`sgemm`; the `gemm` crate on other CPUs) instead
 //!   of tract's kernels (close, not byte-identical: another summation order; held to
@@ -28,6 +29,7 @@ mod depthwise;
 mod fold;
 mod gemm_conv;
 mod im2col;
+mod maxpool;
 mod qdepthwise;
 #[cfg(target_arch = "x86_64")]
 mod qgemm_conv;
@@ -70,6 +72,7 @@ pub fn apply(model: &mut TypedModel) -> TractResult<()> {
     fold::fold_constant_chains(model)?;
     replace_ops(model, im2col::replacement)?;
     replace_ops(model, quantize::replacement)?;
+    replace_ops(model, maxpool::replacement)?;
     Ok(())
 }
 

@@ -210,9 +210,8 @@ unsafe fn run(t: &Tile) {
 }
 
 /// Fills row `kk` of the convolution's im2col matrix for output columns `j0..j0 + width`
-/// into the block's column panels: column `j0 + j` goes to `panels[(j / NR) · panel_len + at
-/// + j % NR]`. The value is the input under kernel tap `kk` = (channel, ki, kj), 0 in the
-/// padding.
+/// into the block's column panels: column `j0 + j` goes to panel `j / NR`, at `at + j % NR`
+/// in it. The value is the input under kernel tap `kk` = (channel, ki, kj), 0 in the padding.
 ///
 /// One call per tap and block, not per panel: the tap's geometry (five divisions) and the
 /// position in the image are worked out once and then walked, in pieces that end at an output
