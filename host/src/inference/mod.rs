@@ -152,7 +152,8 @@ pub enum EngineMode {
     /// given up.
     #[default]
     Adaptive,
-    /// `threads` workers, one image each: the most images per second under load.
+    /// `threads` workers, one image each: the most images per second under load (onnxruntime:
+    /// a session per worker, so one copy of the weights each).
     Throughput,
     /// One worker, each image's matrix products split over `threads` threads: the lowest
     /// latency per image.

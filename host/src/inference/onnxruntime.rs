@@ -6,19 +6,23 @@
 //! `ORT_DYLIB_PATH`, else the `onnxruntime` wheel in the project's `.venv` (which ships only
 //! the versioned `capi/libonnxruntime.so.1.x`). A tract-only deployment never touches it.
 //!
-//! One session per loaded version (one copy of the weights), run by one worker over
-//! `threads` intra-op threads whatever the mode: `ort` 2.0's `Session::run` takes `&mut self`,
-//! and a session per worker would copy the weights. The session's own thread pool splits each
-//! image's operators, which is how onnxruntime is meant to use the cores.
+//! `ort` 2.0's `Session::run` takes `&mut self`, so a session runs one image at a time. In
+//! the adaptive and latency modes a version has one session (one copy of the weights), run by
+//! one worker over `threads` intra-op threads: the session's own pool splits each image's
+//! operators. In the throughput mode it has `threads` sessions of one intra-op thread each,
+//! one per worker, as a Python service gets the most images per second from onnxruntime (the
+//! engine benchmark measured one shared session at 0.75–0.93× of that): the price is one copy
+//! of the weights per session, in resident memory.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, ValueType};
 
-use super::{EngineConfig, LoadError, LoadedModel, ModelIo, ModelWorker};
+use super::{EngineConfig, EngineMode, LoadError, LoadedModel, ModelIo, ModelWorker};
 
 /// The library named by the configuration, until one is loaded.
 static CONFIGURED: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -92,28 +96,38 @@ fn venv_library(venv: &Path) -> Option<PathBuf> {
 }
 
 struct OrtModel {
-    session: Mutex<Session>,
+    /// One per worker (throughput mode) or one for the one worker.
+    sessions: Vec<Mutex<Session>>,
+    /// Workers made so far: worker `i` runs session `i % sessions.len()`.
+    workers: AtomicUsize,
     io: ModelIo,
     /// Whether the model declares its batch axis (the first) dynamic, so one run takes many.
     batches: bool,
 }
 
-/// Loads `path` into a session with `engine.threads` intra-op threads and runs it once on
-/// zeros (to learn the output shape and so the first request does not pay for warming up).
+/// Loads `path` into its sessions (see the module's comment for how many) and runs each once
+/// on zeros (to learn the output shape and so the first request does not pay for warming up).
 pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result<Arc<dyn LoadedModel>, LoadError> {
     let err = |message: String| LoadError { path: path.display().to_string(), message };
     library().map_err(err)?;
     let threads = engine.threads.max(1);
+    let (count, intra) = match engine.mode {
+        EngineMode::Throughput => (threads, 1),
+        EngineMode::Adaptive | EngineMode::Latency => (1, threads),
+    };
     let ort_err = |e: ort::Error| err(format!("onnxruntime: {e}"));
     let option_err = |e: ort::Error<_>| err(format!("onnxruntime session options: {e}"));
-    let mut session = Session::builder()
-        .map_err(ort_err)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(option_err)?
-        .with_intra_threads(threads)
-        .map_err(option_err)?
-        .commit_from_file(path)
-        .map_err(ort_err)?;
+    let open = || -> Result<Session, LoadError> {
+        Session::builder()
+            .map_err(ort_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(option_err)?
+            .with_intra_threads(intra)
+            .map_err(option_err)?
+            .commit_from_file(path)
+            .map_err(ort_err)
+    };
+    let mut session = open()?;
     let (input, output) = match (session.inputs(), session.outputs()) {
         ([input], [output, ..]) => (input, output),
         (inputs, _) => return Err(err(format!("the model has {} inputs; Tessera feeds one image", inputs.len()))),
@@ -131,17 +145,24 @@ pub fn load(path: &Path, input_shape: &[usize], engine: &EngineConfig) -> Result
     let (output_dtype, _) = declared(output.dtype())?;
     let (input_name, output_name) = (input.name().to_string(), output.name().to_string());
     let zeros = vec![0f32; input_shape.iter().product()];
-    let output_shape = {
+    let warm_up = |session: &mut Session| -> Result<Vec<usize>, LoadError> {
         let outputs = session
             .run(ort::inputs![TensorRef::from_array_view((input_shape.to_vec(), &zeros[..])).map_err(ort_err)?])
             .map_err(ort_err)?;
         let (shape, _) = outputs[0].try_extract_tensor::<f32>().map_err(ort_err)?;
-        shape.iter().map(|&d| d as usize).collect()
+        Ok(shape.iter().map(|&d| d as usize).collect())
     };
+    let output_shape = warm_up(&mut session)?;
+    let mut sessions = vec![Mutex::new(session)];
+    for _ in 1..count {
+        let mut more = open()?;
+        warm_up(&mut more)?;
+        sessions.push(Mutex::new(more));
+    }
     let io =
         ModelIo { input_name, input_shape: input_shape.to_vec(), input_dtype, output_name, output_shape, output_dtype };
     let batches = dims.first().is_some_and(|&d| d < 0);
-    Ok(Arc::new(OrtModel { session: Mutex::new(session), io, batches }))
+    Ok(Arc::new(OrtModel { sessions, workers: AtomicUsize::new(0), io, batches }))
 }
 
 impl LoadedModel for OrtModel {
@@ -154,11 +175,12 @@ impl LoadedModel for OrtModel {
     }
 
     fn parallel_jobs(&self) -> usize {
-        1
+        self.sessions.len()
     }
 
     fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String> {
-        Ok(Box::new(OrtWorker { model: self }))
+        let session = self.workers.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        Ok(Box::new(OrtWorker { model: self, session }))
     }
 
     fn max_batch(&self) -> usize {
@@ -168,12 +190,21 @@ impl LoadedModel for OrtModel {
 
 struct OrtWorker {
     model: Arc<OrtModel>,
+    /// Which of the model's sessions this worker runs.
+    session: usize,
+}
+
+impl OrtWorker {
+    /// This worker's session (its own in the throughput mode: the lock is then never waited on).
+    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.model.sessions[self.session].lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ModelWorker for OrtWorker {
     fn run(&mut self, input: Vec<f32>, _alone: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, String> {
         let e = |e: ort::Error| format!("onnxruntime: {e}");
-        let mut session = self.model.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = self.session();
         let tensor = TensorRef::from_array_view((self.model.io.input_shape.clone(), &input[..])).map_err(e)?;
         let outputs = session.run(ort::inputs![tensor]).map_err(e)?;
         let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(e)?;
@@ -191,7 +222,7 @@ impl ModelWorker for OrtWorker {
         let mut shape = self.model.io.input_shape.clone();
         shape[0] *= count;
         let stacked = inputs.concat();
-        let mut session = self.model.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = self.session();
         let tensor = TensorRef::from_array_view((shape, &stacked[..])).map_err(e)?;
         let outputs = session.run(ort::inputs![tensor]).map_err(e)?;
         let (_, values) = outputs[0].try_extract_tensor::<f32>().map_err(e)?;
