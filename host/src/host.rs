@@ -1,0 +1,324 @@
+//! [`Host`]: the library's entry point. A builder loads the configuration, the model
+//! repository and the guest components into one pipeline; the host classifies, reloads and
+//! reports what it serves.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Limits, RuleConfig};
+use crate::error::{PipelineError, Stage};
+use crate::inference::{self, EngineConfig};
+use crate::pipeline::{Classification, ClassifyRequest, Pipeline, Stages};
+use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
+use crate::runtime::{self, Runtime, RuntimeError};
+use crate::watch;
+
+/// Why a host could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("default model {0:?} is not in the repository")]
+    NoDefaultModel(String),
+}
+
+/// A ready pipeline: models loaded, guests compiled. Cheap to share behind an `Arc`.
+pub struct Host {
+    pipeline: Pipeline,
+    config: Config,
+    /// One reload (models and guests) at a time.
+    reloading: Mutex<()>,
+}
+
+/// Builds a [`Host`] from a [`Config`] with optional overrides.
+#[derive(Debug, Clone, Default)]
+pub struct HostBuilder {
+    config: Config,
+}
+
+impl HostBuilder {
+    /// Starts from a whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The model repository directory.
+    pub fn models(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.models_dir = dir.into();
+        self
+    }
+
+    pub fn preprocess(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.guests.preprocess = path.into();
+        self
+    }
+
+    pub fn postprocess(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.guests.postprocess = path.into();
+        self
+    }
+
+    /// Replaces the rules chain.
+    pub fn rules(mut self, rules: Vec<RuleConfig>) -> Self {
+        self.config.guests.rules = rules;
+        self
+    }
+
+    /// Where compiled guests are cached (`None`: compile afresh, keep nothing on disk).
+    pub fn compile_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.config.compile_cache_dir = dir;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Loads every model version and compiles every guest; fails fast on the first problem.
+    pub fn build(self) -> Result<Host, BuildError> {
+        let config = self.config;
+        config.validate()?;
+        let amx = config.inference.tract.amx_int8;
+        if crate::inference::request_amx_int8(amx) != amx {
+            tracing::warn!(
+                requested = amx,
+                "amx_int8 was already fixed for this process by an earlier host; keeping the earlier choice"
+            );
+        }
+        crate::inference::configure_onnxruntime(config.inference.onnxruntime.library.clone());
+        let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
+        let stages = load_stages(&runtime, &config)?;
+        let engine = EngineConfig {
+            mode: config.inference_mode,
+            threads: config.inference_workers(),
+            queue_len: config.limits.inference_queue_len as usize,
+        };
+        let repo = Arc::new(ModelRepository::load(&config.models_dir, engine)?);
+        if let Some(name) = &config.default_model
+            && !repo.snapshot().models.contains_key(name)
+        {
+            return Err(BuildError::NoDefaultModel(name.clone()));
+        }
+        let pipeline = Pipeline {
+            runtime,
+            repo,
+            stages: ArcSwap::from_pointee(stages),
+            limits: config.limits.clone(),
+            default_model: config.default_model.clone(),
+        };
+        Ok(Host { pipeline, config, reloading: Mutex::new(()) })
+    }
+}
+
+/// Compiles (or loads from the compile cache) every configured guest.
+fn load_stages(runtime: &Runtime, config: &Config) -> Result<Stages, RuntimeError> {
+    let g = &config.guests;
+    Ok(Stages {
+        preprocess: runtime.load_preprocess(&g.preprocess)?,
+        postprocess: runtime.load_postprocess(&g.postprocess)?,
+        rules: g
+            .rules
+            .iter()
+            .map(|r| runtime.load_rules(&r.path, r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .collect::<Result<_, _>>()?,
+        sources: guest_stamps(config),
+    })
+}
+
+fn guest_stamps(config: &Config) -> Vec<FileStamp> {
+    let g = &config.guests;
+    [&g.preprocess, &g.postprocess]
+        .into_iter()
+        .chain(g.rules.iter().map(|r| &r.path))
+        .map(|p| FileStamp::of(p))
+        .collect()
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Every model with the state of each version (`ready`, `failed` with a reason).
+    pub models: Vec<ModelStatus>,
+    /// Model directories that could not be read (bad `model.toml` or labels), with the reason;
+    /// a model that was serving before keeps serving.
+    pub failed_models: BTreeMap<String, String>,
+    /// `unchanged`, `reloaded`, or `failed: <reason>` (the old guests keep serving).
+    pub guests: String,
+}
+
+/// A model as listings show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub default: bool,
+    /// The versions that serve.
+    pub ready_versions: Vec<String>,
+    /// The version a request without `version` gets.
+    pub default_version: Option<String>,
+    pub version_policy: repository::VersionPolicy,
+    /// Every version the policy selects, with its state.
+    pub versions: Vec<VersionStatus>,
+    pub input_shape: [u32; 4],
+    pub labels: Vec<String>,
+    pub description: Option<String>,
+    /// The engine that runs it (`tract` or `onnxruntime`, from its `model.toml`).
+    pub engine: inference::EngineKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    pub version: String,
+    #[serde(flatten)]
+    pub state: repository::VersionState,
+    /// Dynamic batching in force for this version and what it did (absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<inference::BatchStats>,
+}
+
+/// The preprocess stage alone, for a model manifest that may have no weights yet: what
+/// training tools use so that training sees exactly the tensors serving computes.
+pub struct Preprocessor {
+    runtime: Runtime,
+    guest: runtime::PreprocessGuest,
+    manifest: repository::Manifest,
+    limits: Limits,
+}
+
+impl Preprocessor {
+    /// Loads `config.guests.preprocess` for the model described by `model_toml`.
+    pub fn new(config: &Config, model_toml: &std::path::Path) -> Result<Self, BuildError> {
+        config.validate()?;
+        let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
+        let guest = runtime.load_preprocess(&config.guests.preprocess)?;
+        let manifest = repository::Manifest::from_file(model_toml)?;
+        Ok(Preprocessor { runtime, guest, manifest, limits: config.limits.clone() })
+    }
+
+    /// The model input for one encoded image.
+    pub fn run(&self, image: &[u8]) -> Result<Vec<f32>, PipelineError> {
+        let spec = runtime::SpecView::new("preprocess", 0, &self.manifest, 0);
+        let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.deadline_ms);
+        self.runtime
+            .preprocess(&self.guest, image, None, &spec, &self.limits, deadline)
+            .map(|(data, _)| data)
+            .map_err(|f| f.into_pipeline(Stage::Preprocess, &self.guest.name))
+    }
+}
+
+impl Host {
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Classifies an encoded image with the default model and settings.
+    pub fn classify(&self, image: &[u8]) -> Result<Classification, PipelineError> {
+        self.classify_request(&ClassifyRequest { image: image.to_vec(), ..Default::default() })
+    }
+
+    /// Classifies with every option of [`ClassifyRequest`]. Blocks the calling thread.
+    pub fn classify_request(&self, req: &ClassifyRequest) -> Result<Classification, PipelineError> {
+        self.pipeline.classify(req, Instant::now())
+    }
+
+    /// Like [`Host::classify_request`], with the deadline counted from `start` (when the
+    /// request arrived, before its body was read).
+    pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
+        self.pipeline.classify(req, start)
+    }
+
+    /// The input tensor the model would get for `image` (preprocess stage only).
+    pub fn preprocess(&self, image: &[u8], model: Option<&str>) -> Result<Vec<f32>, PipelineError> {
+        self.pipeline.preprocess(image, model, self.pipeline.deadline(Instant::now(), None))
+    }
+
+    /// The model repository (take a [`repository::Snapshot`] to look inside).
+    pub fn repository(&self) -> &ModelRepository {
+        &self.pipeline.repo
+    }
+
+    /// The name of the model used when a request names none.
+    pub fn default_model(&self) -> String {
+        self.pipeline.default_model_name()
+    }
+
+    /// Every model with its versions and their states.
+    pub fn models(&self) -> Vec<ModelStatus> {
+        let snapshot = self.pipeline.repo.snapshot();
+        let default = self.default_model();
+        snapshot
+            .models
+            .values()
+            .map(|m| ModelStatus {
+                name: m.name.clone(),
+                default: m.name == default,
+                ready_versions: m.versions.keys().map(u64::to_string).collect(),
+                default_version: m.resolve(None).ok().map(|v| v.version.to_string()),
+                version_policy: m.manifest.version_policy.clone(),
+                versions: m
+                    .states
+                    .iter()
+                    .map(|(v, state)| VersionStatus {
+                        version: v.to_string(),
+                        state: state.clone(),
+                        batching: m.versions.get(v).and_then(|loaded| loaded.pool.batch_stats()),
+                    })
+                    .collect(),
+                input_shape: m.manifest.input_shape,
+                labels: m.labels.to_vec(),
+                description: m.manifest.description.clone(),
+                engine: m.manifest.engine,
+            })
+            .collect()
+    }
+
+    /// Rescans the model repository and the guest files and swaps in whatever changed.
+    /// Requests already running finish on what they started with; anything that fails to
+    /// load is reported and the previous version keeps serving.
+    pub fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let failed_models = match self.pipeline.repo.reload() {
+            Ok(snapshot) => snapshot.failed.clone(),
+            Err(e) => {
+                tracing::error!(error = %e, "model repository not reloaded");
+                BTreeMap::from([("*".to_string(), e.to_string())])
+            }
+        };
+        let guests = if self.pipeline.stages.load().sources == guest_stamps(&self.config) {
+            "unchanged".to_string()
+        } else {
+            match load_stages(&self.pipeline.runtime, &self.config) {
+                Ok(stages) => {
+                    self.pipeline.stages.store(Arc::new(stages));
+                    tracing::info!("guest components reloaded");
+                    "reloaded".to_string()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "guest components not reloaded; the previous ones keep serving");
+                    format!("failed: {e}")
+                }
+            }
+        };
+        ReloadReport { models: self.models(), failed_models, guests }
+    }
+
+    /// Starts watching the model directory and guest files, reloading on changes (debounced).
+    /// Watching stops when the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>) -> Result<watch::WatchGuard, watch::WatchError> {
+        watch::watch(self)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
