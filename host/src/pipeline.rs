@@ -103,11 +103,26 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// The absolute deadline for a request arriving at `start` with the client's `timeout`: the
+/// shorter of it and `limits.deadline_ms`.
+pub fn deadline(limits: &Limits, start: Instant, timeout: Option<Duration>) -> Instant {
+    let max = Duration::from_millis(limits.deadline_ms);
+    start + timeout.map_or(max, |t| t.min(max))
+}
+
+/// Refuses a `top_k` of 0 (the protocols check it before admission, the pipeline again for
+/// library callers).
+pub fn check_top_k(top_k: Option<u32>) -> Result<(), PipelineError> {
+    match top_k {
+        Some(0) => Err(PipelineError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
 impl Pipeline {
     /// The absolute deadline for a request arriving at `start`.
     pub fn deadline(&self, start: Instant, timeout: Option<Duration>) -> Instant {
-        let max = Duration::from_millis(self.limits.deadline_ms);
-        start + timeout.map_or(max, |t| t.min(max))
+        deadline(&self.limits, start, timeout)
     }
 
     /// Resolves the model and version a request asks for.
@@ -138,13 +153,8 @@ impl Pipeline {
         let deadline = self.deadline(start, req.timeout);
         let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
         let classes = model.labels.len() as u32;
-        let top_k = match req.top_k {
-            Some(0) => {
-                return Err(PipelineError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1"));
-            }
-            Some(k) => k.min(classes),
-            None => DEFAULT_TOP_K.min(classes),
-        };
+        check_top_k(req.top_k)?;
+        let top_k = req.top_k.unwrap_or(DEFAULT_TOP_K).min(classes);
         let spec = spec_view(&model, &version);
         let stages = self.stages.load_full();
         let mut timings = Timings::default();

@@ -1,7 +1,8 @@
 //! HTTP routes: `POST /v1/classify`, `GET /v1/models`, `/healthz`, `/readyz`.
 //!
-//! This is the one place that converts between HTTP and the pipeline: query, headers and
-//! body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status and a JSON body.
+//! This is the one place that converts between HTTP and the serving core (`service.rs`):
+//! query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status
+//! and a JSON body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::json;
 
-use super::AppState;
+use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::{Classification, ClassifyRequest};
 
@@ -25,8 +26,6 @@ type Body = Full<Bytes>;
 pub const REQUEST_ID: &str = "x-request-id";
 /// Header a client may use to shorten (never lengthen) the deadline, in milliseconds.
 pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
-/// Longest client-supplied request id kept; longer ones are replaced.
-const MAX_REQUEST_ID_LEN: usize = 128;
 /// What `Retry-After` says on 503, in seconds.
 const RETRY_AFTER_S: &str = "1";
 
@@ -141,12 +140,7 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
 }
 
 fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(String::from)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    service::request_id(headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
 }
 
 fn readyz(state: &AppState) -> Response<Body> {
@@ -157,9 +151,7 @@ fn readyz(state: &AppState) -> Response<Body> {
 }
 
 fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
-    state.host.get().ok_or_else(|| {
-        error(ErrorKind::NotReady, Stage::Admission, "models and guests are still loading; retry shortly")
-    })
+    Ok(state.ready_host()?)
 }
 
 fn models(state: &AppState) -> Result<Response<Body>, HttpError> {
@@ -229,13 +221,16 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "top_k" => {
-                let k = value.parse::<u32>().ok().filter(|k| *k > 0).ok_or_else(|| {
-                    error(
-                        ErrorKind::BadRequest,
-                        Stage::Admission,
-                        format!("top_k must be a whole number of at least 1, got {value:?}"),
-                    )
-                })?;
+                let k =
+                    value.parse::<u32>().ok().filter(|k| crate::pipeline::check_top_k(Some(*k)).is_ok()).ok_or_else(
+                        || {
+                            error(
+                                ErrorKind::BadRequest,
+                                Stage::Admission,
+                                format!("top_k must be a whole number of at least 1, got {value:?}"),
+                            )
+                        },
+                    )?;
                 q.top_k = Some(k);
             }
             "model" => q.model = Some(value.into_owned()),
@@ -340,9 +335,7 @@ async fn classify(
     let timeout = parse_timeout(&req.headers)?;
     let upload = upload_kind(&req.headers)?;
     let limits = &state.config.limits;
-    let deadline = start
-        + timeout
-            .map_or(Duration::from_millis(limits.deadline_ms), |t| t.min(Duration::from_millis(limits.deadline_ms)));
+    let deadline = state.deadline(start, timeout);
 
     let max_body = limits.max_body_bytes;
     if let Some(len) = content_length(&req.headers)
@@ -350,13 +343,7 @@ async fn classify(
     {
         return Err(too_large(len.to_string(), max_body));
     }
-    let _permit = state.admission.clone().try_acquire_owned().map_err(|_| {
-        error(
-            ErrorKind::Overloaded,
-            Stage::Admission,
-            format!("{} requests are already in flight; retry shortly", limits.max_concurrent_requests),
-        )
-    })?;
+    let permit = state.admit()?;
 
     let metadata = metadata(&req.headers, request_id);
     let bytes = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
@@ -386,17 +373,7 @@ async fn classify(
         timeout,
         metadata,
     };
-    let work = tokio::task::spawn_blocking(move || host.classify_since(&request, start));
-    // Guests and inference stop themselves at the deadline; the small margin lets their own,
-    // more precise error (which stage ran out) win over this generic one.
-    let margin = Duration::from_millis(50);
-    let result = match tokio::time::timeout_at((deadline + margin).into(), work).await {
-        Err(_) => return Err(error(ErrorKind::DeadlineExceeded, Stage::Admission, "the request deadline passed")),
-        Ok(Err(join)) => {
-            return Err(error(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")));
-        }
-        Ok(Ok(result)) => result?,
-    };
+    let result = service::classify(host, request, start, deadline, permit).await?;
     Ok(json_response(StatusCode::OK, &ClassifyResponse { result: &result, request_id }))
 }
 

@@ -6,6 +6,7 @@
 //! finish within `limits.shutdown_grace_ms`, and return.
 
 mod http;
+mod service;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,86 @@
+//! The serving core every protocol shares: readiness, request ids, the request's deadline,
+//! admission, and running a classification off the async threads. A protocol module (HTTP
+//! today) only turns its wire format into a [`ClassifyRequest`] and the answer, or the
+//! [`PipelineError`], back into its own; nothing here knows a status code or a header.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::AppState;
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::{Classification, ClassifyRequest, Host, pipeline};
+
+/// Longest client-supplied request id kept; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// How long after the deadline the protocol side waits for the pipeline's own answer: guests
+/// and inference stop themselves at the deadline, and their error (naming the stage that ran
+/// out) is more precise than the generic one given when this margin passes too.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
+/// The request id: the client's if it is usable (1–128 printable ASCII characters), else a
+/// fresh UUID.
+pub(super) fn request_id(client: Option<&str>) -> String {
+    client
+        .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+impl AppState {
+    /// The loaded host, or `NotReady` while models and guests load.
+    pub(super) fn ready_host(&self) -> Result<&Arc<Host>, PipelineError> {
+        self.host.get().ok_or_else(|| {
+            PipelineError::new(
+                ErrorKind::NotReady,
+                Stage::Admission,
+                "models and guests are still loading; retry shortly",
+            )
+        })
+    }
+
+    /// When a request arriving at `start` must be answered: the client's timeout if it is
+    /// shorter than `limits.deadline_ms` (the pipeline counts the same way).
+    pub(super) fn deadline(&self, start: Instant, timeout: Option<Duration>) -> Instant {
+        pipeline::deadline(&self.config.limits, start, timeout)
+    }
+
+    /// A place in the pipeline, or `Overloaded` when `limits.max_concurrent_requests` are in
+    /// flight. Checked before the request's body is read.
+    pub(super) fn admit(&self) -> Result<OwnedSemaphorePermit, PipelineError> {
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            PipelineError::new(
+                ErrorKind::Overloaded,
+                Stage::Admission,
+                format!("{} requests are already in flight; retry shortly", self.config.limits.max_concurrent_requests),
+            )
+        })
+    }
+}
+
+/// Runs `request` (arrived at `start`, due at `deadline`) on a blocking thread. The admission
+/// `permit` goes with the work and is released only when the work has stopped, even when the
+/// answer given here is an error because the deadline passed first: admitted work never
+/// exceeds the limit.
+pub(super) async fn classify(
+    host: Arc<Host>,
+    request: ClassifyRequest,
+    start: Instant,
+    deadline: Instant,
+    permit: OwnedSemaphorePermit,
+) -> Result<Classification, PipelineError> {
+    let work = tokio::task::spawn_blocking(move || {
+        let result = host.classify_since(&request, start);
+        drop(permit);
+        result
+    });
+    match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), work).await {
+        Err(_) => Err(PipelineError::new(ErrorKind::DeadlineExceeded, Stage::Admission, "the request deadline passed")),
+        Ok(Err(join)) => {
+            Err(PipelineError::new(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")))
+        }
+        Ok(Ok(result)) => result,
+    }
+}
