@@ -24,6 +24,7 @@ pub mod watch;
 pub use config::{Config, ConfigError, Limits, RuleConfig};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus};
+pub use inference::{EngineKind, EngineMode};
 pub use pipeline::{Classification, ClassifyRequest, ModelRef, Timings, Verdict};
 pub use repository::{ModelRepository, RepositoryError};
 pub use runtime::{Decision, Prediction, RuntimeError};

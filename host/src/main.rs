@@ -106,7 +106,7 @@ struct Overrides {
     inference_workers: Option<u32>,
     /// adaptive (default), throughput or latency.
     #[arg(long, global = true)]
-    inference_mode: Option<tessera::inference::EngineMode>,
+    inference_mode: Option<tessera::EngineMode>,
     #[arg(long, global = true)]
     inference_queue_len: Option<u32>,
     #[arg(long, global = true)]

@@ -181,13 +181,11 @@ pub struct LoadError {
 impl std::str::FromStr for EngineMode {
     type Err = String;
 
+    /// The names `tessera.toml` uses (serde's), so the command line cannot drift from them.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "adaptive" => Ok(EngineMode::Adaptive),
-            "throughput" => Ok(EngineMode::Throughput),
-            "latency" => Ok(EngineMode::Latency),
-            other => Err(format!("{other:?} is not an inference mode; use adaptive, throughput or latency")),
-        }
+        use serde::de::{Deserialize, IntoDeserializer, value::Error};
+        EngineMode::deserialize(s.into_deserializer())
+            .map_err(|e: Error| format!("{s:?} is not an inference mode: {e}"))
     }
 }
 
@@ -566,7 +564,8 @@ mod tests {
         assert_eq!("adaptive".parse::<EngineMode>(), Ok(EngineMode::Adaptive));
         assert_eq!("latency".parse::<EngineMode>(), Ok(EngineMode::Latency));
         let err = "fast".parse::<EngineMode>().unwrap_err();
-        assert!(err.contains("adaptive, throughput or latency"), "{err}");
+        // The names are serde's (tessera.toml's), listed in the error.
+        assert!(err.contains("`adaptive`, `throughput`, `latency`"), "{err}");
         assert_eq!(EngineMode::default(), EngineMode::Adaptive);
     }
 }
