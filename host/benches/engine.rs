@@ -21,8 +21,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tessera::inference::tract::profile_ops;
-use tessera::inference::{EngineConfig, EngineKind, EngineMode, InferencePool};
+use tessera::internals::tract::profile_ops;
+use tessera::internals::{EngineConfig, InferencePool};
+use tessera::{EngineKind, EngineMode};
 
 const THREADS: usize = 2;
 const SECONDS: u64 = 8;
@@ -105,7 +106,7 @@ fn rss_added(model: &Path, workers: usize) -> f64 {
 fn rss_child(spec: &str) {
     let (workers, model) = spec.split_once(':').unwrap();
     let workers: usize = workers.parse().unwrap();
-    tessera::inference::request_amx_int8(true); // as the parent process runs them
+    tessera::internals::request_amx_int8(true); // as the parent process runs them
     let input = vec![0.5f32; 3 * 224 * 224];
     let far = Instant::now() + Duration::from_secs(60);
     let before = rss_mib();
@@ -152,7 +153,7 @@ fn tract_without_amx(model: &Path) -> (Figures, Figures) {
 }
 
 fn child(model: &Path) {
-    assert!(!tessera::inference::request_amx_int8(false));
+    assert!(!tessera::internals::request_amx_int8(false));
     let json = |f: Figures| serde_json::json!({"images_per_s": f.images_per_s, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms});
     let (throughput, latency) = both_modes(model, EngineKind::Tract);
     println!("{}", serde_json::json!({"throughput": json(throughput), "latency": json(latency)}));
@@ -227,7 +228,7 @@ fn main() {
     if let Ok(spec) = std::env::var(RSS_CHILD_ENV) {
         return rss_child(&spec);
     }
-    let amx = tessera::inference::request_amx_int8(true);
+    let amx = tessera::internals::request_amx_int8(true);
     println!(
         "# Engines: tract, Tessera's onnxruntime and Python onnxruntime, batch 1, {THREADS} threads, {SECONDS} s per setup\n"
     );

@@ -9,7 +9,7 @@
 //!   with `draft()` (`bench/peers/pillow_preprocess.py`, run by the project's `.venv` Python).
 //!
 //! Then the slow-thread check: guest time on a thread that loaded and ran a model (what the
-//! thread that loaded the models used to pay) vs on a fresh thread; the fix in `tessera::cpu`
+//! thread that loaded the models used to pay) vs on a fresh thread; the fix in `cpu.rs`
 //! keeps the ratio near 1.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera::Config;
-use tessera::runtime::{Runtime, SpecView};
+use tessera::internals::{Runtime, SpecView};
 
 /// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
 const ROUNDS: usize = 5;
@@ -62,7 +62,7 @@ fn main() {
     let config = Config::default();
     let runtime = Runtime::new(&config.limits, Some(&root.join("target/cache/components"))).unwrap();
     let guest = runtime.load_preprocess(&root.join("target/guests/preprocess.wasm")).unwrap();
-    let manifest = tessera::repository::Manifest::from_file(&root.join("models/shapes/model.toml")).unwrap();
+    let manifest = tessera::internals::Manifest::from_file(&root.join("models/shapes/model.toml")).unwrap();
     let spec = SpecView::new("shapes", 1, &manifest, 8);
     let native_spec = tessera_preprocess::Spec {
         height: 224,
@@ -187,8 +187,8 @@ fn main() {
                 // convolutions run on our own int8 kernel, which leaves the state clean; tract's
                 // asm kernels, the ones that dirty it, still run a user's other matmuls.)
                 let model = root.join("models/shapes-int8/1/model.onnx");
-                let plan = tessera::inference::tract::load_plan(&model, &[1, 3, 224, 224]).unwrap();
-                tessera::inference::tract::run_plan_once(&plan, &input).unwrap();
+                let plan = tessera::internals::tract::load_plan(&model, &[1, 3, 224, 224]).unwrap();
+                tessera::internals::tract::run_plan_once(&plan, &input).unwrap();
                 guest_calls(&mut after_tract);
             });
         });

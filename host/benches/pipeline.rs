@@ -13,9 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera::inference::{EngineConfig, EngineMode};
-use tessera::repository::ModelRepository;
-use tessera::runtime::{Runtime, SpecView};
+use tessera::EngineMode;
+use tessera::internals::EngineConfig;
+use tessera::internals::ModelRepository;
+use tessera::internals::{Runtime, SpecView};
 use tessera::{Config, Host};
 
 const ITERATIONS: usize = 200;

@@ -20,13 +20,13 @@ fn main() -> anyhow::Result<()> {
         n => tract_linalg::multithread::Executor::multithread(n),
     };
     // As the latency mode runs its plan.
-    tessera::inference::tract::run_on_executor(executor, || run(path, nodes, runs, &args))
+    tessera::internals::tract::run_on_executor(executor, || run(path, nodes, runs, &args))
 }
 
 fn run(path: &str, nodes: usize, runs: usize, args: &[String]) -> anyhow::Result<()> {
-    tessera::inference::request_amx_int8(args.iter().any(|a| a == "--amx"));
+    tessera::internals::request_amx_int8(args.iter().any(|a| a == "--amx"));
     let path = std::path::Path::new(path);
-    let ops = tessera::inference::tract::profile_ops(path, &[1, 3, 224, 224], runs)?;
+    let ops = tessera::internals::tract::profile_ops(path, &[1, 3, 224, 224], runs)?;
     let total: f64 = ops.iter().map(|o| o.ms).sum();
     println!("total {total:.2} ms per run");
     for o in &ops {
@@ -41,7 +41,7 @@ fn run(path: &str, nodes: usize, runs: usize, args: &[String]) -> anyhow::Result
     }
     if nodes > 0 {
         println!();
-        for n in tessera::inference::tract::profile_nodes(path, &[1, 3, 224, 224], runs)?.iter().take(nodes) {
+        for n in tessera::internals::tract::profile_nodes(path, &[1, 3, 224, 224], runs)?.iter().take(nodes) {
             println!("{:>8.3} ms  {} [{}] {}", n.ms, n.name, n.op, n.info);
         }
     }

@@ -242,11 +242,6 @@ impl Host {
         self.pipeline.preprocess(image, model, self.pipeline.deadline(Instant::now(), None))
     }
 
-    /// The model repository (take a [`repository::Snapshot`] to look inside).
-    pub fn repository(&self) -> &ModelRepository {
-        &self.pipeline.repo
-    }
-
     /// The name of the model used when a request names none.
     pub fn default_model(&self) -> String {
         self.pipeline.default_model_name()

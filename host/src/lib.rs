@@ -11,20 +11,39 @@
 //! ```
 
 pub mod config;
-pub mod cpu;
+mod cpu;
 pub mod error;
 mod host;
-pub mod inference;
-pub mod pipeline;
-pub mod repository;
-pub mod runtime;
+mod inference;
+mod pipeline;
+mod repository;
+mod runtime;
 pub mod server;
-pub mod watch;
+mod watch;
 
 pub use config::{Config, ConfigError, Limits, RuleConfig};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus};
 pub use inference::{EngineKind, EngineMode};
-pub use pipeline::{Classification, ClassifyRequest, ModelRef, Timings, Verdict};
-pub use repository::{ModelRepository, RepositoryError};
-pub use runtime::{Decision, Prediction, RuntimeError};
+pub use pipeline::{Classification, ClassifyRequest, Decision, ModelRef, Prediction, Timings};
+pub use repository::RepositoryError;
+pub use runtime::RuntimeError;
+pub use watch::{WatchError, WatchGuard};
+
+/// Not part of the API: the pieces the benches, the profiling example and the integration tests
+/// measure on their own (engines without the pipeline, a guest without a model repository, CPU
+/// state). Nothing here is covered by semver.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::cpu::{clean_upper_state, upper_state_dirty};
+    pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
+    pub use crate::repository::{Manifest, ModelRepository};
+    pub use crate::runtime::{Runtime, SpecView};
+
+    /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.
+    pub mod tract {
+        pub use crate::inference::tract::{
+            NodeTime, load_plan, matmul_kernels, profile_nodes, profile_ops, run_on_executor, run_plan_once,
+        };
+    }
+}

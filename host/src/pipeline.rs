@@ -14,7 +14,7 @@ use crate::error::{ErrorKind, PipelineError, Stage};
 use arc_swap::ArcSwap;
 
 use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
-use crate::runtime::{Decision, PostprocessGuest, Prediction, PreprocessGuest, RulesGuest, Runtime, SpecView};
+use crate::runtime::{GuestInference, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime, SpecView};
 
 /// `top_k` when a request does not say.
 pub const DEFAULT_TOP_K: u32 = 5;
@@ -55,9 +55,17 @@ pub struct Timings {
     pub total: f64,
 }
 
-/// The rules chain's verdict, with the rule that gave it.
+/// A scored class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Verdict {
+pub struct Prediction {
+    pub index: u32,
+    pub label: String,
+    pub score: f32,
+}
+
+/// The rules' decision: one rules guest's, or the chain's, with the rule that gave it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
     pub accepted: bool,
     pub reason: String,
     pub category: Option<String>,
@@ -73,7 +81,7 @@ pub struct Classification {
     pub label: String,
     pub confidence: f32,
     pub top_k: Vec<Prediction>,
-    pub decision: Verdict,
+    pub decision: Decision,
     pub model: ModelRef,
     pub timings_ms: Timings,
 }
@@ -229,25 +237,49 @@ impl Pipeline {
         preds: &[Prediction],
         metadata: &[(String, String)],
         deadline: Instant,
-    ) -> Result<Verdict, PipelineError> {
-        let mut verdict = Verdict {
+    ) -> Result<Decision, PipelineError> {
+        let mut decision = Decision {
             accepted: true,
             reason: "no rules configured".into(),
             category: None,
             tags: Vec::new(),
             rule: None,
         };
+        let inference: Arc<dyn GuestInference> = self.repo.clone();
         for rule in &stages.rules {
-            let Decision { accepted, reason, category, tags } = self
+            (decision, _) = self
                 .runtime
-                .decide(rule, preds, metadata, self.repo.clone(), deadline)
+                .decide(rule, preds, metadata, inference.clone(), deadline)
                 .map_err(|f| f.into_pipeline(Stage::Rules, &rule.name))?;
-            verdict = Verdict { accepted, reason, category, tags, rule: Some(rule.name.clone()) };
-            if !accepted {
+            if !decision.accepted {
                 break;
             }
         }
-        Ok(verdict)
+        Ok(decision)
+    }
+}
+
+/// A rules guest's `inference` import: the model repository, as requests see it.
+impl GuestInference for ModelRepository {
+    fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, PipelineError> {
+        let snapshot = self.snapshot();
+        let version = snapshot.get(model)?.resolve(version)?;
+        let expected = version.pool.input_shape();
+        if shape.len() != expected.len() || shape.iter().zip(expected).any(|(&a, &b)| a as usize != b) {
+            return Err(PipelineError::new(
+                ErrorKind::BadRequest,
+                Stage::Rules,
+                format!("model {model:?} takes shape {expected:?}, got {shape:?}"),
+            ));
+        }
+        version.pool.infer(input, deadline)
     }
 }
 

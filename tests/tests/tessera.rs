@@ -335,7 +335,7 @@ fn the_int8_default_model_runs_on_int8_kernels_and_agrees_with_fp32_on_504_held_
     // runs on our GEMM patch, not a tract matmul). A graph tract could not map would load and
     // answer just as well, dequantized to fp32, so this is checked, not assumed.
     let int8 = root().join("models/shapes-int8/1/model.onnx");
-    let kernels = tessera::inference::tract::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
+    let kernels = tessera::internals::tract::matmul_kernels(&int8, &[1, 3, 224, 224]).unwrap();
     let float: Vec<_> = kernels.iter().filter(|k| k.accumulator != "I32").collect();
     assert!(kernels.len() - float.len() >= 12 && float.len() <= 1, "not on int8 kernels: {kernels:#?}");
     println!(
@@ -713,7 +713,7 @@ fn seeded_model(arch: &str) -> std::path::PathBuf {
 
 #[test]
 fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_mobilenetv2_and_the_default_model() {
-    use tessera::inference::EngineKind;
+    use tessera::EngineKind;
     const INPUTS: usize = 100;
     let models = [
         ("shapes", root().join("models/shapes/1/model.onnx")),
@@ -747,35 +747,35 @@ fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_mobilenetv2_a
         }
         if name == "mobilenetv2-int8" {
             // Every depthwise convolution runs on our kernel, not as tract's m = 1 products.
-            let ops = tessera::inference::tract::profile_ops(&path, &[1, 3, 224, 224], 1).unwrap();
+            let ops = tessera::internals::tract::profile_ops(&path, &[1, 3, 224, 224], 1).unwrap();
             let count = |op: &str| ops.iter().find(|o| o.op == op).map_or(0, |o| o.nodes);
             assert_eq!(count("QuantDepthwiseConv"), 17, "{ops:?}");
         }
         if name.ends_with("-int8") || name.ends_with("-per-channel") {
             // Every convolution on an int8 kernel; on AVX-512 VNNI ours, with per-channel
             // scales requantized in its epilogue (no elementwise passes after it).
-            let kernels = tessera::inference::tract::matmul_kernels(&path, &[1, 3, 224, 224]).unwrap();
+            let kernels = tessera::internals::tract::matmul_kernels(&path, &[1, 3, 224, 224]).unwrap();
             let float = kernels.iter().filter(|k| k.accumulator != "I32").count();
             assert!(float == 0, "{name}: convolutions left on float kernels: {kernels:#?}");
-            let nodes = tessera::inference::tract::profile_nodes(&path, &[1, 3, 224, 224], 1).unwrap();
+            let nodes = tessera::internals::tract::profile_nodes(&path, &[1, 3, 224, 224], 1).unwrap();
             if nodes.iter().any(|n| n.op == "QGemmConv") && name.ends_with("-per-channel") {
                 let per_channel =
                     nodes.iter().filter(|n| n.op == "QGemmConv" && n.info.contains("per-channel")).count();
                 assert_eq!(per_channel, 20, "{name}: {nodes:#?}");
                 // The same plan as the per-tensor graph's, op for op: no requantization passes.
                 let per_tensor = quantized(&seeded_model("resnet18"));
-                let ops = |nodes: &[tessera::inference::tract::NodeTime]| {
+                let ops = |nodes: &[tessera::internals::tract::NodeTime]| {
                     let mut ops: Vec<String> = nodes.iter().map(|n| n.op.clone()).collect();
                     ops.sort();
                     ops
                 };
-                let theirs = tessera::inference::tract::profile_nodes(&per_tensor, &[1, 3, 224, 224], 1).unwrap();
+                let theirs = tessera::internals::tract::profile_nodes(&per_tensor, &[1, 3, 224, 224], 1).unwrap();
                 assert_eq!(ops(&nodes), ops(&theirs), "{name}: per-channel and per-tensor plans differ");
             }
         }
         if name == "mobilenetv2" {
             // The depthwise convolutions run on our kernel (not tract's DepthWise), ReLU6 fused.
-            let ops = tessera::inference::tract::profile_ops(&path, &[1, 3, 224, 224], 1).unwrap();
+            let ops = tessera::internals::tract::profile_ops(&path, &[1, 3, 224, 224], 1).unwrap();
             let count = |op: &str| ops.iter().find(|o| o.op == op).map_or(0, |o| o.nodes);
             assert_eq!(count("DepthwiseConv"), 17, "{ops:?}");
             assert!(ops.iter().all(|o| !o.op.starts_with("DepthWise") && !o.op.contains("Min")), "{ops:?}");
@@ -786,12 +786,9 @@ fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_mobilenetv2_a
             // onnxruntime in the throughput mode runs a session per worker: two here, so the
             // answers below come from both.
             let threads = if kind == EngineKind::Onnxruntime { 2 } else { 1 };
-            let engine = tessera::inference::EngineConfig {
-                mode: tessera::inference::EngineMode::Throughput,
-                threads,
-                queue_len: 4,
-            };
-            let pool = tessera::inference::InferencePool::load(&path, &[1, 3, 224, 224], kind, &engine).unwrap();
+            let engine =
+                tessera::internals::EngineConfig { mode: tessera::EngineMode::Throughput, threads, queue_len: 4 };
+            let pool = tessera::internals::InferencePool::load(&path, &[1, 3, 224, 224], kind, &engine).unwrap();
             assert_eq!(pool.io().output_shape, [1, classes], "{name} on {kind}");
             let (mut agree, mut max_diff, mut max_logit) = (0, 0f32, 0f32);
             let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;

@@ -185,7 +185,6 @@ pub struct ModelVersion {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum VersionState {
-    Loading,
     Ready,
     Failed { reason: String },
 }

@@ -20,7 +20,7 @@ use wasmtime::{
 
 use crate::config::{EPOCH_TICK_MS, Limits};
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::repository::ModelRepository;
+use crate::pipeline::{Decision, Prediction};
 use bindings::{inference, postprocessor, preprocessor, rules, types};
 
 /// Why the runtime or a guest could not be set up.
@@ -40,10 +40,25 @@ pub struct GuestState {
     inference: InferenceAccess,
 }
 
-/// What a guest's calls to the host `inference` interface may reach: the repository, within
-/// the request's deadline.
+/// What a guest's `inference` import reaches. The runtime defines it and the pipeline implements
+/// it over the model repository, so the runtime knows nothing of models or versions.
+pub trait GuestInference: Send + Sync {
+    /// Runs `model` (its `version`, or the default one) on `input` of `shape` before `deadline`;
+    /// the output's values, or why not, as the pipeline would report it.
+    fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, PipelineError>;
+}
+
+/// What a guest's calls to the host `inference` interface may reach, within the request's
+/// deadline; `None` for the stages that are not given inference.
 struct InferenceAccess {
-    repo: Option<Arc<ModelRepository>>,
+    backend: Option<Arc<dyn GuestInference>>,
     deadline: Instant,
 }
 
@@ -82,24 +97,16 @@ impl inference::Host for GuestState {
         input: types::Tensor,
     ) -> Result<types::Tensor, types::Error> {
         let access = &self.inference;
-        let repo = access
-            .repo
+        let backend = access
+            .backend
             .as_ref()
             .ok_or_else(|| types::Error::Internal("inference is not available to this stage".into()))?;
-        let to_wit = |e: PipelineError| match e.kind {
-            ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
-            _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
-        };
-        let snapshot = repo.snapshot();
-        let version = snapshot.get(&model).and_then(|m| m.resolve(version.as_deref())).map_err(to_wit)?;
-        let shape: Vec<u32> = version.pool.input_shape().iter().map(|&d| d as u32).collect();
-        if input.shape != shape {
-            return Err(types::Error::InvalidInput(format!(
-                "model {model:?} takes shape {shape:?}, got {:?}",
-                input.shape
-            )));
-        }
-        let data = version.pool.infer(input.data, access.deadline).map_err(to_wit)?;
+        let data = backend.infer(&model, version.as_deref(), &input.shape, input.data, access.deadline).map_err(
+            |e| match e.kind {
+                ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
+                _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
+            },
+        )?;
         Ok(types::Tensor { shape: vec![1, data.len() as u32], data })
     }
 }
@@ -242,14 +249,18 @@ impl Runtime {
     }
 
     /// A store for one guest call that traps once `deadline` passes.
-    fn store(&self, deadline: Instant, repo: Option<Arc<ModelRepository>>) -> Result<Store<GuestState>, GuestFailure> {
+    fn store(
+        &self,
+        deadline: Instant,
+        backend: Option<Arc<dyn GuestInference>>,
+    ) -> Result<Store<GuestState>, GuestFailure> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GuestFailure::DeadlineExceeded);
         }
         let state = GuestState {
             limiter: MemoryLimiter { max_bytes: self.guest_memory_bytes, refused: false },
-            inference: InferenceAccess { repo, deadline },
+            inference: InferenceAccess { backend, deadline },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -333,23 +344,6 @@ impl<'a> SpecView<'a> {
             labels_count: self.labels_count,
         }
     }
-}
-
-/// A scored class, as the host sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Prediction {
-    pub index: u32,
-    pub label: String,
-    pub score: f32,
-}
-
-/// A rule's verdict, as the host sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Decision {
-    pub accepted: bool,
-    pub reason: String,
-    pub category: Option<String>,
-    pub tags: Vec<String>,
 }
 
 /// Where a guest call's time went: instantiating the component from its `InstancePre`, and
@@ -454,27 +448,35 @@ impl Runtime {
         Ok((preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
     }
 
-    /// One rule's decision. Rules may call back into inference through `repo`.
+    /// One rule's decision (`rule` names the guest). Rules may call back into inference through
+    /// `inference`; also reports how long instantiation and the call took.
     pub fn decide(
         &self,
         guest: &RulesGuest,
         preds: &[Prediction],
         metadata: &[(String, String)],
-        repo: Arc<ModelRepository>,
+        inference: Arc<dyn GuestInference>,
         deadline: Instant,
-    ) -> Result<Decision, GuestFailure> {
-        let mut store = self.store(deadline, Some(repo))?;
+    ) -> Result<(Decision, Phases), GuestFailure> {
+        let mut store = self.store(deadline, Some(inference))?;
         let wit_preds: Vec<types::Prediction> = preds
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
             .collect();
         let metadata = metadata.to_vec();
-        let (d, _) = run_guest(
+        let (d, phases) = run_guest(
             &mut store,
             |s| guest.pre.instantiate(s),
             |i, s| i.call_decide(s, &wit_preds, &metadata, &guest.config),
         )?;
-        Ok(Decision { accepted: d.accepted, reason: d.reason, category: d.category, tags: d.tags })
+        let decision = Decision {
+            accepted: d.accepted,
+            reason: d.reason,
+            category: d.category,
+            tags: d.tags,
+            rule: Some(guest.name.clone()),
+        };
+        Ok((decision, phases))
     }
 }
 
