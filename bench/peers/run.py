@@ -7,7 +7,9 @@ Systems, each started fresh for its cells and stopped after:
   torch (`--no-torch` skips it: the wheel is ~5.6 GB);
 - `seed-ort`: the same service on onnxruntime (2 intra-op threads): what a user would pick today;
 - `tessera-<fp32|int8>-<mode>`: the real `tessera serve` binary over HTTP, tract fp32 / int8 in each mode;
-- `tessera-ort`: the same binary with the model on its onnxruntime engine (fp32).
+- `tessera-ort`: the same binary with the model on its onnxruntime engine (fp32);
+- `tessera-fp32-grpc`: tract fp32 (adaptive) through Tessera's gRPC port, driven by the same
+  seed-proto client as the seed's systems (ResNet-50 and the default model, c = 1 and 4).
 
 One load shape for all (`tessera-loadgen`): closed loop at c = 1, 4, 16 and open loop at fixed
 rates, the full matrix for ResNet-50 on a 224 px JPEG, a subset for the default model, ResNet-18,
@@ -95,6 +97,7 @@ class Server:
 
     def __init__(self, name: str, argv: list[str], url: str, ready, log: Path):
         self.name, self.url = name, url
+        self.agree_url = url
         self.log = open(log, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -130,10 +133,12 @@ def start_seed(name: str, python: Path, backend: str, onnx: Path, arch: str) -> 
     return Server(name, argv, f"grpc://127.0.0.1:{port}", ready, log)
 
 
-def start_tessera(name: str, repo: Path, mode: str) -> Server:
-    port = free_port()
+def start_tessera(name: str, repo: Path, mode: str, grpc: bool = False) -> Server:
+    """Tessera on `repo`; with `grpc` the load goes through its gRPC port (the seed's service,
+    the same client as the seed's systems), else through HTTP."""
+    port, grpc_port = free_port(), free_port()
     argv = [str(TESSERA), "serve", "--models", str(repo), "--addr", f"127.0.0.1:{port}", "--no-watch",
-            "--inference-mode", mode]
+            "--inference-mode", mode, "--grpc-addr", f"127.0.0.1:{grpc_port}" if grpc else "off"]
 
     def ready() -> bool:
         try:
@@ -142,7 +147,12 @@ def start_tessera(name: str, repo: Path, mode: str) -> Server:
         except OSError:
             return False
 
-    return Server(name, argv, f"http://127.0.0.1:{port}/v1/classify", ready, WORK / f"{name}.log")
+    http = f"http://127.0.0.1:{port}/v1/classify"
+    server = Server(name, argv, f"grpc://127.0.0.1:{grpc_port}" if grpc else http, ready, WORK / f"{name}.log")
+    # Top-1 agreement reads class indices, which Tessera's HTTP answer has (the seed's gRPC
+    # message only has labels); the model's answer does not depend on the protocol.
+    server.agree_url = http
+    return server
 
 
 def load(server: Server, image: Path, seconds: float, concurrency: int | None = None,
@@ -161,21 +171,21 @@ def load(server: Server, image: Path, seconds: float, concurrency: int | None = 
 def top1_indices(server: Server, images: list[bytes]) -> list[int]:
     """Class index of each image's top-1, sent one by one."""
     out = []
-    if server.url.startswith("grpc://"):
+    if server.agree_url.startswith("grpc://"):
         import grpc
 
         sys.path.insert(0, str(WORK / "proto"))
         import image_recognition_pb2 as pb2
         import image_recognition_pb2_grpc as pb2_grpc
 
-        with grpc.insecure_channel(server.url.removeprefix("grpc://")) as channel:
+        with grpc.insecure_channel(server.agree_url.removeprefix("grpc://")) as channel:
             stub = pb2_grpc.ImageRecognitionServiceStub(channel)
             for data in images:
                 resp = stub.Recognize(pb2.ImageRequest(image_data=data, image_type="jpg"), timeout=30)
                 out.append(int(re.sub(r"\D", "", resp.label)))
     else:
         for data in images:
-            req = urllib.request.Request(server.url + "?top_k=1&", data=data, headers={"Content-Type": "image/jpeg"})
+            req = urllib.request.Request(server.agree_url + "?top_k=1&", data=data, headers={"Content-Type": "image/jpeg"})
             req.add_header("x-request-timeout-ms", "30000")
             with urllib.request.urlopen(req, timeout=60) as r:
                 out.append(json.load(r)["top_k"][0]["index"])
@@ -256,6 +266,10 @@ def main() -> None:
                          cells_full("photo-224") + extra))
     plan.append(("resnet50", "tessera-ort", lambda: start_tessera("tessera-ort", repos["resnet50-ort"], "adaptive"),
                  cells_full("photo-224") + photo_cells))
+    # The same server over the seed's gRPC service: the very client that drives the seed's systems.
+    plan.append(("resnet50", "tessera-fp32-grpc",
+                 lambda: start_tessera("tessera-fp32-grpc", repos["resnet50"], "adaptive", grpc=True),
+                 [("closed", c, "photo-224") for c in [1, 4]]))
     r18 = [("closed", c, "photo-224") for c in [1, 4]]
     plan.append(("resnet18", "seed-ort", lambda: start_seed("seed-ort", VENV_PEERS, "onnxruntime",
                                                             models["resnet18"][0], "resnet18"), r18))
@@ -271,6 +285,8 @@ def main() -> None:
                                                           ROOT / "models/shapes/1/model.onnx", "resnet18"), r18))
     plan.append(("shapes", "tessera-fp32-adaptive",
                  lambda: start_tessera("tessera-fp32-adaptive", repos["shapes"], "adaptive"), r18))
+    plan.append(("shapes", "tessera-fp32-grpc",
+                 lambda: start_tessera("tessera-fp32-grpc", repos["shapes"], "adaptive", grpc=True), r18))
 
     if args.batching:
         secs = 10.0

@@ -22,8 +22,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where `tessera serve` listens.
+    /// Where `tessera serve` listens for HTTP.
     pub addr: SocketAddr,
+    /// Where it listens for gRPC (the seed's `ImageRecognitionService`, `grpc.health.v1`,
+    /// server reflection); `"off"` = no gRPC listener. The default is the seed's port.
+    #[serde(with = "addr_or_off")]
+    pub grpc_addr: Option<SocketAddr>,
     /// The model repository: `<models_dir>/<name>/model.toml` + `<name>/<version>/model.onnx`.
     pub models_dir: PathBuf,
     /// The model used when a request names none. Absent: the only model, or the first by name.
@@ -126,6 +130,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             models_dir: PathBuf::from("models"),
             default_model: None,
             guests: GuestsConfig::default(),
@@ -136,6 +141,38 @@ impl Default for Config {
             admin_token: None,
             limits: Limits::default(),
         }
+    }
+}
+
+/// A listen address, or `"off"` for none (`grpc_addr`).
+pub mod addr_or_off {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// What turns the listener off.
+    pub const OFF: &str = "off";
+
+    /// Parses `"off"` or an address (`127.0.0.1:50051`, `[::1]:0`).
+    pub fn parse(text: &str) -> Result<Option<SocketAddr>, String> {
+        if text.trim().eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{text:?} is neither an address like 127.0.0.1:50051 nor \"off\": {e}"))
+    }
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The pipeline's typed errors: what failed, in which stage, and whose fault it was.
 //!
-//! The HTTP and gRPC layers turn these into status codes (see `server::status_for`); the
+//! The HTTP and gRPC layers turn these into status codes (see `server::status_for`, `server::code_for`); the
 //! library never speaks HTTP.
 
 use std::fmt;

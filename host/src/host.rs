@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, Limits, RuleConfig};
 use crate::error::{PipelineError, Stage};
 use crate::inference::{self, EngineConfig};
+use crate::metrics::{Metrics, SampledState};
 use crate::pipeline::{Classification, ClassifyRequest, Pipeline, Stages};
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
 use crate::runtime::{self, Runtime, RuntimeError};
@@ -43,6 +44,7 @@ pub struct Host {
 #[derive(Debug, Clone, Default)]
 pub struct HostBuilder {
     config: Config,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl HostBuilder {
@@ -85,6 +87,13 @@ impl HostBuilder {
         self
     }
 
+    /// Records into `metrics` (e.g. a server's, made before the host exists); default: the
+    /// host's own.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Loads every model version and compiles every guest; fails fast on the first problem.
     pub fn build(self) -> Result<Host, BuildError> {
         let config = self.config;
@@ -116,6 +125,7 @@ impl HostBuilder {
             stages: ArcSwap::from_pointee(stages),
             limits: config.limits.clone(),
             default_model: config.default_model.clone(),
+            metrics: self.metrics.unwrap_or_default(),
         };
         Ok(Host { pipeline, config, reloading: Mutex::new(()) })
     }
@@ -315,5 +325,28 @@ impl Host {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What the host has counted (requests, stages, models, guests).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.pipeline.metrics
+    }
+
+    /// The metrics in Prometheus' text format, with the state gauges (queue depth per model
+    /// version, loaded versions, guest instances in use) sampled now.
+    pub fn metrics_text(&self) -> String {
+        let snapshot = self.pipeline.repo.snapshot();
+        let mut state = SampledState { guest_instances: self.pipeline.runtime.live_instances(), ..Default::default() };
+        for m in snapshot.models.values() {
+            state.versions_loaded.push((m.name.clone(), m.versions.len()));
+            for (v, loaded) in &m.versions {
+                state.queue_depths.push((m.name.clone(), *v, loaded.pool.in_flight()));
+            }
+            for (v, s) in &m.states {
+                state.version_states.push((m.name.clone(), *v, matches!(s, repository::VersionState::Ready)));
+            }
+        }
+        self.pipeline.metrics.sample(&state);
+        self.pipeline.metrics.encode()
     }
 }

@@ -21,11 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API until SIGINT/SIGTERM.
+    /// Serve the HTTP and gRPC APIs until SIGINT/SIGTERM.
     Serve {
-        /// Listen address.
+        /// HTTP listen address.
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+        /// gRPC listen address (default 127.0.0.1:50051, the seed's port), or `off`.
+        #[arg(long, value_parser = |s: &str| tessera::config::addr_or_off::parse(s).map(GrpcAddr))]
+        grpc_addr: Option<GrpcAddr>,
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
@@ -54,6 +57,11 @@ enum Command {
         images: Vec<PathBuf>,
     },
 }
+
+/// `--grpc-addr`: an address or `off` (clap reads `Option<Option<_>>` as a flag whose value is
+/// optional, hence the wrapper).
+#[derive(Clone)]
+struct GrpcAddr(Option<std::net::SocketAddr>);
 
 /// Flags that override the config file, one per key.
 #[derive(Args)]
@@ -170,10 +178,13 @@ fn main() -> anyhow::Result<()> {
     };
     cli.overrides.apply(&mut config);
     match cli.command {
-        Command::Serve { addr, log_json } => {
+        Command::Serve { addr, grpc_addr, log_json } => {
             tessera::server::init_logging(log_json);
             if let Some(addr) = addr {
                 config.addr = addr;
+            }
+            if let Some(GrpcAddr(grpc_addr)) = grpc_addr {
+                config.grpc_addr = grpc_addr;
             }
             tessera::server::serve(config)
         }

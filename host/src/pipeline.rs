@@ -13,8 +13,11 @@ use crate::config::Limits;
 use crate::error::{ErrorKind, PipelineError, Stage};
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
-use crate::runtime::{GuestInference, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime, SpecView};
+use crate::runtime::{
+    GuestFailure, GuestInference, Phases, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime, SpecView,
+};
 
 /// `top_k` when a request does not say.
 pub const DEFAULT_TOP_K: u32 = 5;
@@ -105,6 +108,7 @@ pub struct Pipeline {
     pub(crate) limits: Limits,
     /// The configured default model; `None` = the first model by name.
     pub(crate) default_model: Option<String>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -158,12 +162,36 @@ impl Pipeline {
 
     /// Runs the whole pipeline for `req`, which arrived at `start`.
     pub fn classify(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
-        let deadline = self.deadline(start, req.timeout);
         let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
+        let result = self.classify_with(req, start, &model, &version);
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        self.metrics.model_result(&model.name, version.version, outcome);
+        if let Ok(c) = &result {
+            let t = &c.timings_ms;
+            for (stage, ms) in [
+                (Stage::Preprocess, t.preprocess),
+                (Stage::Inference, t.inference),
+                (Stage::Postprocess, t.postprocess),
+                (Stage::Rules, t.rules),
+            ] {
+                self.metrics.stage(stage, &model.name, Duration::from_secs_f64(ms / 1e3));
+            }
+        }
+        result
+    }
+
+    fn classify_with(
+        &self,
+        req: &ClassifyRequest,
+        start: Instant,
+        model: &Model,
+        version: &ModelVersion,
+    ) -> Result<Classification, PipelineError> {
+        let deadline = self.deadline(start, req.timeout);
         let classes = model.labels.len() as u32;
         check_top_k(req.top_k)?;
         let top_k = req.top_k.unwrap_or(DEFAULT_TOP_K).min(classes);
-        let spec = spec_view(&model, &version);
+        let spec = spec_view(model, version);
         let stages = self.stages.load_full();
         let mut timings = Timings::default();
 
@@ -181,10 +209,11 @@ impl Pipeline {
 
         let t = Instant::now();
         let stage = &stages.postprocess;
-        let (top, _) = self
-            .runtime
-            .postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
-            .map_err(|f| f.into_pipeline(Stage::Postprocess, &stage.name))?;
+        let top = self.guest(
+            Stage::Postprocess,
+            &stage.name,
+            self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline),
+        )?;
         timings.postprocess = ms(t.elapsed());
         let first = top.first().cloned().ok_or_else(|| {
             PipelineError::new(
@@ -209,6 +238,21 @@ impl Pipeline {
         })
     }
 
+    /// A guest call's value, with its phases or its failure counted for `guest`.
+    fn guest<T>(&self, stage: Stage, guest: &str, call: Result<(T, Phases), GuestFailure>) -> Result<T, PipelineError> {
+        match call {
+            Ok((value, phases)) => {
+                self.metrics.guest_call(guest, stage, phases.instantiate, phases.call);
+                Ok(value)
+            }
+            Err(failure) => {
+                let e = failure.into_pipeline(stage, guest);
+                self.metrics.guest_failure(guest, stage, e.kind);
+                Err(e)
+            }
+        }
+    }
+
     /// Runs only the preprocess stage for the default (or named) model: the exact tensor the
     /// model would see. Used by training tools so training and serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
@@ -225,10 +269,11 @@ impl Pipeline {
         deadline: Instant,
     ) -> Result<Vec<f32>, PipelineError> {
         let stage = &stages.preprocess;
-        self.runtime
-            .preprocess(stage, image, media_type, spec, &self.limits, deadline)
-            .map(|(data, _)| data)
-            .map_err(|f| f.into_pipeline(Stage::Preprocess, &stage.name))
+        self.guest(
+            Stage::Preprocess,
+            &stage.name,
+            self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline),
+        )
     }
 
     fn run_rules(
@@ -247,10 +292,12 @@ impl Pipeline {
         };
         let inference: Arc<dyn GuestInference> = self.repo.clone();
         for rule in &stages.rules {
-            (decision, _) = self
-                .runtime
-                .decide(rule, preds, metadata, inference.clone(), deadline)
-                .map_err(|f| f.into_pipeline(Stage::Rules, &rule.name))?;
+            decision = self.guest(
+                Stage::Rules,
+                &rule.name,
+                self.runtime.decide(rule, preds, metadata, inference.clone(), deadline),
+            )?;
+            self.metrics.rule_decision(&rule.name, decision.accepted);
             if !decision.accepted {
                 break;
             }

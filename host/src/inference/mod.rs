@@ -350,10 +350,16 @@ impl InferencePool {
         self.admit(deadline)?.infer(input, deadline)
     }
 
+    /// Jobs accepted and not finished (running or queued).
+    pub fn in_flight(&self) -> usize {
+        self.load.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Takes a place in this pool's work before the input exists, so a request that could not
     /// finish in time is refused before anything is spent on it (decoding a photo costs as
     /// much as the inference of a small model). `Overloaded` when the jobs already accepted,
-    /// at the measured time per job, would keep this one past `deadline`.
+    /// at the measured time per job, would keep this one past `deadline`; `DeadlineExceeded`
+    /// when none are waiting and the job alone would overrun it.
     pub fn admit(&self, deadline: Instant) -> Result<Admission<'_>, PipelineError> {
         let ahead = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
         let admission = Admission { pool: self, counted: true };
@@ -361,6 +367,19 @@ impl InferencePool {
             && finish > deadline
         {
             let job_ms = self.load.job_us.load(Ordering::Relaxed) as f64 / 1e3;
+            if ahead < self.parallel_jobs {
+                // Nothing to wait for: the deadline is shorter than the work itself, and
+                // retrying would not help.
+                let left_ms = deadline.saturating_duration_since(Instant::now()).as_secs_f64() * 1e3;
+                return Err(PipelineError::new(
+                    ErrorKind::DeadlineExceeded,
+                    Stage::Inference,
+                    format!(
+                        "{left_ms:.0} ms of the deadline were left for inference, which takes about {job_ms:.0} ms; \
+                         allow more time"
+                    ),
+                ));
+            }
             return Err(PipelineError::new(
                 ErrorKind::Overloaded,
                 Stage::Inference,
@@ -550,11 +569,18 @@ mod tests {
         let pool = InferencePool::load(&path, &shape, EngineKind::Tract, &engine).unwrap();
         let input = vec![0f32; 3 * 224 * 224];
         pool.infer(input.clone(), Instant::now() + Duration::from_secs(30)).unwrap();
-        // One job has been timed (milliseconds); a deadline a microsecond away cannot be met.
+        // One job has been timed (milliseconds); a deadline a microsecond away cannot be met,
+        // even with nothing ahead: the deadline is too short, waiting would not help.
         let err = pool.infer(input.clone(), Instant::now() + Duration::from_micros(1)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::DeadlineExceeded, "{err:?}");
+        assert!(err.message.contains("allow more time"), "{}", err.message);
+        // With jobs ahead on every worker (counted as the pool counts them), it is an overload.
+        pool.load.in_flight.fetch_add(4, Ordering::AcqRel);
+        let err = pool.infer(input.clone(), Instant::now() + Duration::from_millis(2)).unwrap_err();
+        pool.load.in_flight.fetch_sub(4, Ordering::AcqRel);
         assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
         assert!(err.message.contains("before its deadline"), "{}", err.message);
-        // And the refusal took nothing from the pool.
+        // And the refusals took nothing from the pool.
         assert_eq!(pool.load.in_flight.load(Ordering::Relaxed), 0);
         pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
     }

@@ -9,7 +9,7 @@ mod bindings;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,23 @@ pub enum RuntimeError {
 pub struct GuestState {
     limiter: MemoryLimiter,
     inference: InferenceAccess,
+    _live: LiveStore,
+}
+
+/// Counts a store as alive from its creation until it is dropped.
+struct LiveStore(Arc<AtomicUsize>);
+
+impl LiveStore {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveStore(count.clone())
+    }
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a guest's `inference` import reaches. The runtime defines it and the pipeline implements
@@ -149,6 +166,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     guest_memory_bytes: usize,
+    /// Stores (one guest instance each) alive now: the pool slots in use.
+    live_stores: Arc<AtomicUsize>,
     _ticker: EpochTicker,
 }
 
@@ -221,7 +240,7 @@ impl Runtime {
         rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Runtime { engine, linker, guest_memory_bytes, _ticker: ticker })
+        Ok(Runtime { engine, linker, guest_memory_bytes, live_stores: Arc::default(), _ticker: ticker })
     }
 
     /// Compiles (or loads from the cache) the component at `path`, links it, and checks that
@@ -248,6 +267,11 @@ impl Runtime {
         Ok(pre)
     }
 
+    /// Guest instances alive now (each call has its own store and instance).
+    pub fn live_instances(&self) -> usize {
+        self.live_stores.load(Ordering::Relaxed)
+    }
+
     /// A store for one guest call that traps once `deadline` passes.
     fn store(
         &self,
@@ -261,6 +285,7 @@ impl Runtime {
         let state = GuestState {
             limiter: MemoryLimiter { max_bytes: self.guest_memory_bytes, refused: false },
             inference: InferenceAccess { backend, deadline },
+            _live: LiveStore::new(&self.live_stores),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

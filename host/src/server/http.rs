@@ -1,4 +1,5 @@
-//! HTTP routes: `POST /v1/classify`, `GET /v1/models`, `/healthz`, `/readyz`.
+//! HTTP routes: `POST /v1/classify`, `GET /v1/models[/{name}]`, `/healthz`, `/readyz`, `/metrics`,
+//! `POST /v1/admin/reload`.
 //!
 //! This is the one place that converts between HTTP and the serving core (`service.rs`):
 //! query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status
@@ -18,14 +19,12 @@ use serde_json::json;
 
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::metrics::Protocol;
 use crate::{Classification, ClassifyRequest};
 
 type Body = Full<Bytes>;
 
-/// Header carrying the request id, accepted from the client or generated.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Header a client may use to shorten (never lengthen) the deadline, in milliseconds.
-pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
+use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
 /// What `Retry-After` says on 503, in seconds.
 const RETRY_AFTER_S: &str = "1";
 
@@ -61,24 +60,30 @@ pub(super) async fn handle(
             result
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/metrics") => Ok(metrics(&state)),
         (&Method::GET, "/readyz") => Ok(readyz(&state)),
         (&Method::GET, "/v1/models") => models(&state),
         (&Method::GET, p) if p.starts_with("/v1/models/") => model(&state, &p["/v1/models/".len()..]),
         (&Method::POST, "/v1/admin/reload") => admin_reload(&state, req.headers(), peer).await,
-        (_, "/v1/classify" | "/healthz" | "/readyz" | "/v1/models" | "/v1/admin/reload") => Err(HttpError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
+        (_, "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
+            Err(HttpError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
         _ => Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
     };
+    let failure =
+        response.as_ref().err().map(|e| (e.code, e.status.is_client_error(), e.stage.unwrap_or(Stage::Admission)));
+    state.count(Protocol::http, endpoint(&path), start, failure);
     let mut response = response.unwrap_or_else(|e| e.into_response(&request_id));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     let status = response.status().as_u16();
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    if matches!(path.as_str(), "/healthz" | "/readyz") {
+    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
         tracing::debug!(%method, %path, status, ms, request_id, "probe");
     } else if response.status().is_server_error() {
         tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
@@ -148,6 +153,33 @@ fn readyz(state: &AppState) -> Response<Body> {
         Some(_) => json_response(StatusCode::OK, &json!({"status": "ready"})),
         None => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "loading"})),
     }
+}
+
+/// The route's label in the metrics (a bounded set: unknown paths are `other`).
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/v1/classify" => "/v1/classify",
+        "/v1/models" => "/v1/models",
+        p if p.starts_with("/v1/models/") => "/v1/models/{model}",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        "/v1/admin/reload" => "/v1/admin/reload",
+        _ => "other",
+    }
+}
+
+/// `GET /metrics`: Prometheus' text format (OpenMetrics 1.0).
+fn metrics(state: &AppState) -> Response<Body> {
+    let text = match state.host.get() {
+        Some(host) => host.metrics_text(),
+        None => state.metrics.encode(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(Full::new(Bytes::from(text)))
+        .expect("a valid static response")
 }
 
 fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
@@ -447,17 +479,12 @@ fn too_large(got: String, max: u64) -> HttpError {
     )
 }
 
-/// The request's `x-*` headers (but the deadline header) and the request id: what the rules
-/// guests may read.
+/// What the rules guests may read: the request id and the `x-*` headers.
 fn metadata(headers: &HeaderMap, request_id: &str) -> Vec<(String, String)> {
-    let mut meta = vec![("request-id".to_string(), request_id.to_string())];
-    meta.extend(headers.iter().filter_map(|(name, value)| {
-        let name = name.as_str();
-        (name.starts_with("x-") && name != REQUEST_TIMEOUT_MS && name != REQUEST_ID)
-            .then(|| Some((name.to_string(), value.to_str().ok()?.to_string())))
-            .flatten()
-    }));
-    meta
+    service::rules_metadata(
+        request_id,
+        headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+    )
 }
 
 async fn multipart_image(body: Bytes, boundary: String) -> Result<(Bytes, Option<String>), HttpError> {

@@ -1,10 +1,13 @@
-//! The network edge: a hyper 1.x HTTP server over the library's [`Host`], with admission
-//! control, readiness, request ids and graceful shutdown.
+//! The network edge: a hyper 1.x HTTP server and a tonic gRPC server over the library's
+//! [`Host`], sharing one serving core (`service.rs`: admission, readiness, request ids,
+//! deadlines) and one shutdown.
 //!
 //! The server listens at once and loads models and guests in the background; `/readyz`
-//! answers 503 until they are loaded. SIGINT/SIGTERM stop accepting, let in-flight requests
-//! finish within `limits.shutdown_grace_ms`, and return.
+//! answers 503 and gRPC health NOT_SERVING until they are loaded. SIGINT/SIGTERM stop
+//! accepting on every listener, let in-flight requests finish within
+//! `limits.shutdown_grace_ms`, and return.
 
+mod grpc;
 mod http;
 mod service;
 
@@ -20,9 +23,33 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::{Config, Host};
+use crate::{Config, Host, Metrics};
 
+pub use grpc::code_for;
 pub use http::status_for;
+pub use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
+
+/// The sockets [`run`] serves on.
+pub struct Listeners {
+    pub http: TcpListener,
+    /// `None`: no gRPC.
+    pub grpc: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `config.addr` and, unless it is off, `config.grpc_addr`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let http = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+        let grpc =
+            match config.grpc_addr {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen for gRPC on {addr} (grpc_addr; \"off\" turns gRPC off)")
+                })?),
+                None => None,
+            };
+        Ok(Listeners { http, grpc })
+    }
+}
 
 /// What every connection shares.
 pub(crate) struct AppState {
@@ -33,6 +60,8 @@ pub(crate) struct AppState {
     admission: Arc<Semaphore>,
     /// Keeps the file watcher alive while the server runs.
     watch: OnceLock<crate::watch::WatchGuard>,
+    /// Made before the host (requests are counted while it loads), then shared with it.
+    metrics: Arc<Metrics>,
 }
 
 /// Sets up `tracing` output on stderr: text, or JSON lines with `json`. `TESSERA_LOG`
@@ -43,38 +72,56 @@ pub fn init_logging(json: bool) {
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
-/// Runs the server on `config.addr` until SIGINT or SIGTERM (blocking).
+/// Runs the server on `config.addr` (HTTP) and `config.grpc_addr` until SIGINT or SIGTERM
+/// (blocking).
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tessera-io").build()?;
     let result = runtime.block_on(async {
-        let listener =
-            TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
-        run(listener, config, shutdown_signal()).await
+        let listeners = Listeners::bind(&config).await?;
+        run(listeners, config, shutdown_signal()).await
     });
     // Guest calls stop at their epoch deadline, so blocking tasks end within one deadline.
     runtime.shutdown_timeout(Duration::from_secs(5));
     result
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains. Models and guests load in
-/// the background; a load failure stops the server with that error.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Serves on `listeners` until `shutdown` resolves, then drains all of them. Models and
+/// guests load in the background; a load failure stops the server with that error.
+pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let Listeners { http: listener, grpc: grpc_listener } = listeners;
     let addr: SocketAddr = listener.local_addr()?;
+    let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = Arc::new(AppState {
         host: OnceLock::new(),
         admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests as usize)),
         watch: OnceLock::new(),
+        metrics: Arc::new(Metrics::new()),
         config,
     });
-    // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0`).
+    // Tests and scripts read these lines to learn the ports (`--addr 127.0.0.1:0`).
     println!("tessera listening on http://{addr}");
-    tracing::info!(%addr, "listening; loading models and guests");
+    if let Some(grpc_addr) = grpc_addr {
+        println!("tessera listening on grpc://{grpc_addr}");
+    }
+    tracing::info!(%addr, grpc_addr = ?grpc_addr, "listening; loading models and guests");
+
+    // Every listener stops when this turns true.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop_signal = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    grpc::set_health(&health, false).await;
+    let grpc_server = grpc_listener.map(|l| tokio::spawn(grpc::serve(l, state.clone(), health_service, stop_signal())));
 
     let loader = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let host = Host::builder().config(state.config.clone()).build()?;
+            let host = Host::builder().config(state.config.clone()).metrics(state.metrics.clone()).build()?;
             tracing::info!(
                 models = ?host.models().iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
                 default_model = host.default_model(),
@@ -96,9 +143,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             Ok::<(), crate::BuildError>(())
         })
     };
-    let load_failed = async move {
+    let load_failed = async {
         match loader.await {
-            Ok(Ok(())) => std::future::pending::<anyhow::Error>().await,
+            Ok(Ok(())) => {
+                grpc::set_health(&health, true).await;
+                std::future::pending::<anyhow::Error>().await
+            }
             Ok(Err(e)) => anyhow::Error::new(e).context("cannot load models and guests"),
             Err(e) => anyhow::anyhow!("the loader panicked: {e}"),
         }
@@ -135,10 +185,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
     };
     drop(listener);
+    let _ = stop.send(true);
+    grpc::set_health(&health, false).await;
     let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);
     tracing::info!(grace_ms = grace.as_millis() as u64, "stopped accepting; draining in-flight requests");
+    let drained = async {
+        graceful.shutdown().await;
+        if let Some(server) = grpc_server {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the gRPC server ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "the gRPC server task failed"),
+            }
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained; exiting"),
+        () = drained => tracing::info!("drained; exiting"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still running; exiting"),
     }
     outcome

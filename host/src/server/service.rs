@@ -10,7 +10,15 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::AppState;
 use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::metrics::{Metrics, Protocol};
 use crate::{Classification, ClassifyRequest, Host, pipeline};
+
+/// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
+/// or generated, and returned with the answer.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The header or metadata key a client may use to shorten (never lengthen) the deadline, in
+/// milliseconds (gRPC clients usually send `grpc-timeout` instead).
+pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
 
 /// Longest client-supplied request id kept; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -18,7 +26,7 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// How long after the deadline the protocol side waits for the pipeline's own answer: guests
 /// and inference stop themselves at the deadline, and their error (naming the stage that ran
 /// out) is more precise than the generic one given when this margin passes too.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+pub(super) const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// The request id: the client's if it is usable (1–128 printable ASCII characters), else a
 /// fresh UUID.
@@ -27,6 +35,22 @@ pub(super) fn request_id(client: Option<&str>) -> String {
         .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(String::from)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// What the rules guests may read of a request: its id (as `request-id`), then its `x-*`
+/// headers or metadata entries (names lower-case, as both protocols carry them) but the request
+/// id and the deadline, which have their own meaning.
+pub(super) fn rules_metadata<'a>(
+    request_id: &str,
+    entries: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Vec<(String, String)> {
+    let mut meta = vec![("request-id".to_string(), request_id.to_string())];
+    meta.extend(
+        entries
+            .filter(|(name, _)| name.starts_with("x-") && *name != REQUEST_TIMEOUT_MS && *name != REQUEST_ID)
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+    );
+    meta
 }
 
 impl AppState {
@@ -49,14 +73,41 @@ impl AppState {
 
     /// A place in the pipeline, or `Overloaded` when `limits.max_concurrent_requests` are in
     /// flight. Checked before the request's body is read.
-    pub(super) fn admit(&self) -> Result<OwnedSemaphorePermit, PipelineError> {
-        self.admission.clone().try_acquire_owned().map_err(|_| {
+    pub(super) fn admit(&self) -> Result<Permit, PipelineError> {
+        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
             PipelineError::new(
                 ErrorKind::Overloaded,
                 Stage::Admission,
                 format!("{} requests are already in flight; retry shortly", self.config.limits.max_concurrent_requests),
             )
-        })
+        })?;
+        self.metrics.in_flight().inc();
+        Ok(Permit { _permit: permit, metrics: self.metrics.clone() })
+    }
+
+    /// Counts an answered request: `failure` is the error's code, whether it was the caller's
+    /// (business) and the stage it failed in. The one place protocols report to the metrics.
+    pub(super) fn count(
+        &self,
+        protocol: Protocol,
+        endpoint: &'static str,
+        start: Instant,
+        failure: Option<(&'static str, bool, Stage)>,
+    ) {
+        self.metrics.request(protocol, endpoint, start.elapsed(), failure);
+    }
+}
+
+/// An admitted request's place (`limits.max_concurrent_requests`), counted in the in-flight
+/// gauge until dropped.
+pub(super) struct Permit {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.metrics.in_flight().dec();
     }
 }
 
@@ -69,11 +120,14 @@ pub(super) async fn classify(
     request: ClassifyRequest,
     start: Instant,
     deadline: Instant,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
 ) -> Result<Classification, PipelineError> {
     let work = tokio::task::spawn_blocking(move || {
         let result = host.classify_since(&request, start);
         drop(permit);
+        if result.as_ref().is_ok_and(|c| !c.decision.accepted) {
+            host.metrics().rejection();
+        }
         result
     });
     match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), work).await {

@@ -44,37 +44,52 @@ const READY_POLL: Duration = Duration::from_millis(25);
 pub struct Server {
     child: Option<Child>,
     pub addr: String,
+    /// `None` when started with `--grpc-addr off`.
+    pub grpc_addr: Option<String>,
     pub stderr_path: PathBuf,
 }
 
 impl Server {
-    /// Starts `tessera serve --addr 127.0.0.1:0 <args>` and waits until `/readyz` is 200.
+    /// Starts `tessera serve --addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 <args>` (no
+    /// `--grpc-addr` of ours when `args` has one) and waits until `/readyz` is 200.
     pub fn start(args: &[&str]) -> Server {
         let logs = root().join("target/test-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let stderr_path = logs.join(format!("server-{}-{}.log", std::process::id(), unique()));
+        let grpc: &[&str] = if args.contains(&"--grpc-addr") { &[] } else { &["--grpc-addr", "127.0.0.1:0"] };
         let mut child = Command::new(tessera_bin())
             .current_dir(root())
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(grpc)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("starting tessera");
+        // "tessera listening on http://ADDR", then "... grpc://ADDR" unless gRPC is off.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("tessera listening on http://")
-            .unwrap_or_else(|| {
+        let (mut addr, mut grpc_addr) = (None, None);
+        while addr.is_none() || (grpc_addr.is_none() && !args.contains(&"off")) {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
                 panic!(
-                    "unexpected first line {line:?}; stderr: {}",
+                    "the server said {:?} and stopped; stderr: {}",
+                    (&addr, &grpc_addr),
                     std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                )
-            })
-            .to_string();
-        let mut server = Server { child: Some(child), addr, stderr_path };
+                );
+            }
+            let line = line.trim();
+            if let Some(a) = line.strip_prefix("tessera listening on http://") {
+                addr = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("tessera listening on grpc://") {
+                grpc_addr = Some(a.to_string());
+            } else {
+                panic!("unexpected line {line:?}");
+            }
+        }
+        let mut server = Server { child: Some(child), addr: addr.unwrap(), grpc_addr, stderr_path };
         server.wait_ready();
         server
     }

@@ -1,0 +1,292 @@
+//! gRPC: the seed's `image_recognition.ImageRecognitionService/Recognize`, `grpc.health.v1` and
+//! server reflection, served with tonic on `grpc_addr`.
+//!
+//! The service is generated from `proto/tessera_image_recognition.proto`, the seed's file with
+//! extra fields under new numbers (`build.rs` checks it stays wire-compatible), so a client
+//! generated from the seed's unchanged file works. Like `http.rs`, this only converts: metadata
+//! and the message become a [`ClassifyRequest`] for the serving core (`service.rs`), and a
+//! [`PipelineError`] becomes a status (see [`code_for`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+
+use super::{AppState, service};
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::metrics::Protocol;
+use crate::{Classification, ClassifyRequest};
+
+/// Generated from `proto/tessera_image_recognition.proto` by `build.rs`.
+#[allow(clippy::all)]
+mod pb {
+    tonic::include_proto!("image_recognition");
+}
+
+pub(super) use pb::image_recognition_service_server::ImageRecognitionServiceServer;
+
+/// The encoded descriptors of every service we generate, for server reflection.
+pub(super) const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+/// Metadata keys of an error status: our stable error code and the stage that failed (the
+/// status message says what was wrong).
+pub const ERROR_CODE_KEY: &str = "tessera-error-code";
+pub const ERROR_STAGE_KEY: &str = "tessera-error-stage";
+
+/// The gRPC status code for each error kind (beside `http::status_for`; docs/API.md lists both).
+pub fn code_for(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::BadRequest
+        | ErrorKind::InvalidImage
+        | ErrorKind::UnsupportedMediaType
+        | ErrorKind::ImageTooLarge => Code::InvalidArgument,
+        ErrorKind::ModelNotFound => Code::NotFound,
+        ErrorKind::PayloadTooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
+        ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
+            Code::Internal
+        }
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::NotReady => Code::Unavailable,
+    }
+}
+
+/// Serves the gRPC services on `listener` until `shutdown` resolves, then waits for the
+/// calls in flight (the caller bounds that wait).
+pub(super) async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    health: HealthServer<impl Health>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // tonic's default is 4 MiB; images up to the HTTP body limit are accepted here too.
+    let max_message = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
+    let recognition = ImageRecognitionServiceServer::new(Recognition { state }).max_decoding_message_size(max_message);
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(DESCRIPTORS)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1 for current tools, v1alpha for the ones most clients still ship (grpcio-reflection).
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(recognition)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// `grpc.health.v1`: the whole server ("") and each service are SERVING once models and guests
+/// are loaded and until shutdown begins, NOT_SERVING otherwise.
+pub(super) async fn set_health(health: &HealthReporter, serving: bool) {
+    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    health.set_service_status("", status).await;
+    health.set_service_status(<ImageRecognitionServiceServer<Recognition> as NamedService>::NAME, status).await;
+}
+
+/// The method's label in the metrics.
+const RECOGNIZE: &str = "image_recognition.ImageRecognitionService/Recognize";
+
+/// The `ImageRecognitionService` implementation.
+pub(super) struct Recognition {
+    pub(super) state: Arc<AppState>,
+}
+
+#[tonic::async_trait]
+impl pb::image_recognition_service_server::ImageRecognitionService for Recognition {
+    async fn recognize(&self, request: Request<pb::ImageRequest>) -> Result<Response<pb::RecognitionResponse>, Status> {
+        let start = Instant::now();
+        let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
+        let result = self.recognize(request, start, &request_id).await;
+        let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
+        self.state.count(Protocol::grpc, RECOGNIZE, start, failure);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        let mut response = match result {
+            Ok(answer) => {
+                tracing::info!(rpc = "Recognize", code = "OK", ms, request_id, "request");
+                Response::new(answer)
+            }
+            Err(e) => {
+                let status = status(&e);
+                if e.kind.is_business() {
+                    tracing::info!(rpc = "Recognize", code = ?status.code(), ms, request_id, error = %e, "request");
+                } else {
+                    tracing::warn!(rpc = "Recognize", code = ?status.code(), ms, request_id, error = %e, "request failed");
+                }
+                let mut status = status;
+                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
+                    status.metadata_mut().insert(service::REQUEST_ID, v);
+                }
+                return Err(status);
+            }
+        };
+        if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
+            response.metadata_mut().insert(service::REQUEST_ID, v);
+        }
+        Ok(response)
+    }
+}
+
+impl Recognition {
+    async fn recognize(
+        &self,
+        request: Request<pb::ImageRequest>,
+        start: Instant,
+        request_id: &str,
+    ) -> Result<pb::RecognitionResponse, PipelineError> {
+        let state = &self.state;
+        let host = state.ready_host()?.clone();
+        let timeout = grpc_timeout(request.metadata())?;
+        let metadata = service::rules_metadata(
+            request_id,
+            request.metadata().iter().filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            }),
+        );
+        let message = request.into_inner();
+        crate::pipeline::check_top_k(message.top_k)?;
+        if message.image_data.is_empty() {
+            return Err(PipelineError::new(
+                ErrorKind::InvalidImage,
+                Stage::Admission,
+                "the request has no image: image_data is empty",
+            ));
+        }
+        let deadline = state.deadline(start, timeout);
+        let permit = state.admit()?;
+        let request = ClassifyRequest {
+            media_type: media_type(&message.image_type),
+            image: message.image_data,
+            model: Some(message.model).filter(|m| !m.is_empty()),
+            version: Some(message.model_version).filter(|v| !v.is_empty()),
+            top_k: message.top_k,
+            timeout,
+            metadata,
+        };
+        let result = service::classify(host, request, start, deadline, permit).await?;
+        Ok(response(result, request_id))
+    }
+}
+
+/// The client's `grpc-timeout` (`<1–8 digits><H|M|S|m|u|n>`), less the serving core's margin so
+/// that our own answer, naming the stage that ran out of time, reaches the client before its
+/// deadline (and before tonic's timer, which would answer a bare CANCELLED).
+fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, PipelineError> {
+    let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
+    let bad = || {
+        PipelineError::new(
+            ErrorKind::BadRequest,
+            Stage::Admission,
+            "grpc-timeout must be 1-8 digits and a unit (H, M, S, m, u, n)",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.len() < 2 || text.len() > 9 {
+        return Err(bad());
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    };
+    Ok(Some(timeout.saturating_sub(service::DEADLINE_MARGIN)))
+}
+
+/// `image_type` as the seed's clients send it ("jpg", "png", ".webp") or a media type
+/// ("image/jpeg"): a hint only, the bytes decide the format.
+fn media_type(image_type: &str) -> Option<String> {
+    let t = image_type.trim().trim_start_matches('.').to_ascii_lowercase();
+    match t.as_str() {
+        "" => None,
+        t if t.contains('/') => Some(t.to_string()),
+        "jpg" => Some("image/jpeg".into()),
+        "tif" => Some("image/tiff".into()),
+        other => Some(format!("image/{other}")),
+    }
+}
+
+fn response(c: Classification, request_id: &str) -> pb::RecognitionResponse {
+    let d = c.decision;
+    let t = c.timings_ms;
+    pb::RecognitionResponse {
+        label: c.label,
+        confidence: c.confidence,
+        top_k: c
+            .top_k
+            .into_iter()
+            .map(|p| pb::Prediction { index: p.index, label: p.label, confidence: p.score })
+            .collect(),
+        model: c.model.name,
+        model_version: c.model.version,
+        decision: Some(pb::Decision {
+            accepted: d.accepted,
+            reason: d.reason,
+            category: d.category.unwrap_or_default(),
+            tags: d.tags,
+            rule: d.rule.unwrap_or_default(),
+        }),
+        timings_ms: Some(pb::Timings {
+            preprocess: t.preprocess,
+            inference: t.inference,
+            postprocess: t.postprocess,
+            rules: t.rules,
+            total: t.total,
+        }),
+        request_id: request_id.to_string(),
+    }
+}
+
+/// A status carrying the error's message, code and stage.
+fn status(e: &PipelineError) -> Status {
+    let mut status = Status::new(code_for(e.kind), e.message.clone());
+    status.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(e.kind.code()));
+    status.metadata_mut().insert(ERROR_STAGE_KEY, MetadataValue::from_static(e.stage.as_str()));
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts() {
+        let parse = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(parse("2S").unwrap(), Some(Duration::from_secs(2) - service::DEADLINE_MARGIN));
+        assert_eq!(parse("1500m").unwrap(), Some(Duration::from_millis(1500) - service::DEADLINE_MARGIN));
+        assert_eq!(parse("10m").unwrap(), Some(Duration::ZERO));
+        for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&MetadataMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn image_types() {
+        assert_eq!(media_type("jpg").as_deref(), Some("image/jpeg"));
+        assert_eq!(media_type(".PNG").as_deref(), Some("image/png"));
+        assert_eq!(media_type("image/webp").as_deref(), Some("image/webp"));
+        assert_eq!(media_type(" "), None);
+    }
+}
