@@ -121,6 +121,11 @@ pub struct Limits {
     pub inference_queue_len: u32,
     /// How long a stopping server waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// How long an HTTP/1 client may take to send a request's headers, and how long an idle
+    /// keep-alive connection waits for the next request, before it is closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// HTTP connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: u32,
 }
 
 /// Epoch ticks drive guest deadlines: a guest overruns its deadline by at most one tick.
@@ -208,6 +213,8 @@ impl Default for Limits {
             inference_workers: 0,
             inference_queue_len: 64,
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
         }
     }
 }
@@ -250,6 +257,8 @@ impl Config {
             ("limits.guest_memory_bytes", l.guest_memory_bytes),
             ("limits.max_concurrent_requests", u64::from(l.max_concurrent_requests)),
             ("limits.inference_queue_len", u64::from(l.inference_queue_len)),
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.max_connections", u64::from(l.max_connections)),
         ];
         for (key, value) in positive {
             if value == 0 {

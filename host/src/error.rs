@@ -19,6 +19,10 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a request goes through them.
+    pub const ALL: [Stage; 5] =
+        [Stage::Admission, Stage::Preprocess, Stage::Inference, Stage::Postprocess, Stage::Rules];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Admission => "admission",

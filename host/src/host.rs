@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError, Limits, RuleConfig};
 use crate::error::{PipelineError, Stage};
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
-use crate::pipeline::{Classification, ClassifyRequest, Pipeline, Stages};
+use crate::pipeline::{Classification, ClassifyRequest, Pipeline, Progress, Stages};
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
 use crate::runtime::{self, Runtime, RuntimeError};
 use crate::watch;
@@ -238,13 +238,24 @@ impl Host {
 
     /// Classifies with every option of [`ClassifyRequest`]. Blocks the calling thread.
     pub fn classify_request(&self, req: &ClassifyRequest) -> Result<Classification, PipelineError> {
-        self.pipeline.classify(req, Instant::now())
+        self.pipeline.classify(req, Instant::now(), &Progress::default())
     }
 
     /// Like [`Host::classify_request`], with the deadline counted from `start` (when the
     /// request arrived, before its body was read).
     pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
-        self.pipeline.classify(req, start)
+        self.pipeline.classify(req, start, &Progress::default())
+    }
+
+    /// Like [`Host::classify_since`], telling `progress` which stage is running (a caller that
+    /// stops waiting can say where the time went).
+    pub(crate) fn classify_tracked(
+        &self,
+        req: &ClassifyRequest,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<Classification, PipelineError> {
+        self.pipeline.classify(req, start, progress)
     }
 
     /// The input tensor the model would get for `image` (preprocess stage only).

@@ -119,6 +119,10 @@ struct Overrides {
     inference_queue_len: Option<u32>,
     #[arg(long, global = true)]
     shutdown_grace_ms: Option<u64>,
+    #[arg(long, global = true)]
+    header_read_timeout_ms: Option<u64>,
+    #[arg(long, global = true)]
+    max_connections: Option<u32>,
 }
 
 impl Overrides {
@@ -140,6 +144,8 @@ impl Overrides {
             inference_workers => l.inference_workers,
             inference_queue_len => l.inference_queue_len,
             shutdown_grace_ms => l.shutdown_grace_ms,
+            header_read_timeout_ms => l.header_read_timeout_ms,
+            max_connections => l.max_connections,
         );
         if self.no_compile_cache {
             c.compile_cache_dir = None;

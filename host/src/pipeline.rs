@@ -5,6 +5,7 @@
 //! blocking thread. The same `Pipeline` serves HTTP, gRPC and the embedding API.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -89,6 +90,22 @@ pub struct Classification {
     pub timings_ms: Timings,
 }
 
+/// The stage a running classification is in, readable from another thread: a protocol that
+/// stops waiting at the deadline names the stage that was running rather than guessing.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
+
+impl Progress {
+    fn enter(&self, stage: Stage) {
+        self.0.store(stage as u8, Ordering::Relaxed);
+    }
+
+    /// The stage entered last (`Admission` before the pipeline starts).
+    pub fn stage(&self) -> Stage {
+        Stage::ALL[usize::from(self.0.load(Ordering::Relaxed)).min(Stage::ALL.len() - 1)]
+    }
+}
+
 /// The guests of one pipeline.
 pub struct Stages {
     pub preprocess: PreprocessGuest,
@@ -160,10 +177,16 @@ impl Pipeline {
             .unwrap_or_else(|| self.repo.snapshot().models.keys().next().cloned().unwrap_or_default())
     }
 
-    /// Runs the whole pipeline for `req`, which arrived at `start`.
-    pub fn classify(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
+    /// Runs the whole pipeline for `req`, which arrived at `start`, telling `progress` which
+    /// stage it is in.
+    pub fn classify(
+        &self,
+        req: &ClassifyRequest,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<Classification, PipelineError> {
         let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
-        let result = self.classify_with(req, start, &model, &version);
+        let result = self.classify_with(req, start, &model, &version, progress);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         self.metrics.model_result(&model.name, version.version, outcome);
         if let Ok(c) = &result {
@@ -186,6 +209,7 @@ impl Pipeline {
         start: Instant,
         model: &Model,
         version: &ModelVersion,
+        progress: &Progress,
     ) -> Result<Classification, PipelineError> {
         let deadline = self.deadline(start, req.timeout);
         let classes = model.labels.len() as u32;
@@ -199,14 +223,17 @@ impl Pipeline {
         // refused before its image is decoded, so an overload costs no preprocessing.
         let admission = version.pool.admit(deadline)?;
 
+        progress.enter(Stage::Preprocess);
         let t = Instant::now();
         let input = self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)?;
         timings.preprocess = ms(t.elapsed());
 
+        progress.enter(Stage::Inference);
         let t = Instant::now();
         let logits = admission.infer(input, deadline)?;
         timings.inference = ms(t.elapsed());
 
+        progress.enter(Stage::Postprocess);
         let t = Instant::now();
         let stage = &stages.postprocess;
         let top = self.guest(
@@ -223,6 +250,7 @@ impl Pipeline {
             )
         })?;
 
+        progress.enter(Stage::Rules);
         let t = Instant::now();
         let decision = self.run_rules(&stages, &top, &req.metadata, deadline)?;
         timings.rules = ms(t.elapsed());
@@ -332,4 +360,19 @@ impl GuestInference for ModelRepository {
 
 fn spec_view<'a>(model: &'a Model, version: &ModelVersion) -> SpecView<'a> {
     SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reports_the_stage_entered_last() {
+        let progress = Progress::default();
+        assert_eq!(progress.stage(), Stage::Admission);
+        for stage in Stage::ALL {
+            progress.enter(stage);
+            assert_eq!(progress.stage(), stage);
+        }
+    }
 }

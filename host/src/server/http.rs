@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
@@ -216,7 +217,9 @@ async fn admin_reload(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(token.as_str()) {
+            // Constant time: how much of a guess matched must not show in the answer's timing.
+            let matches = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes())));
+            if !matches {
                 return Err(HttpError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
@@ -375,8 +378,8 @@ async fn classify(
     {
         return Err(too_large(len.to_string(), max_body));
     }
-    let permit = state.admit()?;
-
+    // The body is read before a pipeline place is taken: a slow upload holds a connection,
+    // never one of the `max_concurrent_requests` places.
     let metadata = metadata(&req.headers, request_id);
     let bytes = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
         Err(_) => {
@@ -395,6 +398,7 @@ async fn classify(
     if image.is_empty() {
         return Err(error(ErrorKind::InvalidImage, Stage::Admission, "the request has no image: the body is empty"));
     }
+    let permit = state.admit()?;
 
     let request = ClassifyRequest {
         image: image.to_vec(),

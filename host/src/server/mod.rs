@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -156,7 +156,14 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     tokio::pin!(shutdown, load_failed);
 
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = &state.config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper enforces header_read_timeout only with a timer; it also runs while a keep-alive
+    // connection waits for its next request, so it is the idle timeout too (hyper 1.12,
+    // proto/h1/conn.rs `poll_read_head`).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    builder.http2().timer(TokioTimer::new());
+    let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
     let outcome = loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -169,6 +176,13 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
                         continue;
                     }
                 };
+                // Over the cap, close at once: a flood of idle sockets must not starve the
+                // file descriptors and memory that admitted requests need.
+                let Ok(connection) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max_connections = limits.max_connections, "connection refused: at max_connections");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| http::handle(state.clone(), req, peer));
@@ -178,6 +192,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
+                    drop(connection);
                 });
             }
             () = &mut shutdown => break Ok(()),

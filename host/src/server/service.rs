@@ -11,7 +11,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::AppState;
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::{Metrics, Protocol};
-use crate::{Classification, ClassifyRequest, Host, pipeline};
+use crate::pipeline::{self, Progress};
+use crate::{Classification, ClassifyRequest, Host};
 
 /// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
 /// or generated, and returned with the answer.
@@ -122,8 +123,10 @@ pub(super) async fn classify(
     deadline: Instant,
     permit: Permit,
 ) -> Result<Classification, PipelineError> {
+    let progress = Arc::new(Progress::default());
+    let running = progress.clone();
     let work = tokio::task::spawn_blocking(move || {
-        let result = host.classify_since(&request, start);
+        let result = host.classify_tracked(&request, start, &running);
         drop(permit);
         if result.as_ref().is_ok_and(|c| !c.decision.accepted) {
             host.metrics().rejection();
@@ -131,7 +134,16 @@ pub(super) async fn classify(
         result
     });
     match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), work).await {
-        Err(_) => Err(PipelineError::new(ErrorKind::DeadlineExceeded, Stage::Admission, "the request deadline passed")),
+        Err(_) => {
+            // The pipeline stops itself at the deadline (epoch traps, inference deadline
+            // checks); this is the net for work that cannot be interrupted (one inference run).
+            let stage = progress.stage();
+            Err(PipelineError::new(
+                ErrorKind::DeadlineExceeded,
+                stage,
+                format!("the request deadline passed while the {} stage was running", stage.as_str()),
+            ))
+        }
         Ok(Err(join)) => {
             Err(PipelineError::new(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")))
         }

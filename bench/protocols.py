@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""`just bench-protocols`: what a request costs over each protocol, through one `tessera serve`
+(the default model and guests), alternated so the machine's drift hits every protocol alike:
+ROUNDS rounds x concurrency 1 and 4 x (HTTP, gRPC), DUR seconds per cell, one `tessera-loadgen`
+load shape. Prints each cell and the gRPC/HTTP ratios of each round, then their medians.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DUR = os.environ.get("DUR", "8")
+IMAGE = ROOT / "target/test-data/bench-protocols/crescent-00000.png"
+
+
+def main() -> None:
+    if not IMAGE.exists():
+        subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "models/tools/generate_shapes.py"), "--seed", "9001",
+                        "--per-class", "1", "--out", str(IMAGE.parent)], check=True, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([str(ROOT / "target/release/tessera"), "serve", "--addr", "127.0.0.1:0",
+                               "--grpc-addr", "127.0.0.1:0", "--no-watch"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        http = server.stdout.readline().strip().removeprefix("tessera listening on ")
+        grpc = server.stdout.readline().strip().removeprefix("tessera listening on ")
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{http}/readyz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        ratios = {}
+        for rnd in range(1, ROUNDS + 1):
+            for c in (1, 4):
+                cells = {}
+                for name, url in (("http", f"{http}/v1/classify"), ("grpc", grpc)):
+                    out = subprocess.run([str(ROOT / "target/release/tessera-loadgen"), "--url", url, "--image",
+                                          str(IMAGE), "--duration-s", DUR, "--warmup-s", "1", "--server-pid",
+                                          str(server.pid), "--label", name, "--concurrency", str(c)],
+                                         capture_output=True, text=True, check=True)
+                    cells[name] = cell = json.loads(out.stdout)
+                    print(f"round {rnd} c={c} {name:<4}: {cell['rps']:6.1f} rps  p50 {cell['p50_ms']:5.1f} ms  "
+                          f"p99 {cell['p99_ms']:5.1f} ms  cpu/img {cell['cpu_s_per_image']}  "
+                          f"errors {sum(cell['errors'].values())}", flush=True)
+                h, g = cells["http"], cells["grpc"]
+                r = ratios.setdefault(c, {"rps": [], "p50": [], "cpu": []})
+                r["rps"].append(g["rps"] / h["rps"])
+                r["p50"].append(g["p50_ms"] / h["p50_ms"])
+                r["cpu"].append(g["cpu_s_per_image"] / h["cpu_s_per_image"])
+        for c, r in ratios.items():
+            print(f"gRPC/HTTP c={c}: " + ", ".join(
+                f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
