@@ -5,16 +5,19 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Limits, RuleConfig};
 use crate::error::{PipelineError, Stage};
+use crate::inference::ModelIo;
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
-use crate::pipeline::{Classification, ClassifyRequest, Pipeline, Progress, Stages};
+use crate::pipeline::{
+    Classification, ClassifyRequest, ModelRef, Pipeline, Progress, Stages, TensorOutput, TensorRequest,
+};
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
 use crate::runtime::{self, Runtime, RuntimeError};
 use crate::watch;
@@ -245,6 +248,41 @@ impl Host {
     /// request arrived, before its body was read).
     pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
         self.pipeline.classify(req, start, &Progress::default())
+    }
+
+    /// The model alone on a tensor the caller made (`shape` must be the model's input shape):
+    /// its raw output. Blocks.
+    pub fn infer(
+        &self,
+        model: Option<&str>,
+        version: Option<&str>,
+        shape: &[usize],
+        input: Vec<f32>,
+        timeout: Option<Duration>,
+    ) -> Result<TensorOutput, PipelineError> {
+        let tensor = TensorRequest {
+            model: model.map(String::from),
+            version: version.map(String::from),
+            shape: shape.to_vec(),
+            data: input,
+            timeout,
+        };
+        self.pipeline.infer(tensor, Instant::now(), &Progress::default())
+    }
+
+    pub(crate) fn infer_tracked(
+        &self,
+        tensor: TensorRequest,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<TensorOutput, PipelineError> {
+        self.pipeline.infer(tensor, start, progress)
+    }
+
+    /// What a model version takes and gives, as its engine sees it.
+    pub fn model_io(&self, model: Option<&str>, version: Option<&str>) -> Result<(ModelRef, ModelIo), PipelineError> {
+        let (m, v) = self.pipeline.resolve(model, version)?;
+        Ok((ModelRef { name: m.name.clone(), version: v.version.to_string() }, v.pool.io().clone()))
     }
 
     /// Like [`Host::classify_since`], telling `progress` which stage is running (a caller that

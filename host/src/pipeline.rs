@@ -90,6 +90,26 @@ pub struct Classification {
     pub timings_ms: Timings,
 }
 
+/// A tensor for [`Pipeline::infer`] with where it should go, as the serving layer passes it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TensorRequest {
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+    pub timeout: Option<Duration>,
+}
+
+/// A model's raw output for a tensor the caller made (inference alone, no guests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorOutput {
+    pub model: ModelRef,
+    /// The output's name in the model.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
 /// The stage a running classification is in, readable from another thread: a protocol that
 /// stops waiting at the deadline names the stage that was running rather than guessing.
 #[derive(Debug, Default)]
@@ -281,6 +301,33 @@ impl Pipeline {
         }
     }
 
+    /// Runs the model alone on `input` of `shape` (which must be the model's input shape), for
+    /// clients that preprocess themselves (OIP's FP32 input).
+    pub fn infer(
+        &self,
+        tensor: TensorRequest,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<TensorOutput, PipelineError> {
+        let (model, version) = self.resolve(tensor.model.as_deref(), tensor.version.as_deref())?;
+        let deadline = self.deadline(start, tensor.timeout);
+        check_shape(&model.name, version.pool.input_shape(), &tensor.shape, Stage::Admission)?;
+        let admission = version.pool.admit(deadline)?;
+        progress.enter(Stage::Inference);
+        let t = Instant::now();
+        let result = admission.infer(tensor.data, deadline);
+        self.metrics.model_result(&model.name, version.version, result.as_ref().map(|_| ()).map_err(|e| e.kind));
+        let data = result?;
+        self.metrics.stage(Stage::Inference, &model.name, t.elapsed());
+        let io = version.pool.io();
+        Ok(TensorOutput {
+            model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
+            name: io.output_name.clone(),
+            shape: io.output_shape.clone(),
+            data,
+        })
+    }
+
     /// Runs only the preprocess stage for the default (or named) model: the exact tensor the
     /// model would see. Used by training tools so training and serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
@@ -346,16 +393,22 @@ impl GuestInference for ModelRepository {
     ) -> Result<Vec<f32>, PipelineError> {
         let snapshot = self.snapshot();
         let version = snapshot.get(model)?.resolve(version)?;
-        let expected = version.pool.input_shape();
-        if shape.len() != expected.len() || shape.iter().zip(expected).any(|(&a, &b)| a as usize != b) {
-            return Err(PipelineError::new(
-                ErrorKind::BadRequest,
-                Stage::Rules,
-                format!("model {model:?} takes shape {expected:?}, got {shape:?}"),
-            ));
-        }
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
         version.pool.infer(input, deadline)
     }
+}
+
+/// Refuses a tensor whose shape is not the model's input shape.
+fn check_shape(model: &str, expected: &[usize], got: &[usize], stage: Stage) -> Result<(), PipelineError> {
+    if got != expected {
+        return Err(PipelineError::new(
+            ErrorKind::BadRequest,
+            stage,
+            format!("model {model:?} takes shape {expected:?}, got {got:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn spec_view<'a>(model: &'a Model, version: &ModelVersion) -> SpecView<'a> {

@@ -3,6 +3,7 @@
 
 mod grpc;
 mod metrics;
+mod oip;
 mod support;
 
 use std::time::{Duration, Instant};

@@ -23,7 +23,7 @@ use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
 use crate::{Classification, ClassifyRequest};
 
-type Body = Full<Bytes>;
+pub(super) type Body = Full<Bytes>;
 
 use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
 /// What `Retry-After` says on 503, in seconds.
@@ -60,6 +60,12 @@ pub(super) async fn handle(
             discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
             result
         }
+        (_, p) if p == "/v2" || p.starts_with("/v2/") => {
+            let (parts, mut body) = req.into_parts();
+            let result = super::oip::handle(&state, &parts, &mut body, start, &request_id).await;
+            discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
+            result
+        }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/metrics") => Ok(metrics(&state)),
         (&Method::GET, "/readyz") => Ok(readyz(&state)),
@@ -78,13 +84,15 @@ pub(super) async fn handle(
     let failure =
         response.as_ref().err().map(|e| (e.code, e.status.is_client_error(), e.stage.unwrap_or(Stage::Admission)));
     state.count(Protocol::http, endpoint(&path), start, failure);
-    let mut response = response.unwrap_or_else(|e| e.into_response(&request_id));
+    let oip = path == "/v2" || path.starts_with("/v2/");
+    let mut response =
+        response.unwrap_or_else(|e| if oip { super::oip::error_response(e) } else { e.into_response(&request_id) });
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     let status = response.status().as_u16();
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics" | "/v2/health/live" | "/v2/health/ready") {
         tracing::debug!(%method, %path, status, ms, request_id, "probe");
     } else if response.status().is_server_error() {
         tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
@@ -95,15 +103,15 @@ pub(super) async fn handle(
 }
 
 /// An error answer: status, code, message and (for pipeline errors) the stage.
-struct HttpError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    stage: Option<Stage>,
+pub(super) struct HttpError {
+    pub(super) status: StatusCode,
+    pub(super) code: &'static str,
+    pub(super) message: String,
+    pub(super) stage: Option<Stage>,
 }
 
 impl HttpError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         HttpError { status, code, message: message.into(), stage: None }
     }
 
@@ -132,11 +140,11 @@ impl From<PipelineError> for HttpError {
     }
 }
 
-fn error(kind: ErrorKind, stage: Stage, message: impl Into<String>) -> HttpError {
+pub(super) fn error(kind: ErrorKind, stage: Stage, message: impl Into<String>) -> HttpError {
     PipelineError::new(kind, stage, message).into()
 }
 
-fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(body).expect("serializing our own response types");
     Response::builder()
         .status(status)
@@ -166,6 +174,12 @@ fn endpoint(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         "/v1/admin/reload" => "/v1/admin/reload",
+        "/v2" => "/v2",
+        "/v2/health/live" => "/v2/health/live",
+        "/v2/health/ready" => "/v2/health/ready",
+        p if p.starts_with("/v2/models/") && p.ends_with("/infer") => "/v2/models/{model}/infer",
+        p if p.starts_with("/v2/models/") && p.ends_with("/ready") => "/v2/models/{model}/ready",
+        p if p.starts_with("/v2/models/") => "/v2/models/{model}",
         _ => "other",
     }
 }
@@ -282,7 +296,7 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
     Ok(q)
 }
 
-fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, HttpError> {
+pub(super) fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, HttpError> {
     let Some(v) = headers.get(REQUEST_TIMEOUT_MS) else { return Ok(None) };
     v.to_str()
         .ok()
@@ -423,7 +437,7 @@ struct ClassifyResponse<'a> {
 /// Reads the whole body, refusing it as soon as it passes `max` bytes (a chunked upload has no
 /// length to check up front). Frame by frame rather than `collect()` so that a refused body
 /// stays with the caller, which discards the rest of it.
-async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, HttpError> {
+pub(super) async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, HttpError> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {

@@ -9,6 +9,7 @@
 
 mod grpc;
 mod http;
+mod oip;
 mod service;
 
 use std::future::Future;

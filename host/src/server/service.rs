@@ -11,8 +11,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::AppState;
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::{Metrics, Protocol};
-use crate::pipeline::{self, Progress};
-use crate::{Classification, ClassifyRequest, Host};
+use crate::pipeline::{self, Progress, TensorRequest};
+use crate::{Classification, ClassifyRequest, Host, TensorOutput};
 
 /// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
 /// or generated, and returned with the answer.
@@ -123,14 +123,40 @@ pub(super) async fn classify(
     deadline: Instant,
     permit: Permit,
 ) -> Result<Classification, PipelineError> {
-    let progress = Arc::new(Progress::default());
-    let running = progress.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let result = host.classify_tracked(&request, start, &running);
-        drop(permit);
+    run(host, deadline, permit, move |host, progress| {
+        let result = host.classify_tracked(&request, start, progress);
         if result.as_ref().is_ok_and(|c| !c.decision.accepted) {
             host.metrics().rejection();
         }
+        result
+    })
+    .await
+}
+
+/// Runs the model alone on a caller's tensor, as [`classify`] runs the pipeline.
+pub(super) async fn infer(
+    host: Arc<Host>,
+    tensor: TensorRequest,
+    start: Instant,
+    deadline: Instant,
+    permit: Permit,
+) -> Result<TensorOutput, PipelineError> {
+    run(host, deadline, permit, move |host, progress| host.infer_tracked(tensor, start, progress)).await
+}
+
+/// `work` on a blocking thread with `permit` held until it returns; answered by `deadline`
+/// (plus the margin) whatever it does.
+async fn run<T: Send + 'static>(
+    host: Arc<Host>,
+    deadline: Instant,
+    permit: Permit,
+    work: impl FnOnce(&Host, &Progress) -> Result<T, PipelineError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    let progress = Arc::new(Progress::default());
+    let running = progress.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let result = work(&host, &running);
+        drop(permit);
         result
     });
     match tokio::time::timeout_at((deadline + DEADLINE_MARGIN).into(), work).await {

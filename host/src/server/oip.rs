@@ -1,0 +1,469 @@
+//! KServe Open Inference Protocol v2 over HTTP (the `/v2` routes): health, server and model
+//! metadata, model readiness, and `infer` with JSON tensors and the binary tensor data extension
+//! (`Inference-Header-Content-Length`), so tritonclient and KServe clients work unchanged.
+//!
+//! A model's metadata lists its FP32 input tensor first: an FP32 input of that shape runs the
+//! model alone and answers its raw output. Our documented extension is a second input, `image`
+//! (BYTES, one element: an encoded image), which runs the whole pipeline (guests included) and
+//! answers `label`, `confidence` and the `top_k_*` tensors, with the rules' decision in the
+//! response's parameters. Like `http.rs` and `grpc.rs`, this only converts around `service.rs`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::http::{Body, HttpError, error, json_response, parse_timeout, read_body};
+use super::{AppState, service};
+use crate::error::{ErrorKind, Stage};
+use crate::pipeline::TensorRequest;
+use crate::{ClassifyRequest, EngineKind, Host};
+
+/// The binary tensor data extension's header: the JSON part's length, binary tensors after it.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// The name of our image input (BYTES, one encoded image).
+pub const IMAGE_INPUT: &str = "image";
+
+/// Answers a `/v2...` request; `Err` becomes `{"error": "..."}` with the status of its kind.
+pub(super) async fn handle(
+    state: &Arc<AppState>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
+    start: Instant,
+    request_id: &str,
+) -> Result<Response<Body>, HttpError> {
+    let path = req.uri.path();
+    let method = &req.method;
+    match (method, path) {
+        (&Method::GET, "/v2/health/live") => return Ok(json_response(StatusCode::OK, &json!({"live": true}))),
+        (&Method::GET, "/v2/health/ready") => {
+            let ready = state.host.get().is_some();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            return Ok(json_response(status, &json!({"ready": ready})));
+        }
+        (&Method::GET, "/v2") => {
+            let meta =
+                json!({"name": "tessera", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]});
+            return Ok(json_response(StatusCode::OK, &meta));
+        }
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v2/models/") else {
+        return Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")));
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (model, version, action) = match parts.as_slice() {
+        [m] => (*m, None, None),
+        [m, a] => (*m, None, Some(*a)),
+        [m, "versions", v] => (*m, Some(*v), None),
+        [m, "versions", v, a] => (*m, Some(*v), Some(*a)),
+        _ => return Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
+    };
+    let host = state.ready_host()?.clone();
+    match (method, action) {
+        (&Method::GET, None) => metadata(&host, model, version),
+        (&Method::GET, Some("ready")) => {
+            let ready = host.model_io(Some(model), version).is_ok();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(json_response(status, &json!({"name": model, "ready": ready})))
+        }
+        (&Method::POST, Some("infer")) => infer(state, host, req, body, start, request_id, model, version).await,
+        _ => Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
+    }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]`.
+fn metadata(host: &Host, model: &str, version: Option<&str>) -> Result<Response<Body>, HttpError> {
+    let (which, io) = host.model_io(Some(model), version)?;
+    let status = host.models().into_iter().find(|m| m.name == which.name);
+    let versions = status.as_ref().map(|m| m.ready_versions.clone()).unwrap_or_default();
+    let platform = match status.map(|m| m.engine) {
+        Some(EngineKind::Onnxruntime) => "onnxruntime_onnx",
+        _ => "tessera_tract",
+    };
+    let meta = json!({
+        "name": which.name,
+        "versions": versions,
+        "platform": platform,
+        "inputs": [
+            {"name": io.input_name, "datatype": "FP32", "shape": io.input_shape},
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]},
+        ],
+        "outputs": [
+            {"name": io.output_name, "datatype": "FP32", "shape": io.output_shape},
+            {"name": "label", "datatype": "BYTES", "shape": [1]},
+            {"name": "confidence", "datatype": "FP32", "shape": [1]},
+            {"name": "top_k_labels", "datatype": "BYTES", "shape": [-1]},
+            {"name": "top_k_scores", "datatype": "FP32", "shape": [-1]},
+            {"name": "top_k_indices", "datatype": "INT32", "shape": [-1]},
+        ],
+    });
+    Ok(json_response(StatusCode::OK, &meta))
+}
+
+#[derive(Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputTensor>,
+    #[serde(default)]
+    outputs: Vec<RequestedOutput>,
+}
+
+#[derive(Deserialize)]
+struct InputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// One output tensor's values.
+enum Data {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+struct Output {
+    name: String,
+    datatype: &'static str,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+fn bad(message: impl Into<String>) -> HttpError {
+    error(ErrorKind::BadRequest, Stage::Admission, message)
+}
+
+/// `POST /v2/models/{m}[/versions/{v}]/infer`.
+#[allow(clippy::too_many_arguments)]
+async fn infer(
+    state: &Arc<AppState>,
+    host: Arc<Host>,
+    req: &http::request::Parts,
+    body: &mut Incoming,
+    start: Instant,
+    request_id: &str,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response<Body>, HttpError> {
+    let timeout = parse_timeout(&req.headers)?;
+    let deadline = state.deadline(start, timeout);
+    let max_body = state.config.limits.max_body_bytes;
+    let header_len = match req.headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
+        ),
+    };
+    let body = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
+        Err(_) => {
+            return Err(error(
+                ErrorKind::DeadlineExceeded,
+                Stage::Admission,
+                "the request body did not arrive before the deadline",
+            ));
+        }
+        Ok(result) => result?,
+    };
+    let (json_part, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())));
+        }
+        Some(n) => (body.slice(..n), body.slice(n..)),
+        None => (body, Bytes::new()),
+    };
+    let request: InferRequest =
+        serde_json::from_slice(&json_part).map_err(|e| bad(format!("the inference request is not valid: {e}")))?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(bad(format!(
+            "send exactly one input: the model's FP32 tensor, or {IMAGE_INPUT:?} (BYTES, an encoded image); got {}",
+            request.inputs.len()
+        )));
+    };
+    let top_k = match request.parameters.get("top_k") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|k| u32::try_from(k).ok())
+                .filter(|&k| k > 0)
+                .ok_or_else(|| bad("parameters.top_k must be a whole number of at least 1"))?,
+        ),
+    };
+    let raw = match input.parameters.get("binary_data_size") {
+        None => None,
+        Some(size) => {
+            let n = size.as_u64().ok_or_else(|| bad("binary_data_size must be a byte count"))? as usize;
+            if n > binary.len() {
+                return Err(bad(format!(
+                    "input {:?} has binary_data_size {n} but {} bytes follow",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            Some(binary.split_to(n))
+        }
+    };
+    let elements: usize = input.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product();
+
+    let (outputs, parameters, which) = match input.datatype.as_str() {
+        "BYTES" => {
+            if elements != 1 {
+                return Err(bad(format!(
+                    "{:?} (BYTES) takes one element, one encoded image; shape {:?}",
+                    input.name, input.shape
+                )));
+            }
+            let image = match (raw, &input.data) {
+                (Some(raw), _) => first_bytes_element(&raw)?,
+                (None, Some(data)) => first_string(data)?.into_bytes(),
+                (None, None) => return Err(bad(format!("input {:?} has no data", input.name))),
+            };
+            if image.is_empty() {
+                return Err(error(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
+            }
+            let permit = state.admit()?;
+            let request = ClassifyRequest {
+                image,
+                media_type: None,
+                model: Some(model.to_string()),
+                version: version.map(String::from),
+                top_k,
+                timeout,
+                metadata: vec![("request-id".to_string(), request_id.to_string())],
+            };
+            let c = service::classify(host, request, start, deadline, permit).await?;
+            let k = c.top_k.len();
+            let outputs = vec![
+                Output {
+                    name: "label".into(),
+                    datatype: "BYTES",
+                    shape: vec![1],
+                    data: Data::Bytes(vec![c.label.clone().into_bytes()]),
+                },
+                Output {
+                    name: "confidence".into(),
+                    datatype: "FP32",
+                    shape: vec![1],
+                    data: Data::F32(vec![c.confidence]),
+                },
+                Output {
+                    name: "top_k_labels".into(),
+                    datatype: "BYTES",
+                    shape: vec![k],
+                    data: Data::Bytes(c.top_k.iter().map(|p| p.label.clone().into_bytes()).collect()),
+                },
+                Output {
+                    name: "top_k_scores".into(),
+                    datatype: "FP32",
+                    shape: vec![k],
+                    data: Data::F32(c.top_k.iter().map(|p| p.score).collect()),
+                },
+                Output {
+                    name: "top_k_indices".into(),
+                    datatype: "INT32",
+                    shape: vec![k],
+                    data: Data::I32(c.top_k.iter().map(|p| p.index as i32).collect()),
+                },
+            ];
+            let d = &c.decision;
+            let parameters = json!({
+                "decision_accepted": d.accepted,
+                "decision_reason": d.reason,
+                "decision_rule": d.rule.clone().unwrap_or_default(),
+                "decision_category": d.category.clone().unwrap_or_default(),
+                "timings_ms": c.timings_ms,
+            });
+            (outputs, Some(parameters), c.model)
+        }
+        "FP32" => {
+            let data = match (raw, &input.data) {
+                (Some(raw), _) => {
+                    if raw.len() != elements * 4 {
+                        return Err(bad(format!(
+                            "input {:?} of shape {:?} needs {} bytes of FP32, got {}",
+                            input.name,
+                            input.shape,
+                            elements * 4,
+                            raw.len()
+                        )));
+                    }
+                    raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                (None, Some(data)) => {
+                    let mut out = Vec::with_capacity(elements);
+                    flatten_numbers(data, &mut out)?;
+                    out
+                }
+                (None, None) => return Err(bad(format!("input {:?} has no data", input.name))),
+            };
+            if data.len() != elements {
+                return Err(bad(format!(
+                    "input {:?} has shape {:?} but {} values",
+                    input.name,
+                    input.shape,
+                    data.len()
+                )));
+            }
+            let shape = input.shape.iter().map(|&d| d.max(0) as usize).collect();
+            let permit = state.admit()?;
+            let tensor = TensorRequest {
+                model: Some(model.to_string()),
+                version: version.map(String::from),
+                shape,
+                data,
+                timeout,
+            };
+            let out = service::infer(host, tensor, start, deadline, permit).await?;
+            (
+                vec![Output { name: out.name, datatype: "FP32", shape: out.shape, data: Data::F32(out.data) }],
+                None,
+                out.model,
+            )
+        }
+        other => {
+            return Err(bad(format!(
+                "datatype {other} is not taken; send FP32 (the model's input tensor) or BYTES (an encoded image)"
+            )));
+        }
+    };
+
+    // The requested outputs, in the order asked (all of them when none are named).
+    let binary_default = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let mut selected: Vec<(Output, bool)> = Vec::new();
+    if request.outputs.is_empty() {
+        selected.extend(outputs.into_iter().map(|o| (o, binary_default)));
+    } else {
+        let mut outputs: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
+        for wanted in &request.outputs {
+            let found = outputs.iter_mut().find(|o| o.as_ref().is_some_and(|o| o.name == wanted.name));
+            let Some(output) = found.and_then(Option::take) else {
+                return Err(bad(format!("no output named {:?} for this input", wanted.name)));
+            };
+            let binary = wanted.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(binary_default);
+            selected.push((output, binary));
+        }
+    }
+    Ok(encode_response(&which.name, &which.version, request.id.as_deref(), parameters, selected))
+}
+
+/// The response: JSON, with the binary outputs after it when any were asked for binary.
+fn encode_response(
+    model: &str,
+    version: &str,
+    id: Option<&str>,
+    parameters: Option<Value>,
+    outputs: Vec<(Output, bool)>,
+) -> Response<Body> {
+    let mut binary = Vec::new();
+    let outputs: Vec<Value> = outputs
+        .into_iter()
+        .map(|(o, as_binary)| {
+            let mut t = json!({"name": o.name, "datatype": o.datatype, "shape": o.shape});
+            if as_binary {
+                let before = binary.len();
+                match &o.data {
+                    Data::F32(v) => v.iter().for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                    Data::I32(v) => v.iter().for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
+                    Data::Bytes(v) => v.iter().for_each(|b| {
+                        binary.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        binary.extend_from_slice(b);
+                    }),
+                }
+                t["parameters"] = json!({"binary_data_size": binary.len() - before});
+            } else {
+                t["data"] = match o.data {
+                    Data::F32(v) => json!(v),
+                    Data::I32(v) => json!(v),
+                    Data::Bytes(v) => {
+                        json!(v.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect::<Vec<_>>())
+                    }
+                };
+            }
+            t
+        })
+        .collect();
+    let mut body = json!({"model_name": model, "model_version": version, "outputs": outputs});
+    if let Some(id) = id {
+        body["id"] = json!(id);
+    }
+    if let Some(p) = parameters {
+        body["parameters"] = p;
+    }
+    if binary.is_empty() {
+        return json_response(StatusCode::OK, &body);
+    }
+    let mut bytes = serde_json::to_vec(&body).expect("serializing our own response");
+    let json_len = bytes.len();
+    bytes.extend_from_slice(&binary);
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a valid response");
+    response.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    response
+}
+
+/// The first element of a binary BYTES tensor (each element: a little-endian u32 length, then
+/// the bytes).
+fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let len = raw.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    match len {
+        Some(len) if raw.len() >= 4 + len => Ok(raw[4..4 + len].to_vec()),
+        _ => Err(bad("the BYTES input is not length-prefixed elements (u32 little-endian length, then bytes)")),
+    }
+}
+
+/// The first string of a JSON BYTES tensor (flat or nested).
+fn first_string(data: &Value) -> Result<String, HttpError> {
+    match data {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(items) if !items.is_empty() => first_string(&items[0]),
+        _ => Err(bad("a BYTES input's data must be strings; send images with the binary tensor data extension")),
+    }
+}
+
+/// The numbers of a JSON tensor, flat or nested, in row-major order.
+fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), HttpError> {
+    match data {
+        Value::Number(n) => {
+            out.push(n.as_f64().ok_or_else(|| bad("an FP32 value is not a number"))? as f32);
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|v| flatten_numbers(v, out)),
+        _ => Err(bad("an FP32 input's data must be numbers")),
+    }
+}
+
+/// The OIP error body: `{"error": "..."}` with the status of its kind.
+pub(super) fn error_response(e: HttpError) -> Response<Body> {
+    let mut response = json_response(e.status, &json!({"error": e.message}));
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

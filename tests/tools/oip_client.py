@@ -1,0 +1,98 @@
+"""tritonclient (HTTP), unchanged, against Tessera's KServe Open Inference Protocol v2 routes.
+Prints one JSON object of what it saw; the Rust integration test (tests/tests/oip/mod.rs)
+asserts on it.
+
+usage: oip_client.py --url HOST:PORT --model NAME --image FILE --tensor FILE
+
+--tensor is the model's input for --image as raw little-endian f32 (`tessera preprocess`).
+"""
+
+import argparse
+import json
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--tensor", required=True)
+    args = p.parse_args()
+    client = httpclient.InferenceServerClient(url=args.url)
+    seen = {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model_ready": client.is_model_ready(args.model),
+        "missing_ready": client.is_model_ready("missing"),
+        "server": client.get_server_metadata(),
+    }
+    meta = client.get_model_metadata(args.model)
+    seen["metadata"] = meta
+    tensor_in = meta["inputs"][0]
+    shape = [int(d) for d in tensor_in["shape"]]
+
+    # The whole pipeline: an encoded image as BYTES, binary (tritonclient's default) and JSON outputs.
+    image = np.array([open(args.image, "rb").read()], dtype=np.object_)
+    inp = httpclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(image, binary_data=True)
+    outs = [httpclient.InferRequestedOutput(n, binary_data=b) for n, b in
+            [("label", True), ("confidence", False), ("top_k_labels", True), ("top_k_scores", True)]]
+    r = client.infer(args.model, [inp], outputs=outs, parameters={"top_k": 3}, request_id="oip-1")
+    resp = r.get_response()
+    seen["pipeline"] = {
+        "label": r.as_numpy("label")[0].decode(),
+        "confidence": float(r.as_numpy("confidence")[0]),
+        "top_k_labels": [x.decode() for x in r.as_numpy("top_k_labels")],
+        "top_k_scores": [float(x) for x in r.as_numpy("top_k_scores")],
+        "id": resp.get("id"),
+        "model_version": resp.get("model_version"),
+        "decision_rule": resp.get("parameters", {}).get("decision_rule"),
+    }
+
+    # Inference alone: the model's FP32 input, binary in, binary out, and JSON in, JSON out.
+    x = np.fromfile(args.tensor, dtype="<f4").reshape(shape)
+    for binary in (True, False):
+        t = httpclient.InferInput(tensor_in["name"], shape, "FP32")
+        t.set_data_from_numpy(x, binary_data=binary)
+        out_name = meta["outputs"][0]["name"]
+        r = client.infer(args.model, [t], outputs=[httpclient.InferRequestedOutput(out_name, binary_data=binary)])
+        logits = r.as_numpy(out_name)
+        seen["tensor_binary" if binary else "tensor_json"] = {
+            "shape": list(logits.shape),
+            "argmax": int(np.argmax(logits)),
+        }
+
+    # Errors as the protocol defines them.
+    errors = {}
+    for name, call in [
+        ("missing_model", lambda: client.infer("missing", [inp])),
+        ("wrong_shape", lambda: client.infer(args.model, [_fp32(tensor_in["name"], [1, 3, 8, 8])])),
+        ("corrupt_image", lambda: client.infer(args.model, [_bytes(b"not an image")])),
+    ]:
+        try:
+            call()
+            errors[name] = "accepted"
+        except InferenceServerException as e:
+            errors[name] = {"status": e.status(), "message": e.message()}
+    seen["errors"] = errors
+    print(json.dumps(seen))
+
+
+def _fp32(name, shape):
+    t = httpclient.InferInput(name, shape, "FP32")
+    t.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+    return t
+
+
+def _bytes(data):
+    t = httpclient.InferInput("image", [1], "BYTES")
+    t.set_data_from_numpy(np.array([data], dtype=np.object_))
+    return t
+
+
+if __name__ == "__main__":
+    main()
