@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use prost::Message;
 use prost_types::{DescriptorProto, FileDescriptorSet};
 
-/// The seed's contract, unchanged, and ours (a superset of it).
+/// The seed's contract, unchanged; ours (a superset of it) and KServe's Open Inference Protocol.
 const SEED: &str = "image_recognition.proto";
-const OURS: &[&str] = &["tessera_image_recognition.proto"];
+const OURS: &[&str] = &["tessera_image_recognition.proto", "grpc_predict_v2.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");

@@ -2,7 +2,9 @@
 Prints one JSON object of what it saw; the Rust integration test (tests/tests/oip/mod.rs)
 asserts on it.
 
-usage: oip_client.py --url HOST:PORT --model NAME --image FILE --tensor FILE
+usage: oip_client.py --url HOST:PORT --grpc HOST:PORT --model NAME --image FILE --tensor FILE
+
+--url is the HTTP port (tritonclient.http), --grpc the gRPC port (tritonclient.grpc).
 
 --tensor is the model's input for --image as raw little-endian f32 (`tessera preprocess`).
 """
@@ -11,6 +13,7 @@ import argparse
 import json
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -21,6 +24,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--tensor", required=True)
+    p.add_argument("--grpc", required=True)
     args = p.parse_args()
     client = httpclient.InferenceServerClient(url=args.url)
     seen = {
@@ -79,7 +83,43 @@ def main() -> None:
         except InferenceServerException as e:
             errors[name] = {"status": e.status(), "message": e.message()}
     seen["errors"] = errors
+    seen["grpc"] = over_grpc(args, shape, tensor_in["name"], meta["outputs"][0]["name"])
     print(json.dumps(seen))
+
+
+def over_grpc(args, shape, input_name, output_name) -> dict:
+    """The same through tritonclient.grpc (raw contents both ways, as it sends them)."""
+    client = grpcclient.InferenceServerClient(url=args.grpc)
+    seen = {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model_ready": client.is_model_ready(args.model),
+        "missing_ready": client.is_model_ready("missing"),
+    }
+    meta = client.get_model_metadata(args.model, as_json=True)
+    seen["inputs"] = [(t["name"], t["datatype"]) for t in meta["inputs"]]
+    inp = grpcclient.InferInput("image", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([open(args.image, "rb").read()], dtype=np.object_))
+    r = client.infer(args.model, [inp], parameters={"top_k": 3}, request_id="oip-g",
+                     outputs=[grpcclient.InferRequestedOutput(n) for n in ("label", "top_k_labels")])
+    resp = r.get_response(as_json=True)
+    seen["pipeline"] = {
+        "label": r.as_numpy("label")[0].decode(),
+        "top_k_labels": [x.decode() for x in r.as_numpy("top_k_labels")],
+        "id": resp.get("id"),
+        "decision_rule": resp.get("parameters", {}).get("decision_rule", {}).get("string_param"),
+    }
+    x = np.fromfile(args.tensor, dtype="<f4").reshape(shape)
+    t = grpcclient.InferInput(input_name, shape, "FP32")
+    t.set_data_from_numpy(x)
+    logits = client.infer(args.model, [t]).as_numpy(output_name)
+    seen["tensor"] = {"shape": list(logits.shape), "argmax": int(np.argmax(logits))}
+    try:
+        client.infer("missing", [inp])
+        seen["missing_model"] = "accepted"
+    except InferenceServerException as e:
+        seen["missing_model"] = {"status": e.status(), "message": e.message()}
+    return seen
 
 
 def _fp32(name, shape):

@@ -20,6 +20,7 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
+use super::oip_grpc::{GrpcInferenceServiceServer, Inference};
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
@@ -68,7 +69,11 @@ pub(super) async fn serve(
 ) -> anyhow::Result<()> {
     // tonic's default is 4 MiB; images up to the HTTP body limit are accepted here too.
     let max_message = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
-    let recognition = ImageRecognitionServiceServer::new(Recognition { state }).max_decoding_message_size(max_message);
+    let recognition =
+        ImageRecognitionServiceServer::new(Recognition { state: state.clone() }).max_decoding_message_size(max_message);
+    let inference = GrpcInferenceServiceServer::new(Inference { state })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(DESCRIPTORS)
@@ -82,6 +87,7 @@ pub(super) async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(recognition)
+        .add_service(inference)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
@@ -93,6 +99,7 @@ pub(super) async fn set_health(health: &HealthReporter, serving: bool) {
     let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
     health.set_service_status("", status).await;
     health.set_service_status(<ImageRecognitionServiceServer<Recognition> as NamedService>::NAME, status).await;
+    health.set_service_status(<GrpcInferenceServiceServer<Inference> as NamedService>::NAME, status).await;
 }
 
 /// The method's label in the metrics.
@@ -183,7 +190,7 @@ impl Recognition {
 /// The client's `grpc-timeout` (`<1–8 digits><H|M|S|m|u|n>`), less the serving core's margin so
 /// that our own answer, naming the stage that ran out of time, reaches the client before its
 /// deadline (and before tonic's timer, which would answer a bare CANCELLED).
-fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, PipelineError> {
+pub(super) fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, PipelineError> {
     let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
     let bad = || {
         PipelineError::new(
@@ -255,7 +262,7 @@ fn response(c: Classification, request_id: &str) -> pb::RecognitionResponse {
 }
 
 /// A status carrying the error's message, code and stage.
-fn status(e: &PipelineError) -> Status {
+pub(super) fn status(e: &PipelineError) -> Status {
     let mut status = Status::new(code_for(e.kind), e.message.clone());
     status.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(e.kind.code()));
     status.metadata_mut().insert(ERROR_STAGE_KEY, MetadataValue::from_static(e.stage.as_str()));

@@ -10,6 +10,7 @@
 mod grpc;
 mod http;
 mod oip;
+mod oip_grpc;
 mod service;
 
 use std::future::Future;

@@ -20,9 +20,9 @@ use serde_json::{Map, Value, json};
 
 use super::http::{Body, HttpError, error, json_response, parse_timeout, read_body};
 use super::{AppState, service};
-use crate::error::{ErrorKind, Stage};
+use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::pipeline::TensorRequest;
-use crate::{ClassifyRequest, EngineKind, Host};
+use crate::{ClassifyRequest, EngineKind, Host, ModelRef};
 
 /// The binary tensor data extension's header: the JSON part's length, binary tensors after it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -81,8 +81,25 @@ pub(super) async fn handle(
     }
 }
 
-/// `GET /v2/models/{m}[/versions/{v}]`.
-fn metadata(host: &Host, model: &str, version: Option<&str>) -> Result<Response<Body>, HttpError> {
+/// A tensor's name, datatype and shape (-1: any size), as metadata lists it.
+pub(super) struct TensorMeta {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// What `GET /v2/models/{m}` and gRPC `ModelMetadata` answer.
+pub(super) struct ModelMeta {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMeta>,
+    pub outputs: Vec<TensorMeta>,
+}
+
+/// A model version's metadata: its FP32 input first, then our `image` input; its FP32 output
+/// first, then the pipeline's outputs.
+pub(super) fn model_metadata(host: &Host, model: &str, version: Option<&str>) -> Result<ModelMeta, PipelineError> {
     let (which, io) = host.model_io(Some(model), version)?;
     let status = host.models().into_iter().find(|m| m.name == which.name);
     let versions = status.as_ref().map(|m| m.ready_versions.clone()).unwrap_or_default();
@@ -90,22 +107,36 @@ fn metadata(host: &Host, model: &str, version: Option<&str>) -> Result<Response<
         Some(EngineKind::Onnxruntime) => "onnxruntime_onnx",
         _ => "tessera_tract",
     };
+    let t = |name: &str, datatype, shape: Vec<i64>| TensorMeta { name: name.to_string(), datatype, shape };
+    let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
+    Ok(ModelMeta {
+        name: which.name,
+        versions,
+        platform,
+        inputs: vec![t(&io.input_name, "FP32", dims(&io.input_shape)), t(IMAGE_INPUT, "BYTES", vec![1])],
+        outputs: vec![
+            t(&io.output_name, "FP32", dims(&io.output_shape)),
+            t("label", "BYTES", vec![1]),
+            t("confidence", "FP32", vec![1]),
+            t("top_k_labels", "BYTES", vec![-1]),
+            t("top_k_scores", "FP32", vec![-1]),
+            t("top_k_indices", "INT32", vec![-1]),
+        ],
+    })
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]`.
+fn metadata(host: &Host, model: &str, version: Option<&str>) -> Result<Response<Body>, HttpError> {
+    let m = model_metadata(host, model, version)?;
+    let tensors = |ts: &[TensorMeta]| {
+        ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect::<Vec<_>>()
+    };
     let meta = json!({
-        "name": which.name,
-        "versions": versions,
-        "platform": platform,
-        "inputs": [
-            {"name": io.input_name, "datatype": "FP32", "shape": io.input_shape},
-            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [1]},
-        ],
-        "outputs": [
-            {"name": io.output_name, "datatype": "FP32", "shape": io.output_shape},
-            {"name": "label", "datatype": "BYTES", "shape": [1]},
-            {"name": "confidence", "datatype": "FP32", "shape": [1]},
-            {"name": "top_k_labels", "datatype": "BYTES", "shape": [-1]},
-            {"name": "top_k_scores", "datatype": "FP32", "shape": [-1]},
-            {"name": "top_k_indices", "datatype": "INT32", "shape": [-1]},
-        ],
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.inputs),
+        "outputs": tensors(&m.outputs),
     });
     Ok(json_response(StatusCode::OK, &meta))
 }
@@ -138,21 +169,21 @@ struct RequestedOutput {
 }
 
 /// One output tensor's values.
-enum Data {
+pub(super) enum Data {
     F32(Vec<f32>),
     I32(Vec<i32>),
     Bytes(Vec<Vec<u8>>),
 }
 
-struct Output {
-    name: String,
-    datatype: &'static str,
-    shape: Vec<usize>,
-    data: Data,
+pub(super) struct Output {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: Data,
 }
 
-fn bad(message: impl Into<String>) -> HttpError {
-    error(ErrorKind::BadRequest, Stage::Admission, message)
+fn bad(message: impl Into<String>) -> PipelineError {
+    PipelineError::new(ErrorKind::BadRequest, Stage::Admission, message)
 }
 
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
@@ -191,7 +222,7 @@ async fn infer(
     };
     let (json_part, mut binary) = match header_len {
         Some(n) if n > body.len() => {
-            return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())));
+            return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())).into());
         }
         Some(n) => (body.slice(..n), body.slice(n..)),
         None => (body, Bytes::new()),
@@ -202,19 +233,15 @@ async fn infer(
         return Err(bad(format!(
             "send exactly one input: the model's FP32 tensor, or {IMAGE_INPUT:?} (BYTES, an encoded image); got {}",
             request.inputs.len()
-        )));
+        ))
+        .into());
     };
     let top_k = match request.parameters.get("top_k") {
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|k| u32::try_from(k).ok())
-                .filter(|&k| k > 0)
-                .ok_or_else(|| bad("parameters.top_k must be a whole number of at least 1"))?,
-        ),
+        Some(v) => Some(v.as_u64().ok_or_else(|| bad("parameters.top_k must be a whole number of at least 1"))?),
     };
-    let raw = match input.parameters.get("binary_data_size") {
-        None => None,
+    let data = match input.parameters.get("binary_data_size") {
+        None => input.data.clone().map(InputData::Json),
         Some(size) => {
             let n = size.as_u64().ok_or_else(|| bad("binary_data_size must be a byte count"))? as usize;
             if n > binary.len() {
@@ -222,14 +249,86 @@ async fn infer(
                     "input {:?} has binary_data_size {n} but {} bytes follow",
                     input.name,
                     binary.len()
-                )));
+                ))
+                .into());
             }
-            Some(binary.split_to(n))
+            Some(InputData::Raw(binary.split_to(n)))
         }
     };
-    let elements: usize = input.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product();
+    let input = Input { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data };
+    let call = Call { model, version, timeout, start, deadline, request_id, top_k };
+    let (outputs, parameters, which) = run(state, host, call, input).await?;
 
-    let (outputs, parameters, which) = match input.datatype.as_str() {
+    // The requested outputs, in the order asked (all of them when none are named).
+    let binary_default = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let mut selected: Vec<(Output, bool)> = Vec::new();
+    if request.outputs.is_empty() {
+        selected.extend(outputs.into_iter().map(|o| (o, binary_default)));
+    } else {
+        let mut outputs: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
+        for wanted in &request.outputs {
+            let found = outputs.iter_mut().find(|o| o.as_ref().is_some_and(|o| o.name == wanted.name));
+            let Some(output) = found.and_then(Option::take) else {
+                return Err(bad(format!("no output named {:?} for this input", wanted.name)).into());
+            };
+            let binary = wanted.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(binary_default);
+            selected.push((output, binary));
+        }
+    }
+    Ok(encode_response(&which.name, &which.version, request.id.as_deref(), parameters, selected))
+}
+
+/// Where an inference call goes and its limits.
+pub(super) struct Call<'a> {
+    pub model: &'a str,
+    pub version: Option<&'a str>,
+    pub timeout: Option<std::time::Duration>,
+    pub start: Instant,
+    pub deadline: Instant,
+    pub request_id: &'a str,
+    /// `parameters.top_k`, unchecked.
+    pub top_k: Option<u64>,
+}
+
+/// An input tensor's data, as the protocols carry it.
+pub(super) enum InputData {
+    /// Binary: FP32 little-endian, or BYTES elements as a u32 little-endian length and bytes.
+    Raw(Bytes),
+    /// JSON (REST without the binary extension).
+    Json(Value),
+    /// gRPC `contents.fp32_contents`.
+    F32(Vec<f32>),
+    /// gRPC `contents.bytes_contents`.
+    Elements(Vec<Vec<u8>>),
+}
+
+pub(super) struct Input {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: Option<InputData>,
+}
+
+/// Runs one OIP input: the pipeline for a BYTES image, the model alone for its FP32 tensor.
+/// Protocol-neutral (REST and gRPC call it): the outputs, the response's parameters and the
+/// model version that answered.
+pub(super) async fn run(
+    state: &Arc<AppState>,
+    host: Arc<Host>,
+    call: Call<'_>,
+    input: Input,
+) -> Result<(Vec<Output>, Option<Value>, ModelRef), PipelineError> {
+    let top_k = match call.top_k {
+        None => None,
+        Some(k) => Some(
+            u32::try_from(k)
+                .ok()
+                .filter(|&k| k > 0)
+                .ok_or_else(|| bad("top_k must be a whole number of at least 1"))?,
+        ),
+    };
+    let elements: usize = input.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product();
+    match input.datatype.as_str() {
         "BYTES" => {
             if elements != 1 {
                 return Err(bad(format!(
@@ -237,25 +336,26 @@ async fn infer(
                     input.name, input.shape
                 )));
             }
-            let image = match (raw, &input.data) {
-                (Some(raw), _) => first_bytes_element(&raw)?,
-                (None, Some(data)) => first_string(data)?.into_bytes(),
-                (None, None) => return Err(bad(format!("input {:?} has no data", input.name))),
+            let image = match input.data {
+                Some(InputData::Raw(raw)) => first_bytes_element(&raw)?,
+                Some(InputData::Json(data)) => first_string(&data)?.into_bytes(),
+                Some(InputData::Elements(mut e)) if !e.is_empty() => e.swap_remove(0),
+                _ => return Err(bad(format!("input {:?} has no BYTES data", input.name))),
             };
             if image.is_empty() {
-                return Err(error(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
+                return Err(PipelineError::new(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
             }
             let permit = state.admit()?;
             let request = ClassifyRequest {
                 image,
                 media_type: None,
-                model: Some(model.to_string()),
-                version: version.map(String::from),
+                model: Some(call.model.to_string()),
+                version: call.version.map(String::from),
                 top_k,
-                timeout,
-                metadata: vec![("request-id".to_string(), request_id.to_string())],
+                timeout: call.timeout,
+                metadata: vec![("request-id".to_string(), call.request_id.to_string())],
             };
-            let c = service::classify(host, request, start, deadline, permit).await?;
+            let c = service::classify(host, request, call.start, call.deadline, permit).await?;
             let k = c.top_k.len();
             let outputs = vec![
                 Output {
@@ -297,11 +397,11 @@ async fn infer(
                 "decision_category": d.category.clone().unwrap_or_default(),
                 "timings_ms": c.timings_ms,
             });
-            (outputs, Some(parameters), c.model)
+            Ok((outputs, Some(parameters), c.model))
         }
         "FP32" => {
-            let data = match (raw, &input.data) {
-                (Some(raw), _) => {
+            let data: Vec<f32> = match input.data {
+                Some(InputData::Raw(raw)) => {
                     if raw.len() != elements * 4 {
                         return Err(bad(format!(
                             "input {:?} of shape {:?} needs {} bytes of FP32, got {}",
@@ -313,12 +413,13 @@ async fn infer(
                     }
                     raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
                 }
-                (None, Some(data)) => {
+                Some(InputData::Json(data)) => {
                     let mut out = Vec::with_capacity(elements);
-                    flatten_numbers(data, &mut out)?;
+                    flatten_numbers(&data, &mut out)?;
                     out
                 }
-                (None, None) => return Err(bad(format!("input {:?} has no data", input.name))),
+                Some(InputData::F32(v)) => v,
+                _ => return Err(bad(format!("input {:?} has no FP32 data", input.name))),
             };
             if data.len() != elements {
                 return Err(bad(format!(
@@ -331,43 +432,23 @@ async fn infer(
             let shape = input.shape.iter().map(|&d| d.max(0) as usize).collect();
             let permit = state.admit()?;
             let tensor = TensorRequest {
-                model: Some(model.to_string()),
-                version: version.map(String::from),
+                model: Some(call.model.to_string()),
+                version: call.version.map(String::from),
                 shape,
                 data,
-                timeout,
+                timeout: call.timeout,
             };
-            let out = service::infer(host, tensor, start, deadline, permit).await?;
-            (
+            let out = service::infer(host, tensor, call.start, call.deadline, permit).await?;
+            Ok((
                 vec![Output { name: out.name, datatype: "FP32", shape: out.shape, data: Data::F32(out.data) }],
                 None,
                 out.model,
-            )
+            ))
         }
-        other => {
-            return Err(bad(format!(
-                "datatype {other} is not taken; send FP32 (the model's input tensor) or BYTES (an encoded image)"
-            )));
-        }
-    };
-
-    // The requested outputs, in the order asked (all of them when none are named).
-    let binary_default = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    let mut selected: Vec<(Output, bool)> = Vec::new();
-    if request.outputs.is_empty() {
-        selected.extend(outputs.into_iter().map(|o| (o, binary_default)));
-    } else {
-        let mut outputs: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
-        for wanted in &request.outputs {
-            let found = outputs.iter_mut().find(|o| o.as_ref().is_some_and(|o| o.name == wanted.name));
-            let Some(output) = found.and_then(Option::take) else {
-                return Err(bad(format!("no output named {:?} for this input", wanted.name)));
-            };
-            let binary = wanted.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(binary_default);
-            selected.push((output, binary));
-        }
+        other => Err(bad(format!(
+            "datatype {other} is not taken; send FP32 (the model's input tensor) or BYTES (an encoded image)"
+        ))),
     }
-    Ok(encode_response(&which.name, &which.version, request.id.as_deref(), parameters, selected))
 }
 
 /// The response: JSON, with the binary outputs after it when any were asked for binary.
@@ -430,7 +511,7 @@ fn encode_response(
 
 /// The first element of a binary BYTES tensor (each element: a little-endian u32 length, then
 /// the bytes).
-fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
+fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, PipelineError> {
     let len = raw.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
     match len {
         Some(len) if raw.len() >= 4 + len => Ok(raw[4..4 + len].to_vec()),
@@ -439,7 +520,7 @@ fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
 }
 
 /// The first string of a JSON BYTES tensor (flat or nested).
-fn first_string(data: &Value) -> Result<String, HttpError> {
+fn first_string(data: &Value) -> Result<String, PipelineError> {
     match data {
         Value::String(s) => Ok(s.clone()),
         Value::Array(items) if !items.is_empty() => first_string(&items[0]),
@@ -448,7 +529,7 @@ fn first_string(data: &Value) -> Result<String, HttpError> {
 }
 
 /// The numbers of a JSON tensor, flat or nested, in row-major order.
-fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), HttpError> {
+fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), PipelineError> {
     match data {
         Value::Number(n) => {
             out.push(n.as_f64().ok_or_else(|| bad("an FP32 value is not a number"))? as f32);

@@ -152,6 +152,15 @@ async fn run<T: Send + 'static>(
     permit: Permit,
     work: impl FnOnce(&Host, &Progress) -> Result<T, PipelineError> + Send + 'static,
 ) -> Result<T, PipelineError> {
+    if Instant::now() >= deadline {
+        // Nothing can run in no time: answer now, before the protocol's own timer does (tonic
+        // answers a bare CANCELLED when `grpc-timeout` runs out first).
+        return Err(PipelineError::new(
+            ErrorKind::DeadlineExceeded,
+            Stage::Admission,
+            "the deadline left no time to run anything; allow more time",
+        ));
+    }
     let progress = Arc::new(Progress::default());
     let running = progress.clone();
     let work = tokio::task::spawn_blocking(move || {

@@ -9,7 +9,7 @@ use crate::support::{Server, client, root, shapes, tessera_bin};
 use crate::{CLASSES_SEED, read};
 
 #[test]
-fn tritonclient_http_runs_the_pipeline_on_an_image_and_the_model_alone_on_a_tensor() {
+fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_on_a_tensor() {
     let server = Server::start(&[]);
     let case = &shapes(CLASSES_SEED, 1)[6];
     let (_, http, _) = server.classify(&read(&case.path), "", &[]);
@@ -26,7 +26,7 @@ fn tritonclient_http_runs_the_pipeline_on_an_image_and_the_model_alone_on_a_tens
 
     let out = Command::new(root().join(".venv/bin/python"))
         .arg(root().join("tests/tools/oip_client.py"))
-        .args(["--url", &server.addr, "--model", "shapes", "--image"])
+        .args(["--url", &server.addr, "--grpc", server.grpc_addr.as_ref().unwrap(), "--model", "shapes", "--image"])
         .arg(&case.path)
         .arg("--tensor")
         .arg(&tensor)
@@ -68,6 +68,21 @@ fn tritonclient_http_runs_the_pipeline_on_an_image_and_the_model_alone_on_a_tens
     assert_eq!(errors["wrong_shape"]["status"], "400", "{seen}");
     assert!(errors["wrong_shape"]["message"].as_str().unwrap().contains("takes shape"), "{seen}");
     assert_eq!(errors["corrupt_image"]["status"], "400", "{seen}");
+
+    // The same over gRPC (inference.GRPCInferenceService), tritonclient.grpc unchanged.
+    let g = &seen["grpc"];
+    for key in ["live", "ready", "model_ready"] {
+        assert_eq!(g[key], true, "{key}: {g}");
+    }
+    assert_eq!(g["missing_ready"], false, "{g}");
+    assert_eq!(g["inputs"][1], serde_json::json!(["image", "BYTES"]), "{g}");
+    assert_eq!(g["pipeline"]["label"], case.label.as_str(), "{g}");
+    assert_eq!(g["pipeline"]["top_k_labels"].as_array().unwrap().len(), 3, "{g}");
+    assert_eq!(g["pipeline"]["id"], "oip-g", "{g}");
+    assert_eq!(g["pipeline"]["decision_rule"], "rules-threshold", "{g}");
+    assert_eq!(g["tensor"]["shape"], serde_json::json!([1, 8]), "{g}");
+    assert_eq!(g["tensor"]["argmax"], index, "{g}");
+    assert_eq!(g["missing_model"]["status"], "StatusCode.NOT_FOUND", "{g}");
 }
 
 #[test]

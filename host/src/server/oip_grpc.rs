@@ -1,0 +1,235 @@
+//! KServe Open Inference Protocol v2 over gRPC: `inference.GRPCInferenceService` (our
+//! `proto/grpc_predict_v2.proto`, written from the published protocol) on the gRPC port, so
+//! tritonclient[grpc] and KServe clients work unchanged. The same inputs and outputs as the REST
+//! routes (`oip.rs` runs both); tensors come back in `raw_output_contents`, as Triton sends them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::oip::{self, Call, Data, Input, InputData};
+use super::{AppState, grpc, service};
+use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::metrics::Protocol;
+
+/// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
+#[allow(clippy::all)]
+mod pb {
+    tonic::include_proto!("inference");
+}
+
+pub(super) use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use pb::infer_parameter::ParameterChoice;
+use pb::model_infer_response::InferOutputTensor;
+
+/// The method's label in the metrics.
+const MODEL_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
+
+/// The `GRPCInferenceService` implementation.
+pub(super) struct Inference {
+    pub(super) state: Arc<AppState>,
+}
+
+fn version(v: &str) -> Option<&str> {
+    Some(v).filter(|v| !v.is_empty())
+}
+
+#[tonic::async_trait]
+impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.host.get().is_some() }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self.state.host.get().is_some_and(|h| h.model_io(Some(&r.name), version(&r.version)).is_ok());
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "tessera".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let host = self.state.ready_host().map_err(|e| grpc::status(&e))?;
+        let m = oip::model_metadata(host, &r.name, version(&r.version)).map_err(|e| grpc::status(&e))?;
+        let tensors = |ts: Vec<oip::TensorMeta>| {
+            ts.into_iter()
+                .map(|t| pb::model_metadata_response::TensorMetadata {
+                    name: t.name,
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: m.name,
+            versions: m.versions,
+            platform: m.platform.into(),
+            inputs: tensors(m.inputs),
+            outputs: tensors(m.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let start = Instant::now();
+        let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
+        let result = self.infer(request, start, &request_id).await;
+        let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
+        self.state.count(Protocol::grpc, MODEL_INFER, start, failure);
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        match result {
+            Ok(answer) => {
+                tracing::info!(rpc = "ModelInfer", code = "OK", ms, request_id, "request");
+                let mut response = Response::new(answer);
+                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
+                    response.metadata_mut().insert(service::REQUEST_ID, v);
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                tracing::info!(rpc = "ModelInfer", ms, request_id, error = %e, "request failed");
+                let mut status = grpc::status(&e);
+                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
+                    status.metadata_mut().insert(service::REQUEST_ID, v);
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+impl Inference {
+    async fn infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+        start: Instant,
+        request_id: &str,
+    ) -> Result<pb::ModelInferResponse, PipelineError> {
+        let state = &self.state;
+        let host = state.ready_host()?.clone();
+        let timeout = grpc::grpc_timeout(request.metadata())?;
+        let deadline = state.deadline(start, timeout);
+        let mut r = request.into_inner();
+        let bad = |m: String| PipelineError::new(ErrorKind::BadRequest, Stage::Admission, m);
+        if r.inputs.len() != 1 {
+            return Err(bad(format!(
+                "send exactly one input: the model's FP32 tensor, or {:?} (BYTES, an encoded image); got {}",
+                oip::IMAGE_INPUT,
+                r.inputs.len()
+            )));
+        }
+        let input = r.inputs.swap_remove(0);
+        let data = if let Some(raw) = r.raw_input_contents.into_iter().next() {
+            Some(InputData::Raw(Bytes::from(raw)))
+        } else {
+            input.contents.map(|c| {
+                if c.bytes_contents.is_empty() {
+                    InputData::F32(c.fp32_contents)
+                } else {
+                    InputData::Elements(c.bytes_contents)
+                }
+            })
+        };
+        let top_k = match r.parameters.get("top_k").and_then(|p| p.parameter_choice.clone()) {
+            None => None,
+            Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(k).unwrap_or(0)),
+            Some(ParameterChoice::Uint64Param(k)) => Some(k),
+            Some(_) => return Err(bad("parameters.top_k must be an integer".into())),
+        };
+        let model = r.model_name.clone();
+        let call =
+            Call { model: &model, version: version(&r.model_version), timeout, start, deadline, request_id, top_k };
+        let input = Input { name: input.name, datatype: input.datatype, shape: input.shape, data };
+        let (outputs, parameters, which) = oip::run(state, host, call, input).await?;
+
+        // The requested outputs in the order asked (all when none are named), as raw contents.
+        let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+        let mut outputs: Vec<Option<oip::Output>> = outputs.into_iter().map(Some).collect();
+        let selected: Vec<oip::Output> = if wanted.is_empty() {
+            outputs.into_iter().flatten().collect()
+        } else {
+            wanted
+                .iter()
+                .map(|name| {
+                    outputs
+                        .iter_mut()
+                        .find(|o| o.as_ref().is_some_and(|o| o.name == *name))
+                        .and_then(Option::take)
+                        .ok_or_else(|| bad(format!("no output named {name:?} for this input")))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut raw_output_contents = Vec::with_capacity(selected.len());
+        let tensors = selected
+            .into_iter()
+            .map(|o| {
+                let mut raw = Vec::new();
+                match &o.data {
+                    Data::F32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+                    Data::I32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+                    Data::Bytes(v) => v.iter().for_each(|b| {
+                        raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                        raw.extend_from_slice(b);
+                    }),
+                }
+                raw_output_contents.push(raw);
+                InferOutputTensor {
+                    name: o.name,
+                    datatype: o.datatype.into(),
+                    shape: o.shape.iter().map(|&d| d as i64).collect(),
+                    parameters: Default::default(),
+                    contents: None,
+                }
+            })
+            .collect();
+        let parameters = parameters
+            .and_then(|p| p.as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                let choice = match v {
+                    serde_json::Value::Bool(b) => ParameterChoice::BoolParam(b),
+                    serde_json::Value::String(s) => ParameterChoice::StringParam(s),
+                    other => ParameterChoice::StringParam(other.to_string()),
+                };
+                (k, pb::InferParameter { parameter_choice: Some(choice) })
+            })
+            .collect();
+        Ok(pb::ModelInferResponse {
+            model_name: which.name,
+            model_version: which.version,
+            id: r.id,
+            parameters,
+            outputs: tensors,
+            raw_output_contents,
+        })
+    }
+}
