@@ -28,6 +28,11 @@ pub struct Config {
     /// server reflection); `"off"` = no gRPC listener. The default is the seed's port.
     #[serde(with = "addr_or_off")]
     pub grpc_addr: Option<SocketAddr>,
+    /// Where the admin routes (`/v1/admin/*`) are served without a token (`"off"` = nowhere).
+    /// Loopback by default, so a reverse proxy in front of `addr` cannot expose them; on `addr`
+    /// they need `admin_token`.
+    #[serde(with = "addr_or_off")]
+    pub admin_addr: Option<SocketAddr>,
     /// The model repository: `<models_dir>/<name>/model.toml` + `<name>/<version>/model.onnx`.
     pub models_dir: PathBuf,
     /// The model used when a request names none. Absent: the only model, or the first by name.
@@ -44,7 +49,8 @@ pub struct Config {
     pub inference: InferenceConfig,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
     pub watch: bool,
-    /// Bearer token for `/v1/admin/*`. Absent: admin routes answer loopback clients only.
+    /// Bearer token for `/v1/admin/*` on `addr`. Absent: admin routes are served on `admin_addr`
+    /// only.
     pub admin_token: Option<String>,
     pub limits: Limits,
 }
@@ -136,6 +142,7 @@ impl Default for Config {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             models_dir: PathBuf::from("models"),
             default_model: None,
             guests: GuestsConfig::default(),

@@ -29,6 +29,10 @@ enum Command {
         /// gRPC listen address (default 127.0.0.1:50051, the seed's port), or `off`.
         #[arg(long, value_parser = |s: &str| tessera::config::addr_or_off::parse(s).map(GrpcAddr))]
         grpc_addr: Option<GrpcAddr>,
+        /// Admin listen address (default 127.0.0.1:8081), or `off`: `/v1/admin/*` without a
+        /// token. On --addr they need --admin-token.
+        #[arg(long, value_parser = |s: &str| tessera::config::addr_or_off::parse(s).map(GrpcAddr))]
+        admin_addr: Option<GrpcAddr>,
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
@@ -58,7 +62,7 @@ enum Command {
     },
 }
 
-/// `--grpc-addr`: an address or `off` (clap reads `Option<Option<_>>` as a flag whose value is
+/// `--grpc-addr`, `--admin-addr`: an address or `off` (clap reads `Option<Option<_>>` as a flag whose value is
 /// optional, hence the wrapper).
 #[derive(Clone)]
 struct GrpcAddr(Option<std::net::SocketAddr>);
@@ -184,13 +188,16 @@ fn main() -> anyhow::Result<()> {
     };
     cli.overrides.apply(&mut config);
     match cli.command {
-        Command::Serve { addr, grpc_addr, log_json } => {
+        Command::Serve { addr, grpc_addr, admin_addr, log_json } => {
             tessera::server::init_logging(log_json);
             if let Some(addr) = addr {
                 config.addr = addr;
             }
             if let Some(GrpcAddr(grpc_addr)) = grpc_addr {
                 config.grpc_addr = grpc_addr;
+            }
+            if let Some(GrpcAddr(admin_addr)) = admin_addr {
+                config.admin_addr = admin_addr;
             }
             tessera::server::serve(config)
         }

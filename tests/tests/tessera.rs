@@ -734,7 +734,7 @@ fn versions_and_guests_swap_under_load_without_a_failed_request() {
     wait_for_models(&server, "version 1 to go", |m| m["ready_versions"] == serde_json::json!(["2"]));
     install(&guest("postprocess"), &guests.join("postprocess.wasm"));
     // An explicit reload (loopback needs no token) reports what it did.
-    let report: Value = client().post(server.url("/v1/admin/reload")).send().unwrap().json().unwrap();
+    let report: Value = client().post(server.admin_url("/v1/admin/reload")).send().unwrap().json().unwrap();
     assert!(report["guests"] == "reloaded" || report["guests"] == "unchanged", "{report}");
     assert_eq!(server.classify(&good, "?version=1", &[]).0, 404);
 
@@ -1042,7 +1042,7 @@ fn a_model_toml_picks_onnxruntime_and_a_missing_library_fails_only_that_model_un
         .expect("the onnxruntime wheel in .venv (requirements.txt)");
     std::fs::create_dir_all(library.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&wheel, &library).unwrap();
-    let report: Value = client().post(server.url("/v1/admin/reload")).send().unwrap().json().unwrap();
+    let report: Value = client().post(server.admin_url("/v1/admin/reload")).send().unwrap().json().unwrap();
     let ort: Value = client().get(server.url("/v1/models/shapes-ort")).send().unwrap().json().unwrap();
     assert_eq!(ort["ready_versions"], serde_json::json!(["1"]), "{ort} after {report}");
     let (status, body, _) = server.classify(&image, "?model=shapes-ort", &[]);
@@ -1064,4 +1064,23 @@ fn admin_routes_need_the_token_when_one_is_configured() {
     let report: Value = resp.json().unwrap();
     assert_eq!(report["guests"], "unchanged", "{report}");
     assert_eq!(report["models"][0]["ready_versions"], serde_json::json!(["1"]));
+    // The admin listener needs no token; it serves the admin routes and probes only.
+    assert_eq!(client().post(server.admin_url("/v1/admin/reload")).send().unwrap().status(), 200);
+    assert_eq!(client().get(server.admin_url("/readyz")).send().unwrap().status(), 200);
+    let resp = client().post(server.admin_url("/v1/classify")).body(png(64, 64)).send().unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[test]
+fn without_a_token_admin_routes_are_only_on_the_admin_listener() {
+    let server = Server::start(&["--no-watch"]);
+    // Even from loopback (a reverse proxy's requests all are), the main address refuses them.
+    let resp = client().post(server.url("/v1/admin/reload")).send().unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.json::<Value>().unwrap()["error"]["code"], "forbidden");
+    assert_eq!(client().post(server.admin_url("/v1/admin/reload")).send().unwrap().status(), 200);
+    // `--admin-addr off`: nowhere without a token.
+    let no_admin = Server::start(&["--no-watch", "--admin-addr", "off"]);
+    assert!(no_admin.admin_addr.is_none());
+    assert_eq!(client().post(no_admin.url("/v1/admin/reload")).send().unwrap().status(), 403);
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{AppState, service};
+use super::{AppState, Listener, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
 use crate::{Classification, ClassifyRequest};
@@ -49,11 +49,20 @@ pub(super) async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    listener: Listener,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let request_id = request_id(req.headers());
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let response = match (&method, path.as_str()) {
+        // The admin listener serves the admin routes and probes, nothing else.
+        (_, p) if listener == Listener::Admin && !matches!(p, "/v1/admin/reload" | "/healthz" | "/readyz") => {
+            Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("the admin listener serves /v1/admin/* only; {path} is on the main address"),
+            ))
+        }
         (&Method::POST, "/v1/classify") => {
             let (parts, mut body) = req.into_parts();
             let result = classify(&state, &parts, &mut body, start, &request_id).await;
@@ -71,7 +80,7 @@ pub(super) async fn handle(
         (&Method::GET, "/readyz") => Ok(readyz(&state)),
         (&Method::GET, "/v1/models") => models(&state),
         (&Method::GET, p) if p.starts_with("/v1/models/") => model(&state, &p["/v1/models/".len()..]),
-        (&Method::POST, "/v1/admin/reload") => admin_reload(&state, req.headers(), peer).await,
+        (&Method::POST, "/v1/admin/reload") => admin_reload(&state, req.headers(), listener).await,
         (_, "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
             Err(HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -218,15 +227,18 @@ fn percent_decode(s: &str) -> String {
     form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
-/// `POST /v1/admin/reload`: rescan models and guests now. With `admin_token` configured it
-/// needs `Authorization: Bearer <token>`; without, it answers loopback clients only.
+/// `POST /v1/admin/reload`: rescan models and guests now. On the admin listener (loopback by
+/// default) it needs nothing; on the main address it needs `Authorization: Bearer <admin_token>`,
+/// and without a configured token it is refused there (a reverse proxy in front of the main
+/// address would otherwise expose it, every request arriving from loopback).
 async fn admin_reload(
     state: &Arc<AppState>,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    listener: Listener,
 ) -> Result<Response<Body>, HttpError> {
-    match &state.config.admin_token {
-        Some(token) => {
+    match (&state.config.admin_token, listener) {
+        (_, Listener::Admin) => {}
+        (Some(token), Listener::Main) => {
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -241,14 +253,14 @@ async fn admin_reload(
                 ));
             }
         }
-        None if !peer.ip().is_loopback() => {
+        (None, Listener::Main) => {
             return Err(HttpError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "admin routes answer loopback clients only unless admin_token is configured",
+                "admin routes are served on the admin address (admin_addr, loopback by default) unless \
+                 admin_token is configured",
             ));
         }
-        None => {}
     }
     let host = ready_host(state)?.clone();
     let report = tokio::task::spawn_blocking(move || host.reload())

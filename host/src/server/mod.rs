@@ -36,6 +36,15 @@ pub struct Listeners {
     pub http: TcpListener,
     /// `None`: no gRPC.
     pub grpc: Option<TcpListener>,
+    /// The admin routes without a token; `None`: none.
+    pub admin: Option<TcpListener>,
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Main,
+    Admin,
 }
 
 impl Listeners {
@@ -49,7 +58,14 @@ impl Listeners {
                 })?),
                 None => None,
             };
-        Ok(Listeners { http, grpc })
+        let admin =
+            match config.admin_addr {
+                Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("cannot listen for admin on {addr} (admin_addr; \"off\" turns it off)")
+                })?),
+                None => None,
+            };
+        Ok(Listeners { http, grpc, admin })
     }
 }
 
@@ -90,9 +106,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 /// Serves on `listeners` until `shutdown` resolves, then drains all of them. Models and
 /// guests load in the background; a load failure stops the server with that error.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let Listeners { http: listener, grpc: grpc_listener } = listeners;
+    let Listeners { http: listener, grpc: grpc_listener, admin: admin_listener } = listeners;
     let addr: SocketAddr = listener.local_addr()?;
     let grpc_addr = grpc_listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = Arc::new(AppState {
         host: OnceLock::new(),
         admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests as usize)),
@@ -104,6 +121,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     println!("tessera listening on http://{addr}");
     if let Some(grpc_addr) = grpc_addr {
         println!("tessera listening on grpc://{grpc_addr}");
+    }
+    if let Some(admin_addr) = admin_addr {
+        println!("tessera listening on admin http://{admin_addr}");
     }
     tracing::info!(%addr, grpc_addr = ?grpc_addr, "listening; loading models and guests");
 
@@ -167,8 +187,20 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     builder.http2().timer(TokioTimer::new());
     let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
     let outcome = loop {
+        let admin_accept = async {
+            match &admin_listener {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async {
+                tokio::select! {
+                    a = listener.accept() => (a, Listener::Main),
+                    a = admin_accept => (a, Listener::Admin),
+                }
+            } => {
+                let (accepted, kind) = accepted;
                 let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -187,7 +219,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |req| http::handle(state.clone(), req, peer));
+                let service = hyper::service::service_fn(move |req| http::handle(state.clone(), req, peer, kind));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -202,6 +234,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         }
     };
     drop(listener);
+    drop(admin_listener);
     let _ = stop.send(true);
     grpc::set_health(&health, false).await;
     let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);

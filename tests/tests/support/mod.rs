@@ -46,6 +46,8 @@ pub struct Server {
     pub addr: String,
     /// `None` when started with `--grpc-addr off`.
     pub grpc_addr: Option<String>,
+    /// `None` when started with `--admin-addr off`.
+    pub admin_addr: Option<String>,
     pub stderr_path: PathBuf,
 }
 
@@ -57,26 +59,33 @@ impl Server {
         std::fs::create_dir_all(&logs).unwrap();
         let stderr_path = logs.join(format!("server-{}-{}.log", std::process::id(), unique()));
         let grpc: &[&str] = if args.contains(&"--grpc-addr") { &[] } else { &["--grpc-addr", "127.0.0.1:0"] };
+        let admin: &[&str] = if args.contains(&"--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] };
         let mut child = Command::new(tessera_bin())
             .current_dir(root())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(grpc)
+            .args(admin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .expect("starting tessera");
-        // "tessera listening on http://ADDR", then "... grpc://ADDR" unless gRPC is off.
+        // "tessera listening on http://ADDR", then "... grpc://ADDR" and "... admin http://ADDR"
+        // unless they are off.
+        let flag_off = |flag: &str| args.windows(2).any(|w| w[0] == flag && w[1] == "off");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        let (mut addr, mut grpc_addr) = (None, None);
-        while addr.is_none() || (grpc_addr.is_none() && !args.contains(&"off")) {
+        let (mut addr, mut grpc_addr, mut admin_addr) = (None, None, None);
+        while addr.is_none()
+            || (grpc_addr.is_none() && !flag_off("--grpc-addr"))
+            || (admin_addr.is_none() && !flag_off("--admin-addr"))
+        {
             line.clear();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 panic!(
                     "the server said {:?} and stopped; stderr: {}",
-                    (&addr, &grpc_addr),
+                    (&addr, &grpc_addr, &admin_addr),
                     std::fs::read_to_string(&stderr_path).unwrap_or_default()
                 );
             }
@@ -85,11 +94,13 @@ impl Server {
                 addr = Some(a.to_string());
             } else if let Some(a) = line.strip_prefix("tessera listening on grpc://") {
                 grpc_addr = Some(a.to_string());
+            } else if let Some(a) = line.strip_prefix("tessera listening on admin http://") {
+                admin_addr = Some(a.to_string());
             } else {
                 panic!("unexpected line {line:?}");
             }
         }
-        let mut server = Server { child: Some(child), addr: addr.unwrap(), grpc_addr, stderr_path };
+        let mut server = Server { child: Some(child), addr: addr.unwrap(), grpc_addr, admin_addr, stderr_path };
         server.wait_ready();
         server
     }
@@ -113,6 +124,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr.as_ref().expect("the server has an admin listener"))
     }
 
     pub fn stderr(&self) -> String {
