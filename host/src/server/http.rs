@@ -407,16 +407,7 @@ async fn classify(
     // The body is read before a pipeline place is taken: a slow upload holds a connection,
     // never one of the `max_concurrent_requests` places.
     let metadata = metadata(&req.headers, request_id);
-    let bytes = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
-        Err(_) => {
-            return Err(error(
-                ErrorKind::DeadlineExceeded,
-                Stage::Admission,
-                "the request body did not arrive before the deadline",
-            ));
-        }
-        Ok(result) => result?,
-    };
+    let bytes = read_body_by(body, max_body, deadline).await?;
     let (image, media_type) = match upload {
         Upload::Raw(media_type) => (bytes, media_type),
         Upload::Multipart(boundary) => multipart_image(bytes, boundary).await?,
@@ -446,10 +437,22 @@ struct ClassifyResponse<'a> {
     request_id: &'a str,
 }
 
+/// [`read_body`], refused with `DeadlineExceeded` if it has not all arrived by `deadline`.
+pub(super) async fn read_body_by(body: &mut Incoming, max: u64, deadline: Instant) -> Result<Bytes, HttpError> {
+    match tokio::time::timeout_at(deadline.into(), read_body(body, max)).await {
+        Err(_) => Err(error(
+            ErrorKind::DeadlineExceeded,
+            Stage::Admission,
+            "the request body did not arrive before the deadline",
+        )),
+        Ok(result) => result,
+    }
+}
+
 /// Reads the whole body, refusing it as soon as it passes `max` bytes (a chunked upload has no
 /// length to check up front). Frame by frame rather than `collect()` so that a refused body
 /// stays with the caller, which discards the rest of it.
-pub(super) async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, HttpError> {
+async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, HttpError> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{Body, HttpError, error, json_response, parse_timeout, read_body};
+use super::http::{Body, HttpError, json_response, parse_timeout, read_body_by};
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::pipeline::TensorRequest;
@@ -175,6 +175,21 @@ pub(super) enum Data {
     Bytes(Vec<Vec<u8>>),
 }
 
+impl Data {
+    /// Appends the values as the binary extension and gRPC's raw contents carry them: little
+    /// endian; BYTES elements each as a u32 little-endian length and the bytes.
+    pub(super) fn write_raw(&self, out: &mut Vec<u8>) {
+        match self {
+            Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Data::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Data::Bytes(v) => v.iter().for_each(|b| {
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }),
+        }
+    }
+}
+
 pub(super) struct Output {
     pub name: String,
     pub datatype: &'static str,
@@ -210,16 +225,7 @@ async fn infer(
                 .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
         ),
     };
-    let body = match tokio::time::timeout_at(deadline.into(), read_body(body, max_body)).await {
-        Err(_) => {
-            return Err(error(
-                ErrorKind::DeadlineExceeded,
-                Stage::Admission,
-                "the request body did not arrive before the deadline",
-            ));
-        }
-        Ok(result) => result?,
-    };
+    let body = read_body_by(body, max_body, deadline).await?;
     let (json_part, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())).into());
@@ -466,14 +472,7 @@ fn encode_response(
             let mut t = json!({"name": o.name, "datatype": o.datatype, "shape": o.shape});
             if as_binary {
                 let before = binary.len();
-                match &o.data {
-                    Data::F32(v) => v.iter().for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
-                    Data::I32(v) => v.iter().for_each(|x| binary.extend_from_slice(&x.to_le_bytes())),
-                    Data::Bytes(v) => v.iter().for_each(|b| {
-                        binary.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                        binary.extend_from_slice(b);
-                    }),
-                }
+                o.data.write_raw(&mut binary);
                 t["parameters"] = json!({"binary_data_size": binary.len() - before});
             } else {
                 t["data"] = match o.data {

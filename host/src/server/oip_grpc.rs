@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use super::oip::{self, Call, Data, Input, InputData};
+use super::oip::{self, Call, Input, InputData};
 use super::{AppState, grpc, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
@@ -192,14 +192,7 @@ impl Inference {
             .into_iter()
             .map(|o| {
                 let mut raw = Vec::new();
-                match &o.data {
-                    Data::F32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-                    Data::I32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
-                    Data::Bytes(v) => v.iter().for_each(|b| {
-                        raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                        raw.extend_from_slice(b);
-                    }),
-                }
+                o.data.write_raw(&mut raw);
                 raw_output_contents.push(raw);
                 InferOutputTensor {
                     name: o.name,
