@@ -125,7 +125,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     if let Some(admin_addr) = admin_addr {
         println!("tessera listening on admin http://{admin_addr}");
     }
-    tracing::info!(%addr, grpc_addr = ?grpc_addr, "listening; loading models and guests");
+    tracing::info!(%addr, grpc_addr = ?grpc_addr, admin_addr = ?admin_addr, "listening; loading models and guests");
 
     // Every listener stops when this turns true.
     let (stop, stopped) = tokio::sync::watch::channel(false);
