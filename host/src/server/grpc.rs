@@ -116,32 +116,44 @@ impl pb::image_recognition_service_server::ImageRecognitionService for Recogniti
         let start = Instant::now();
         let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
         let result = self.recognize(request, start, &request_id).await;
-        let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
-        self.state.count(Protocol::grpc, RECOGNIZE, start, failure);
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        let mut response = match result {
-            Ok(answer) => {
-                tracing::info!(rpc = "Recognize", code = "OK", ms, request_id, "request");
-                Response::new(answer)
+        answer(&self.state, RECOGNIZE, start, &request_id, result)
+    }
+}
+
+/// Counts, logs and wraps one gRPC call's result: the request id in the response's (or the
+/// error's) metadata, business errors logged as info, system errors as warnings.
+pub(super) fn answer<T>(
+    state: &AppState,
+    method: &'static str,
+    start: Instant,
+    request_id: &str,
+    result: Result<T, PipelineError>,
+) -> Result<Response<T>, Status> {
+    let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
+    state.count(Protocol::grpc, method, start, failure);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let id = MetadataValue::try_from(request_id).ok();
+    match result {
+        Ok(answer) => {
+            tracing::info!(rpc = method, code = "OK", ms, request_id, "request");
+            let mut response = Response::new(answer);
+            if let Some(id) = id {
+                response.metadata_mut().insert(service::REQUEST_ID, id);
             }
-            Err(e) => {
-                let status = status(&e);
-                if e.kind.is_business() {
-                    tracing::info!(rpc = "Recognize", code = ?status.code(), ms, request_id, error = %e, "request");
-                } else {
-                    tracing::warn!(rpc = "Recognize", code = ?status.code(), ms, request_id, error = %e, "request failed");
-                }
-                let mut status = status;
-                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
-                    status.metadata_mut().insert(service::REQUEST_ID, v);
-                }
-                return Err(status);
-            }
-        };
-        if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
-            response.metadata_mut().insert(service::REQUEST_ID, v);
+            Ok(response)
         }
-        Ok(response)
+        Err(e) => {
+            let mut status = status(&e);
+            if e.kind.is_business() {
+                tracing::info!(rpc = method, code = ?status.code(), ms, request_id, error = %e, "request");
+            } else {
+                tracing::warn!(rpc = method, code = ?status.code(), ms, request_id, error = %e, "request failed");
+            }
+            if let Some(id) = id {
+                status.metadata_mut().insert(service::REQUEST_ID, id);
+            }
+            Err(status)
+        }
     }
 }
 

@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::oip::{self, Call, Input, InputData};
 use super::{AppState, grpc, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::metrics::Protocol;
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
 #[allow(clippy::all)]
@@ -102,27 +100,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
         let start = Instant::now();
         let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
         let result = self.infer(request, start, &request_id).await;
-        let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
-        self.state.count(Protocol::grpc, MODEL_INFER, start, failure);
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        match result {
-            Ok(answer) => {
-                tracing::info!(rpc = "ModelInfer", code = "OK", ms, request_id, "request");
-                let mut response = Response::new(answer);
-                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
-                    response.metadata_mut().insert(service::REQUEST_ID, v);
-                }
-                Ok(response)
-            }
-            Err(e) => {
-                tracing::info!(rpc = "ModelInfer", ms, request_id, error = %e, "request failed");
-                let mut status = grpc::status(&e);
-                if let Ok(v) = MetadataValue::try_from(request_id.as_str()) {
-                    status.metadata_mut().insert(service::REQUEST_ID, v);
-                }
-                Err(status)
-            }
-        }
+        grpc::answer(&self.state, MODEL_INFER, start, &request_id, result)
     }
 }
 
