@@ -53,6 +53,28 @@ pub struct Config {
     /// only.
     pub admin_token: Option<String>,
     pub limits: Limits,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: traces of `tessera serve` (logs always go to stderr).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OpenTelemetry collector's OTLP/gRPC endpoint (e.g. `http://127.0.0.1:4317`): each
+    /// request's spans (request, stages, guests) are exported there in batches. Absent = no
+    /// export, the default.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+    /// The share of new traces kept (0 to 1). A request continuing a client's trace follows
+    /// the client's sampling decision instead.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: None, service_name: "tessera".into(), sample_ratio: 1.0 }
+    }
 }
 
 /// The pipeline's guest components (`.wasm` component files).
@@ -152,6 +174,7 @@ impl Default for Config {
             watch: true,
             admin_token: None,
             limits: Limits::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -287,6 +310,24 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::Invalid { key: "admin_token", problem: "must be at least 16 characters".into() });
         }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(ConfigError::Invalid {
+                key: "telemetry.sample_ratio",
+                problem: format!("is {} but must be between 0 and 1", t.sample_ratio),
+            });
+        }
+        if let Some(endpoint) = &t.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "telemetry.otlp_endpoint",
+                problem: format!("is {endpoint:?} but must be a URL like http://127.0.0.1:4317"),
+            });
+        }
+        if t.service_name.is_empty() {
+            return Err(ConfigError::Invalid { key: "telemetry.service_name", problem: "must not be empty".into() });
+        }
         if let Some(name) = &self.default_model
             && name.is_empty()
         {
@@ -322,6 +363,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/tessera.example.toml");
         let config = Config::from_file(&path).unwrap();
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.telemetry, TelemetryConfig::default());
         assert_eq!(config.addr, Config::default().addr);
         assert_eq!(config.inference_mode, Config::default().inference_mode);
         assert!(config.models_dir.ends_with("models"));

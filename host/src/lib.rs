@@ -22,7 +22,7 @@ mod runtime;
 pub mod server;
 mod watch;
 
-pub use config::{Config, ConfigError, Limits, RuleConfig};
+pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus};
 pub use inference::{EngineKind, EngineMode, ModelIo};

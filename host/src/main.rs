@@ -36,6 +36,9 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+        /// Export traces to this OpenTelemetry collector (OTLP/gRPC, e.g. http://127.0.0.1:4317).
+        #[arg(long, env = "TESSERA_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Classify one image through the full pipeline, without a server, and print the JSON.
     Classify {
@@ -188,8 +191,13 @@ fn main() -> anyhow::Result<()> {
     };
     cli.overrides.apply(&mut config);
     match cli.command {
-        Command::Serve { addr, grpc_addr, admin_addr, log_json } => {
-            tessera::server::init_logging(log_json);
+        Command::Serve { addr, grpc_addr, admin_addr, log_json, otlp_endpoint } => {
+            if otlp_endpoint.is_some() {
+                config.telemetry.otlp_endpoint = otlp_endpoint;
+                config.validate()?;
+            }
+            // Kept to the end: dropping it flushes the last spans.
+            let _telemetry = tessera::server::init_telemetry(log_json, &config.telemetry)?;
             if let Some(addr) = addr {
                 config.addr = addr;
             }

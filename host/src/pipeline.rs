@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tracing::Span;
+use tracing::field::Empty;
 
 use crate::config::Limits;
 use crate::error::{ErrorKind, PipelineError, Stage};
@@ -243,25 +245,19 @@ impl Pipeline {
         // refused before its image is decoded, so an overload costs no preprocessing.
         let admission = version.pool.admit(deadline)?;
 
-        progress.enter(Stage::Preprocess);
-        let t = Instant::now();
-        let input = self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)?;
-        timings.preprocess = ms(t.elapsed());
-
-        progress.enter(Stage::Inference);
-        let t = Instant::now();
-        let logits = admission.infer(input, deadline)?;
-        timings.inference = ms(t.elapsed());
-
-        progress.enter(Stage::Postprocess);
-        let t = Instant::now();
+        let input = in_stage(progress, Stage::Preprocess, &mut timings.preprocess, || {
+            self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)
+        })?;
+        let logits = in_stage(progress, Stage::Inference, &mut timings.inference, || {
+            Span::current().record("model", model.name.as_str()).record("version", version.version);
+            admission.infer(input, deadline)
+        })?;
         let stage = &stages.postprocess;
-        let top = self.guest(
-            Stage::Postprocess,
-            &stage.name,
-            self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline),
-        )?;
-        timings.postprocess = ms(t.elapsed());
+        let top = in_stage(progress, Stage::Postprocess, &mut timings.postprocess, || {
+            self.guest(Stage::Postprocess, &stage.name, || {
+                self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
+            })
+        })?;
         let first = top.first().cloned().ok_or_else(|| {
             PipelineError::new(
                 ErrorKind::GuestFailed,
@@ -269,11 +265,9 @@ impl Pipeline {
                 format!("guest {} returned no prediction", stage.name),
             )
         })?;
-
-        progress.enter(Stage::Rules);
-        let t = Instant::now();
-        let decision = self.run_rules(&stages, &top, &req.metadata, deadline)?;
-        timings.rules = ms(t.elapsed());
+        let decision = in_stage(progress, Stage::Rules, &mut timings.rules, || {
+            self.run_rules(&stages, &top, &req.metadata, deadline)
+        })?;
         timings.total = ms(start.elapsed());
 
         Ok(Classification {
@@ -286,15 +280,33 @@ impl Pipeline {
         })
     }
 
-    /// A guest call's value, with its phases or its failure counted for `guest`.
-    fn guest<T>(&self, stage: Stage, guest: &str, call: Result<(T, Phases), GuestFailure>) -> Result<T, PipelineError> {
-        match call {
+    /// Calls `guest` in its own span, counting its phases or its failure.
+    fn guest<T>(
+        &self,
+        stage: Stage,
+        guest: &str,
+        call: impl FnOnce() -> Result<(T, Phases), GuestFailure>,
+    ) -> Result<T, PipelineError> {
+        let span = tracing::info_span!(
+            "guest",
+            otel.name = format!("guest {guest}"),
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            guest,
+            stage = stage.as_str(),
+            instantiate_ms = Empty,
+            call_ms = Empty,
+            error.type = Empty,
+        );
+        match span.in_scope(call) {
             Ok((value, phases)) => {
+                span.record("instantiate_ms", ms(phases.instantiate)).record("call_ms", ms(phases.call));
                 self.metrics.guest_call(guest, stage, phases.instantiate, phases.call);
                 Ok(value)
             }
             Err(failure) => {
                 let e = failure.into_pipeline(stage, guest);
+                record_error(&span, &e);
                 self.metrics.guest_failure(guest, stage, e.kind);
                 Err(e)
             }
@@ -313,12 +325,14 @@ impl Pipeline {
         let deadline = self.deadline(start, tensor.timeout);
         check_shape(&model.name, version.pool.input_shape(), &tensor.shape, Stage::Admission)?;
         let admission = version.pool.admit(deadline)?;
-        progress.enter(Stage::Inference);
-        let t = Instant::now();
-        let result = admission.infer(tensor.data, deadline);
+        let mut inference_ms = 0.0;
+        let result = in_stage(progress, Stage::Inference, &mut inference_ms, || {
+            Span::current().record("model", model.name.as_str()).record("version", version.version);
+            admission.infer(tensor.data, deadline)
+        });
         self.metrics.model_result(&model.name, version.version, result.as_ref().map(|_| ()).map_err(|e| e.kind));
         let data = result?;
-        self.metrics.stage(Stage::Inference, &model.name, t.elapsed());
+        self.metrics.stage(Stage::Inference, &model.name, Duration::from_secs_f64(inference_ms / 1e3));
         let io = version.pool.io();
         Ok(TensorOutput {
             model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
@@ -344,11 +358,9 @@ impl Pipeline {
         deadline: Instant,
     ) -> Result<Vec<f32>, PipelineError> {
         let stage = &stages.preprocess;
-        self.guest(
-            Stage::Preprocess,
-            &stage.name,
-            self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline),
-        )
+        self.guest(Stage::Preprocess, &stage.name, || {
+            self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline)
+        })
     }
 
     fn run_rules(
@@ -367,11 +379,9 @@ impl Pipeline {
         };
         let inference: Arc<dyn GuestInference> = self.repo.clone();
         for rule in &stages.rules {
-            decision = self.guest(
-                Stage::Rules,
-                &rule.name,
-                self.runtime.decide(rule, preds, metadata, inference.clone(), deadline),
-            )?;
+            decision = self.guest(Stage::Rules, &rule.name, || {
+                self.runtime.decide(rule, preds, metadata, inference.clone(), deadline)
+            })?;
             self.metrics.rule_decision(&rule.name, decision.accepted);
             if !decision.accepted {
                 break;
@@ -393,9 +403,47 @@ impl GuestInference for ModelRepository {
     ) -> Result<Vec<f32>, PipelineError> {
         let snapshot = self.snapshot();
         let version = snapshot.get(model)?.resolve(version)?;
+        let span = tracing::info_span!("guest inference", model, version = version.version, error.type = Empty);
+        let _entered = span.enter();
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
-        version.pool.infer(input, deadline)
+        version.pool.infer(input, deadline).inspect_err(|e| record_error(&span, e))
+    }
+}
+
+/// Runs one stage of a request in its span (a child of the request's), telling `progress`
+/// it started and writing how long it took to `timing`.
+fn in_stage<T>(
+    progress: &Progress,
+    stage: Stage,
+    timing: &mut f64,
+    work: impl FnOnce() -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    progress.enter(stage);
+    let span = tracing::info_span!(
+        "stage",
+        otel.name = stage.as_str(),
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        model = Empty,
+        version = Empty,
+        error.type = Empty,
+    );
+    let t = Instant::now();
+    let result = span.in_scope(work);
+    *timing = ms(t.elapsed());
+    if let Err(e) = &result {
+        record_error(&span, e);
+    }
+    result
+}
+
+/// Marks `span` as failed with `e`: its code, and for system errors (not the caller's) an
+/// error status with the message.
+fn record_error(span: &Span, e: &PipelineError) {
+    span.record("error.type", e.kind.code());
+    if !e.kind.is_business() {
+        span.record("otel.status_code", "error").record("otel.status_description", e.message.as_str());
     }
 }
 

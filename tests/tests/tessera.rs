@@ -5,6 +5,7 @@ mod grpc;
 mod metrics;
 mod oip;
 mod support;
+mod telemetry;
 
 use std::time::{Duration, Instant};
 

@@ -19,8 +19,10 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
+use tracing::{Instrument, Span};
 
 use super::oip_grpc::{GrpcInferenceServiceServer, Inference};
+use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
@@ -114,25 +116,43 @@ pub(super) struct Recognition {
 impl pb::image_recognition_service_server::ImageRecognitionService for Recognition {
     async fn recognize(&self, request: Request<pb::ImageRequest>) -> Result<Response<pb::RecognitionResponse>, Status> {
         let start = Instant::now();
-        let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
-        let result = self.recognize(request, start, &request_id).await;
-        answer(&self.state, RECOGNIZE, start, &request_id, result)
+        let (request_id, span) = begin(RECOGNIZE, request.metadata());
+        let result = self.recognize(request, start, &request_id).instrument(span.clone()).await;
+        answer(&self.state, RECOGNIZE, start, &request_id, &span, result)
     }
 }
 
+/// A call's request id (the client's `x-request-id` or a new one) and its span (continuing the
+/// client's `traceparent`), from its metadata.
+pub(super) fn begin(method: &'static str, metadata: &MetadataMap) -> (String, Span) {
+    let text = |key| metadata.get(key).and_then(|v| v.to_str().ok());
+    let request_id = service::request_id(text(service::REQUEST_ID));
+    let trace = TraceHeaders { traceparent: text(TRACEPARENT), tracestate: text(TRACESTATE) };
+    let span = service::request_span(Protocol::grpc, method, &request_id, trace);
+    (request_id, span)
+}
+
 /// Counts, logs and wraps one gRPC call's result: the request id in the response's (or the
-/// error's) metadata, business errors logged as info, system errors as warnings.
+/// error's) metadata, the outcome on its `span`, business errors logged as info, system errors
+/// as warnings.
 pub(super) fn answer<T>(
     state: &AppState,
     method: &'static str,
     start: Instant,
     request_id: &str,
+    span: &Span,
     result: Result<T, PipelineError>,
 ) -> Result<Response<T>, Status> {
     let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
     state.count(Protocol::grpc, method, start, failure);
     let ms = start.elapsed().as_secs_f64() * 1e3;
     let id = MetadataValue::try_from(request_id).ok();
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(e) => code_for(e.kind),
+    };
+    let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.message.as_str()));
+    service::end_request_span(span, code as i64, failure);
     match result {
         Ok(answer) => {
             tracing::info!(rpc = method, code = "OK", ms, request_id, "request");

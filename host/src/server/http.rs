@@ -18,6 +18,9 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use tracing::{Instrument, Span};
+
+use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, Listener, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
@@ -45,6 +48,9 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// Paths polled by probes and scrapers: logged at debug, not traced.
+const PROBES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"];
+
 pub(super) async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
@@ -54,7 +60,56 @@ pub(super) async fn handle(
     let start = Instant::now();
     let request_id = request_id(req.headers());
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let response = match (&method, path.as_str()) {
+    let probe = PROBES.contains(&path.as_str());
+    let endpoint = endpoint(&path);
+    let span = if probe {
+        Span::none()
+    } else {
+        let headers = req.headers();
+        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let trace = TraceHeaders { traceparent: header(TRACEPARENT), tracestate: header(TRACESTATE) };
+        service::request_span(Protocol::http, &format!("{method} {endpoint}"), &request_id, trace)
+    };
+    let response = route(&state, req, listener, start, &request_id).instrument(span.clone()).await;
+    let failure =
+        response.as_ref().err().map(|e| (e.code, e.status.is_client_error(), e.stage.unwrap_or(Stage::Admission)));
+    state.count(Protocol::http, endpoint, start, failure);
+    if let Err(e) = &response {
+        service::end_request_span(
+            &span,
+            e.status.as_u16().into(),
+            Some((e.code, e.status.is_client_error(), &e.message)),
+        );
+    }
+    let oip = path == "/v2" || path.starts_with("/v2/");
+    let mut response =
+        response.unwrap_or_else(|e| if oip { super::oip::error_response(e) } else { e.into_response(&request_id) });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    let status = response.status().as_u16();
+    span.record("status", status);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if probe {
+        tracing::debug!(%method, %path, status, ms, request_id, "probe");
+    } else if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
+    } else {
+        tracing::info!(%method, %path, status, ms, request_id, "request");
+    }
+    Ok(response)
+}
+
+/// Answers one request on `listener`.
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    listener: Listener,
+    start: Instant,
+    request_id: &str,
+) -> Result<Response<Body>, HttpError> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    match (&method, path.as_str()) {
         // The admin listener serves the admin routes and probes, nothing else.
         (_, p) if listener == Listener::Admin && !matches!(p, "/v1/admin/reload" | "/healthz" | "/readyz") => {
             Err(HttpError::new(
@@ -65,22 +120,22 @@ pub(super) async fn handle(
         }
         (&Method::POST, "/v1/classify") => {
             let (parts, mut body) = req.into_parts();
-            let result = classify(&state, &parts, &mut body, start, &request_id).await;
+            let result = classify(state, &parts, &mut body, start, request_id).await;
             discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
             result
         }
         (_, p) if p == "/v2" || p.starts_with("/v2/") => {
             let (parts, mut body) = req.into_parts();
-            let result = super::oip::handle(&state, &parts, &mut body, start, &request_id).await;
+            let result = super::oip::handle(state, &parts, &mut body, start, request_id).await;
             discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
             result
         }
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        (&Method::GET, "/metrics") => Ok(metrics(&state)),
-        (&Method::GET, "/readyz") => Ok(readyz(&state)),
-        (&Method::GET, "/v1/models") => models(&state),
-        (&Method::GET, p) if p.starts_with("/v1/models/") => model(&state, &p["/v1/models/".len()..]),
-        (&Method::POST, "/v1/admin/reload") => admin_reload(&state, req.headers(), listener).await,
+        (&Method::GET, "/metrics") => Ok(metrics(state)),
+        (&Method::GET, "/readyz") => Ok(readyz(state)),
+        (&Method::GET, "/v1/models") => models(state),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => model(state, &p["/v1/models/".len()..]),
+        (&Method::POST, "/v1/admin/reload") => admin_reload(state, req.headers(), listener).await,
         (_, "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
             Err(HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -89,26 +144,7 @@ pub(super) async fn handle(
             ))
         }
         _ => Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
-    };
-    let failure =
-        response.as_ref().err().map(|e| (e.code, e.status.is_client_error(), e.stage.unwrap_or(Stage::Admission)));
-    state.count(Protocol::http, endpoint(&path), start, failure);
-    let oip = path == "/v2" || path.starts_with("/v2/");
-    let mut response =
-        response.unwrap_or_else(|e| if oip { super::oip::error_response(e) } else { e.into_response(&request_id) });
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
     }
-    let status = response.status().as_u16();
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics" | "/v2/health/live" | "/v2/health/ready") {
-        tracing::debug!(%method, %path, status, ms, request_id, "probe");
-    } else if response.status().is_server_error() {
-        tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
-    } else {
-        tracing::info!(%method, %path, status, ms, request_id, "request");
-    }
-    Ok(response)
 }
 
 /// An error answer: status, code, message and (for pipeline errors) the stage.

@@ -12,6 +12,7 @@ mod http;
 mod oip;
 mod oip_grpc;
 mod service;
+mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::{Config, Host, Metrics};
 pub use grpc::code_for;
 pub use http::status_for;
 pub use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
+pub use telemetry::{Telemetry, init_telemetry};
 
 /// The sockets [`run`] serves on.
 pub struct Listeners {
@@ -80,14 +82,6 @@ pub(crate) struct AppState {
     watch: OnceLock<crate::watch::WatchGuard>,
     /// Made before the host (requests are counted while it loads), then shared with it.
     metrics: Arc<Metrics>,
-}
-
-/// Sets up `tracing` output on stderr: text, or JSON lines with `json`. `TESSERA_LOG`
-/// (e.g. `debug`, `tessera=trace`) sets the filter; the default is `info`.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// Runs the server on `config.addr` (HTTP) and `config.grpc_addr` until SIGINT or SIGTERM

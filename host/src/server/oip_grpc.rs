@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::oip::{self, Call, Input, InputData};
-use super::{AppState, grpc, service};
+use super::{AppState, grpc};
 use crate::error::{ErrorKind, PipelineError, Stage};
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
@@ -98,9 +99,9 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let start = Instant::now();
-        let request_id = service::request_id(request.metadata().get(service::REQUEST_ID).and_then(|v| v.to_str().ok()));
-        let result = self.infer(request, start, &request_id).await;
-        grpc::answer(&self.state, MODEL_INFER, start, &request_id, result)
+        let (request_id, span) = grpc::begin(MODEL_INFER, request.metadata());
+        let result = self.infer(request, start, &request_id).instrument(span.clone()).await;
+        grpc::answer(&self.state, MODEL_INFER, start, &request_id, &span, result)
     }
 }
 

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Span;
+use tracing::field::Empty;
 
 use super::AppState;
+use super::telemetry::{self, TraceHeaders};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::{Metrics, Protocol};
 use crate::pipeline::{self, Progress, TensorRequest};
@@ -52,6 +55,39 @@ pub(super) fn rules_metadata<'a>(
             .map(|(name, value)| (name.to_string(), value.to_string())),
     );
     meta
+}
+
+/// The span every other span of a request descends from: named `name` (`POST /v1/classify`,
+/// `image_recognition.ImageRecognitionService/Recognize`), a child of the client's span when it
+/// sent a `traceparent`. [`end_request_span`] records how it ended.
+pub(super) fn request_span(protocol: Protocol, name: &str, request_id: &str, trace: TraceHeaders<'_>) -> Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        request_id,
+        protocol = ?protocol,
+        status = Empty,
+        error.type = Empty,
+    );
+    telemetry::continue_trace(&span, trace);
+    span
+}
+
+/// Records a request's outcome on its span: the protocol's `status` (HTTP status, gRPC code)
+/// and, for a failure, its error code; system errors (ours, not the caller's) mark the span as
+/// an error.
+pub(super) fn end_request_span(span: &Span, status: i64, failure: Option<(&'static str, bool, &str)>) {
+    span.record("status", status);
+    if let Some((code, business, message)) = failure {
+        span.record("error.type", code);
+        if !business {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", message);
+        }
+    }
 }
 
 impl AppState {
@@ -163,8 +199,10 @@ async fn run<T: Send + 'static>(
     }
     let progress = Arc::new(Progress::default());
     let running = progress.clone();
+    // The pipeline's stage and guest spans are children of the request's.
+    let span = Span::current();
     let work = tokio::task::spawn_blocking(move || {
-        let result = work(&host, &running);
+        let result = span.in_scope(|| work(&host, &running));
         drop(permit);
         result
     });

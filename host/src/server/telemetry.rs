@@ -1,0 +1,125 @@
+//! Logs and traces. Logs: `tracing` events as text or JSON lines on stderr, filtered by
+//! `TESSERA_LOG`. Traces: the spans the serving core and the pipeline open (a request, each
+//! stage, each guest call), exported over OTLP/gRPC when `[telemetry] otlp_endpoint` is set,
+//! continuing a client's W3C `traceparent` (HTTP header or gRPC metadata).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::TelemetryConfig;
+
+/// The W3C trace context headers (and gRPC metadata keys).
+pub(super) const TRACEPARENT: &str = "traceparent";
+pub(super) const TRACESTATE: &str = "tracestate";
+
+/// How long one export may take before the batch is dropped (a slow collector must not hold
+/// spans in memory without bound; the processor's queue is bounded too).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps the trace exporter running; dropping it flushes the spans still queued.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    /// The exporter's gRPC channel lives on this runtime, apart from the server's: the server's
+    /// runtime is shut down before the last spans are flushed.
+    _runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("tessera: flushing traces at exit failed: {e}");
+        }
+    }
+}
+
+/// Sets up logging on stderr (text, or JSON lines with `json`; `TESSERA_LOG` such as `debug` or
+/// `tessera=trace` filters it, `info` by default) and, when `config.otlp_endpoint` is set, the
+/// OTLP trace exporter. Keep the returned value until the process ends.
+pub fn init_telemetry(json: bool, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() }.with_filter(filter);
+    let Some(endpoint) = &config.otlp_endpoint else {
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        return Ok(Telemetry { provider: None, _runtime: None });
+    };
+    // tonic's channel runs its connection on the runtime it is made in: one worker of its own.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("tessera-otlp")
+        .build()
+        .context("starting the trace exporter's runtime")?;
+    let exporter = {
+        let _entered = runtime.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+            .with_context(|| format!("cannot export traces to {endpoint} (telemetry.otlp_endpoint)"))?
+    };
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    // The batch processor exports from its own thread (opentelemetry_sdk 0.33
+    // `BatchSpanProcessor`), so a slow collector never blocks a request.
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        .with_resource(resource)
+        .build();
+    // Only our own spans: the exporter's tonic and hyper must not trace their own exports.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("tessera"))
+        .with_filter(Targets::new().with_target("tessera", LevelFilter::INFO));
+    let _ = tracing_subscriber::registry().with(fmt).with(traces).try_init();
+    tracing::info!(endpoint, sample_ratio = config.sample_ratio, "exporting traces over OTLP");
+    Ok(Telemetry { provider: Some(provider), _runtime: Some(runtime) })
+}
+
+/// A client's trace context, from HTTP headers or gRPC metadata.
+#[derive(Default, Clone, Copy)]
+pub(super) struct TraceHeaders<'a> {
+    pub(super) traceparent: Option<&'a str>,
+    pub(super) tracestate: Option<&'a str>,
+}
+
+impl Extractor for TraceHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.traceparent,
+            TRACESTATE => self.tracestate,
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
+/// Makes `span` a child of the client's span when the request carries a valid `traceparent`
+/// (an invalid one starts a new trace, as the W3C spec asks). No-op without an exporter.
+pub(super) fn continue_trace(span: &tracing::Span, headers: TraceHeaders<'_>) {
+    if headers.traceparent.is_none() {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&headers);
+    let _ = span.set_parent(parent);
+}
