@@ -4,6 +4,7 @@
 mod grpc;
 mod metrics;
 mod oip;
+mod page;
 mod support;
 mod telemetry;
 

@@ -1,5 +1,5 @@
 //! HTTP routes: `POST /v1/classify`, `GET /v1/models[/{name}]`, `/healthz`, `/readyz`, `/metrics`,
-//! `POST /v1/admin/reload`.
+//! `POST /v1/admin/reload`, the OIP v2 routes (`oip.rs`), and `GET /`, a page to try it.
 //!
 //! This is the one place that converts between HTTP and the serving core (`service.rs`):
 //! query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status
@@ -130,13 +130,14 @@ async fn route(
             discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
             result
         }
+        (&Method::GET, "/") => Ok(page()),
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::GET, "/v1/models") => models(state),
         (&Method::GET, p) if p.starts_with("/v1/models/") => model(state, &p["/v1/models/".len()..]),
         (&Method::POST, "/v1/admin/reload") => admin_reload(state, req.headers(), listener).await,
-        (_, "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
+        (_, "/" | "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
             Err(HttpError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -202,6 +203,25 @@ fn request_id(headers: &HeaderMap) -> String {
     service::request_id(headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
 }
 
+/// `GET /`: a page to try the API from a browser (pick or drop an image, choose model and
+/// version, see the top-k, the decision and each stage's time). One file, compiled in.
+const PAGE: &str = include_str!("page.html");
+
+/// The page may run its own inline script and style, show the image it was given (a `blob:`
+/// URL) and call this server: nothing else, so it cannot load or send anything elsewhere.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                        img-src blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn page() -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CONTENT_SECURITY_POLICY, PAGE_CSP)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
+        .expect("a valid static response")
+}
+
 fn readyz(state: &AppState) -> Response<Body> {
     match state.host.get() {
         Some(_) => json_response(StatusCode::OK, &json!({"status": "ready"})),
@@ -212,6 +232,7 @@ fn readyz(state: &AppState) -> Response<Body> {
 /// The route's label in the metrics (a bounded set: unknown paths are `other`).
 fn endpoint(path: &str) -> &'static str {
     match path {
+        "/" => "/",
         "/v1/classify" => "/v1/classify",
         "/v1/models" => "/v1/models",
         p if p.starts_with("/v1/models/") => "/v1/models/{model}",
