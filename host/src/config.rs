@@ -152,7 +152,8 @@ pub struct Limits {
     /// How long an HTTP/1 client may take to send a request's headers, and how long an idle
     /// keep-alive connection waits for the next request, before it is closed (slowloris).
     pub header_read_timeout_ms: u64,
-    /// HTTP connections open at once; one more is closed as soon as it is accepted.
+    /// Connections open at once on each listener (HTTP, gRPC, each its own budget); one more is
+    /// closed as soon as it is accepted.
     pub max_connections: u32,
 }
 

@@ -168,3 +168,29 @@ fn python_grpcio_clients_of_both_protos_health_and_reflection_work() {
     assert_eq!(ours["missing_model"]["code"], "NOT_FOUND", "{ours}");
     assert_eq!(ours["missing_model"]["metadata"]["tessera-error-code"], "model_not_found", "{ours}");
 }
+
+#[test]
+fn grpc_connections_over_max_connections_are_closed_at_once() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let addr = server.grpc_addr.clone().unwrap();
+    let image = read(&shapes(CLASSES_SEED, 2)[0].path);
+    // Two idle sockets (no HTTP/2 preface) take every gRPC connection; a third is closed at once.
+    let mut idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = std::net::TcpStream::connect(&addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut third, &mut rest);
+    assert!(read.is_ok() && rest.is_empty(), "over max_connections the connection is closed, not kept: {read:?}");
+    // The HTTP listener has its own budget: it is untouched.
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!(status, 200, "{body}");
+    // One idle socket gone, a real client gets its place.
+    idle.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client = connect(&rt, &server);
+    let answer = rt.block_on(client.recognize(request(image, "image/png"))).expect("a call within the cap");
+    assert!(!answer.into_inner().label.is_empty());
+    assert!(server.stderr().contains("gRPC connection refused: at max_connections"), "{}", server.stderr());
+}
