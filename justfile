@@ -85,11 +85,17 @@ bench-peers *ARGS: build models
     case " {{ARGS}} " in *" --no-torch "*) ;; *) bench/peers/venv.sh build/venv-torch bench/peers/requirements-torch.txt ;; esac
     build/venv-peers/bin/python bench/peers/run.py {{ARGS}}
 
-# What a request costs over each protocol (HTTP, gRPC) through one server on the default model,
+# What a request costs over each protocol (HTTP, gRPC, OIP REST) through one server on the default model,
 # alternated in rounds (ROUNDS=3, DUR=8 s per cell); see docs/PERFORMANCE.md.
 bench-protocols: build
     cargo build --release -p tessera-loadgen
     {{python}} bench/protocols.py
+
+# What exporting traces costs a request: one server exporting every span over OTLP to a
+# collector in the script, one not, alternated (bench/telemetry.py; see docs/PERFORMANCE.md).
+bench-telemetry: build
+    cargo build --release -p tessera-loadgen
+    {{python}} bench/telemetry.py
 
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """`just bench-protocols`: what a request costs over each protocol, through one `tessera serve`
 (the default model and guests), alternated so the machine's drift hits every protocol alike:
-ROUNDS rounds x concurrency 1 and 4 x (HTTP, gRPC), DUR seconds per cell, one `tessera-loadgen`
-load shape. Prints each cell and the gRPC/HTTP ratios of each round, then their medians.
+ROUNDS rounds x concurrency 1 and 4 x (HTTP `/v1/classify`, the seed's gRPC `Recognize`, KServe
+OIP v2 REST `/v2/models/shapes/infer` with the image as a BYTES input in the binary extension),
+DUR seconds per cell, one `tessera-loadgen` load shape. Prints each cell and the gRPC/HTTP and
+OIP/HTTP ratios of each round, then their medians.
 """
 import json
 import os
@@ -39,7 +41,8 @@ def main() -> None:
         for rnd in range(1, ROUNDS + 1):
             for c in (1, 4):
                 cells = {}
-                for name, url in (("http", f"{http}/v1/classify"), ("grpc", grpc)):
+                for name, url in (("http", f"{http}/v1/classify"), ("grpc", grpc),
+                                  ("oip", f"{http}/v2/models/shapes/infer")):
                     out = subprocess.run([str(ROOT / "target/release/tessera-loadgen"), "--url", url, "--image",
                                           str(IMAGE), "--duration-s", DUR, "--warmup-s", "1", "--server-pid",
                                           str(server.pid), "--label", name, "--concurrency", str(c)],
@@ -48,13 +51,17 @@ def main() -> None:
                     print(f"round {rnd} c={c} {name:<4}: {cell['rps']:6.1f} rps  p50 {cell['p50_ms']:5.1f} ms  "
                           f"p99 {cell['p99_ms']:5.1f} ms  cpu/img {cell['cpu_s_per_image']}  "
                           f"errors {sum(cell['errors'].values())}", flush=True)
-                h, g = cells["http"], cells["grpc"]
-                r = ratios.setdefault(c, {"rps": [], "p50": [], "cpu": []})
-                r["rps"].append(g["rps"] / h["rps"])
-                r["p50"].append(g["p50_ms"] / h["p50_ms"])
-                r["cpu"].append(g["cpu_s_per_image"] / h["cpu_s_per_image"])
-        for c, r in ratios.items():
-            print(f"gRPC/HTTP c={c}: " + ", ".join(
+                h = cells["http"]
+                for name in ("grpc", "oip"):
+                    g = cells[name]
+                    if sum(g["errors"].values()) or set(g["top1"]) != set(h["top1"]):
+                        raise SystemExit(f"{name} answered differently from http: {g['errors']} {g['top1']}")
+                    r = ratios.setdefault((name, c), {"rps": [], "p50": [], "cpu": []})
+                    r["rps"].append(g["rps"] / h["rps"])
+                    r["p50"].append(g["p50_ms"] / h["p50_ms"])
+                    r["cpu"].append(g["cpu_s_per_image"] / h["cpu_s_per_image"])
+        for (name, c), r in ratios.items():
+            print(f"{name}/HTTP c={c}: " + ", ".join(
                 f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
     finally:
         server.terminate()

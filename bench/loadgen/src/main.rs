@@ -4,9 +4,10 @@
 //! next request as soon as the previous answer arrives. Open loop: `--rate R` requests per
 //! second on a fixed schedule whatever the answers do, latency counted from the scheduled start
 //! (so a server that falls behind is charged for the queue it builds, not hidden by it).
-//! HTTP targets (`http://.../v1/classify`) get the raw image body; gRPC targets
-//! (`grpc://host:port`) get the seed's `ImageRecognitionService/Recognize` with a 2 s deadline,
-//! as the seed's Go client sets it.
+//! HTTP targets (`http://.../v1/classify`) get the raw image body; Open Inference Protocol
+//! targets (`http://.../v2/models/{model}/infer`) get the image as a BYTES input in the binary
+//! tensor extension, as tritonclient sends it; gRPC targets (`grpc://host:port`) get the seed's
+//! `ImageRecognitionService/Recognize` with a 2 s deadline, as the seed's Go client sets it.
 //!
 //! A closed-loop client that gets a refusal with `Retry-After` waits that long (at most 1 s)
 //! before its next request, as a well-behaved HTTP client does; gRPC peers have no such signal
@@ -92,18 +93,29 @@ struct Answer {
 }
 
 enum Target {
-    Http { authority: String, addr: String, path_and_query: String },
-    Grpc { endpoint: String },
+    /// `oip`: the path is an Open Inference Protocol `.../infer`.
+    Http {
+        authority: String,
+        addr: String,
+        path_and_query: String,
+        oip: bool,
+    },
+    Grpc {
+        endpoint: String,
+    },
 }
 
 impl Target {
     fn parse(url: &str) -> anyhow::Result<Self> {
         if let Some(rest) = url.strip_prefix("http://") {
             let (authority, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
+            let path_and_query = format!("/{}", path.trim_start_matches('/'));
+            let oip = path_and_query.starts_with("/v2/models/") && path_and_query.ends_with("/infer");
             return Ok(Target::Http {
                 authority: authority.to_string(),
                 addr: authority.to_string(),
-                path_and_query: format!("/{}", path.trim_start_matches('/')),
+                path_and_query,
+                oip,
             });
         }
         if let Some(rest) = url.strip_prefix("grpc://") {
@@ -147,13 +159,18 @@ async fn send(
     retry_after: &mut Option<Duration>,
 ) -> Result<Answer, String> {
     match (conn, target) {
-        (Conn::Http(send), Target::Http { authority, path_and_query, .. }) => {
+        (Conn::Http(send), Target::Http { authority, path_and_query, oip, .. }) => {
             send.ready().await.map_err(|e| format!("connection: {e}"))?;
-            let req = http::Request::post(path_and_query.as_str())
-                .header(http::header::HOST, authority.as_str())
-                .header(http::header::CONTENT_TYPE, format!("image/{image_type}"))
-                .body(Full::new(image.clone()))
-                .map_err(|e| e.to_string())?;
+            let req = http::Request::post(path_and_query.as_str()).header(http::header::HOST, authority.as_str());
+            let req = if *oip {
+                let (header_len, body) = oip_request(image);
+                req.header(http::header::CONTENT_TYPE, "application/octet-stream")
+                    .header("inference-header-content-length", header_len)
+                    .body(Full::new(body))
+            } else {
+                req.header(http::header::CONTENT_TYPE, format!("image/{image_type}")).body(Full::new(image.clone()))
+            }
+            .map_err(|e| e.to_string())?;
             let resp = send.send_request(req).await.map_err(|e| format!("connection: {e}"))?;
             let status = resp.status();
             let resp_retry_after = resp
@@ -173,6 +190,14 @@ async fn send(
                 return Err(format!("http_{} {code}", status.as_u16()).trim().to_string());
             }
             let v: Value = serde_json::from_slice(&body).map_err(|e| format!("bad json: {e}"))?;
+            if *oip {
+                let outputs = v["outputs"].as_array().map(Vec::as_slice).unwrap_or_default();
+                let label = outputs.iter().find(|o| o["name"] == "label").map(|o| &o["data"][0]);
+                return Ok(Answer {
+                    label: label.and_then(Value::as_str).unwrap_or_default().to_string(),
+                    timings: None,
+                });
+            }
             Ok(Answer {
                 label: v["label"].as_str().unwrap_or_default().to_string(),
                 timings: Some(v["timings_ms"].clone()),
@@ -189,6 +214,22 @@ async fn send(
         }
         _ => unreachable!("connections are made for their target"),
     }
+}
+
+/// An Open Inference Protocol request carrying `image` as a one-element BYTES input named
+/// `image` in the binary tensor extension (the JSON header, then the element as a 4-byte
+/// little-endian length and the bytes): the header's length and the body.
+fn oip_request(image: &Bytes) -> (usize, Bytes) {
+    let header = json!({"inputs": [{
+        "name": "image", "datatype": "BYTES", "shape": [1],
+        "parameters": {"binary_data_size": 4 + image.len()},
+    }]})
+    .to_string();
+    let mut body = Vec::with_capacity(header.len() + 4 + image.len());
+    body.extend_from_slice(header.as_bytes());
+    body.extend_from_slice(&(image.len() as u32).to_le_bytes());
+    body.extend_from_slice(image);
+    (header.len(), Bytes::from(body))
 }
 
 async fn timed(conn: &mut Conn, target: &Target, image: &Bytes, image_type: &str, started: Instant) -> Sample {
