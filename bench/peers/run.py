@@ -381,7 +381,8 @@ def write_summary(results: dict) -> None:
     lines = [f"# bench-peers results ({'quick' if results['quick'] else 'full'} run, "
              f"{results['seconds_per_cell']:.0f} s per cell)", ""]
     if results.get("rerun"):
-        lines += [f"Run again afterwards, after a change, and merged here: {', '.join(results['rerun'])}.", ""]
+        rerun = sorted(set(results["rerun"]))
+        lines += [f"Run again afterwards, after a change, and merged here: {', '.join(rerun)}.", ""]
     lines += [
              "Ratios are to the same cell of `seed-torch` / `seed-ort` in this run (rps: higher is better; "
              "p50: lower is better).", "",
