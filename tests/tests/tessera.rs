@@ -239,6 +239,7 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
     let (status, body, _) = server.classify(&good, "", &[("x-probe", "loop"), ("x-request-timeout-ms", "400")]);
     let elapsed = started.elapsed();
     assert_error(status, &body, 504, "deadline_exceeded");
+    assert_eq!(body["error"]["stage"], "rules", "the error names the stage that ran out of time");
     assert!(elapsed < Duration::from_millis(1_500), "an endless loop took {elapsed:?} to stop with a 400 ms deadline");
     assert_still_serving(&server, &good, &case.label);
 

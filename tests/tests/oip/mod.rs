@@ -45,6 +45,9 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     assert_eq!(meta["inputs"][0]["datatype"], "FP32", "{meta}");
     assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([1, 3, 224, 224]), "{meta}");
     assert_eq!(meta["inputs"][1]["name"], "image", "{meta}");
+    // Tensors are named as in the ONNX graph, which is what a client of the model expects.
+    assert_eq!(meta["inputs"][0]["name"], "input", "{meta}");
+    assert_eq!(meta["outputs"][0]["name"], "logits", "{meta}");
     assert_eq!(meta["versions"], serde_json::json!(["1"]), "{meta}");
 
     let pipeline = &seen["pipeline"];

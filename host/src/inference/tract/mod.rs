@@ -102,7 +102,11 @@ fn model_io(plan: &Plan) -> Result<ModelIo, String> {
     };
     let input = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
     let output = model.output_fact(0).map_err(|e| format!("{e:#}"))?;
-    let name = |outlet: OutletId| model.node(outlet.node).name.clone();
+    // The ONNX graph's input/output names, which tract keeps as outlet labels through
+    // optimisation (OIP clients name tensors by them); else the node's name.
+    let name = |outlet: OutletId| {
+        model.outlet_label(outlet).map(String::from).unwrap_or_else(|| model.node(outlet.node).name.clone())
+    };
     Ok(ModelIo {
         input_name: name(model.input_outlets().map_err(|e| format!("{e:#}"))?[0]),
         input_shape: concrete(input)?,
