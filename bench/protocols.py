@@ -21,22 +21,32 @@ DUR = os.environ.get("DUR", "8")
 IMAGE = ROOT / "target/test-data/bench-protocols/crescent-00000.png"
 
 
-def main() -> None:
+def ensure_image() -> None:
+    """Makes IMAGE with the project's shapes generator if it is missing."""
     if not IMAGE.exists():
         subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "models/tools/generate_shapes.py"), "--seed", "9001",
                         "--per-class", "1", "--out", str(IMAGE.parent)], check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_ready(http: str) -> None:
+    """Polls `{http}/readyz` until it answers 200 (at most ~2 minutes)."""
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"{http}/readyz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+
+
+def main() -> None:
+    ensure_image()
     server = subprocess.Popen([str(ROOT / "target/release/tessera"), "serve", "--addr", "127.0.0.1:0",
                                "--grpc-addr", "127.0.0.1:0", "--no-watch"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)
     try:
         http = server.stdout.readline().strip().removeprefix("tessera listening on ")
         grpc = server.stdout.readline().strip().removeprefix("tessera listening on ")
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"{http}/readyz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(http)
         ratios = {}
         for rnd in range(1, ROUNDS + 1):
             for c in (1, 4):

@@ -17,16 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
-DUR = os.environ.get("DUR", "8")
-IMAGE = ROOT / "target/test-data/bench-protocols/crescent-00000.png"
+from protocols import DUR, IMAGE, ROOT, ROUNDS, ensure_image, wait_ready
 
 
 class Collector:
@@ -57,19 +52,12 @@ def serve(extra: list[str], binary: str = str(ROOT / "target/release/tessera")) 
     server = subprocess.Popen([binary, "serve", "--addr", "127.0.0.1:0", "--no-watch", *extra], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     http = server.stdout.readline().strip().removeprefix("tessera listening on ")
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(f"{http}/readyz", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.2)
+    wait_ready(http)
     return server, http
 
 
 def main() -> None:
-    if not IMAGE.exists():
-        subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "models/tools/generate_shapes.py"), "--seed", "9001",
-                        "--per-class", "1", "--out", str(IMAGE.parent)], check=True, stdout=subprocess.DEVNULL)
+    ensure_image()
     collector = Collector()
     off = ["--grpc-addr", "off", "--admin-addr", "off"]
     servers = {"untraced": serve(off), "traced": serve([*off, "--otlp-endpoint", f"http://127.0.0.1:{collector.port}"])}
