@@ -20,13 +20,17 @@ guests:
     {{wasm_tools}} component new {{wasm_out}}/tessera_postprocess.wasm -o {{guest_dir}}/postprocess.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
+    # A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
+    # builds a component directly.
+    cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi
+    cp target/wasm32-wasip2/release/tessera_probe_wasi.wasm {{guest_dir}}/probe-wasi.wasm
 
 # Build the host binary and every test/bench target (release: the one profile this workspace
 # uses). Building all targets of the workspace at once gives the binary the same feature
 # resolution `cargo test` uses, so the tests reuse these artifacts instead of rebuilding
 # wasmtime and tract a second time.
 build: guests
-    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-loadgen
+    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
 
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: build
@@ -37,7 +41,8 @@ test: build
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
-    cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen
+    cargo clippy --release --target wasm32-wasip2 -p tessera-probe-wasi -- -D warnings
+    cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
     # Our patched jpeg-decoder (third_party/, not a workspace member) against upstream's decoder.
     cargo test --release --manifest-path third_party/jpeg-decoder/Cargo.toml --no-default-features --target-dir target --lib
 
@@ -68,12 +73,12 @@ quantize: build
 # default model, seeded ResNet-18/50 and MobileNetV2, both modes; see docs/PERFORMANCE.md.
 # `BENCH_MODELS=mobilenetv2 just bench-engine` runs one model.
 bench-engine: build models
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench engine
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench engine
 
 # The preprocess guest on photo-sized JPEGs: WASM vs native vs Pillow (full and draft), and the
 # slow-thread check; see docs/PERFORMANCE.md.
 bench-photos: build
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench photos
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench photos
 
 # Tessera against the seed's Python service (PyTorch eager and onnxruntime) through the real
 # binaries, one load shape for all; writes docs/bench-peers/. Never in CI: ~25 min plus the first
@@ -104,4 +109,4 @@ train *ARGS: build
 # Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
 bench: build
     command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-loadgen --bench pipeline
+    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench pipeline

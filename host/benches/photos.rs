@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera::Config;
-use tessera::internals::{Runtime, SpecView};
+use tessera::internals::{self, Runtime, SpecView};
 
 /// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
 const ROUNDS: usize = 5;
@@ -61,7 +61,8 @@ fn main() {
     let root = root();
     let config = Config::default();
     let runtime = Runtime::new(&config.limits, Some(&root.join("target/cache/components"))).unwrap();
-    let guest = runtime.load_preprocess(&root.join("target/guests/preprocess.wasm")).unwrap();
+    let guest =
+        runtime.load_preprocess(&root.join("target/guests/preprocess.wasm"), internals::default_grants()).unwrap();
     let manifest = tessera::internals::Manifest::from_file(&root.join("models/shapes/model.toml")).unwrap();
     let spec = SpecView::new("shapes", 1, &manifest, 8);
     let native_spec = tessera_preprocess::Spec {

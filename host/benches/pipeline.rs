@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tessera::EngineMode;
 use tessera::internals::EngineConfig;
 use tessera::internals::ModelRepository;
-use tessera::internals::{Runtime, SpecView};
+use tessera::internals::{self, Runtime, SpecView};
 use tessera::{Config, Host};
 
 const ITERATIONS: usize = 200;
@@ -128,8 +128,8 @@ fn main() {
 
     // 2. Instantiation vs call.
     let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref()).unwrap();
-    let pre = runtime.load_preprocess(&config.guests.preprocess).unwrap();
-    let post = runtime.load_postprocess(&config.guests.postprocess).unwrap();
+    let pre = runtime.load_preprocess(&config.guests.preprocess, internals::default_grants()).unwrap();
+    let post = runtime.load_postprocess(&config.guests.postprocess, internals::default_grants()).unwrap();
     let engine = EngineConfig { mode: EngineMode::Throughput, threads: 2, queue_len: 64 };
     let repo = ModelRepository::load(&config.models_dir, engine).unwrap();
     let model = repo.snapshot().get("shapes").unwrap().clone();

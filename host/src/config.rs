@@ -94,6 +94,40 @@ pub struct RuleConfig {
     pub path: PathBuf,
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// What the guest may use of WASI beyond the nothing every guest gets (docs/API.md);
+    /// absent: `["clocks", "random"]`, the minimum a language runtime needs.
+    #[serde(default = "default_wasi_grants")]
+    pub wasi: Vec<WasiGrant>,
+}
+
+/// A WASI capability config may grant a guest. Every guest is linked with an empty environment
+/// and argument list, empty stdin, stdout and stderr that go nowhere, and a filesystem with no
+/// directory; any other WASI import traps when called, naming itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasiGrant {
+    /// `wasi:clocks` (wall and monotonic): most language runtimes read a clock at start-up.
+    Clocks,
+    /// `wasi:random` (secure and insecure): hash seeds, Python's and JS's start-up.
+    Random,
+    /// The guest's stdout, line by line into the host's log (at most 16 KiB a call).
+    Stdout,
+    /// The guest's stderr, the same way.
+    Stderr,
+}
+
+impl RuleConfig {
+    /// The guest at `path` with no configuration and the default grants.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RuleConfig { path: path.into(), config: BTreeMap::new(), wasi: default_wasi_grants() }
+    }
+}
+
+/// The grants of a guest whose config names none.
+pub const DEFAULT_WASI_GRANTS: [WasiGrant; 2] = [WasiGrant::Clocks, WasiGrant::Random];
+
+fn default_wasi_grants() -> Vec<WasiGrant> {
+    DEFAULT_WASI_GRANTS.to_vec()
 }
 
 /// Engine settings that hold for the whole process.
@@ -227,6 +261,7 @@ impl Default for GuestsConfig {
             rules: vec![RuleConfig {
                 path: dir.join("rules-threshold.wasm"),
                 config: BTreeMap::from([("min-confidence".to_string(), "0.5".to_string())]),
+                wasi: default_wasi_grants(),
             }],
         }
     }

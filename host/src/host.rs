@@ -19,7 +19,7 @@ use crate::pipeline::{
     Classification, ClassifyRequest, ModelRef, Pipeline, Progress, Stages, TensorOutput, TensorRequest,
 };
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
-use crate::runtime::{self, Runtime, RuntimeError};
+use crate::runtime::{self, Runtime, RuntimeError, default_grants};
 use crate::watch;
 
 /// Why a host could not be built.
@@ -138,12 +138,15 @@ impl HostBuilder {
 fn load_stages(runtime: &Runtime, config: &Config) -> Result<Stages, RuntimeError> {
     let g = &config.guests;
     Ok(Stages {
-        preprocess: runtime.load_preprocess(&g.preprocess)?,
-        postprocess: runtime.load_postprocess(&g.postprocess)?,
+        preprocess: runtime.load_preprocess(&g.preprocess, default_grants())?,
+        postprocess: runtime.load_postprocess(&g.postprocess, default_grants())?,
         rules: g
             .rules
             .iter()
-            .map(|r| runtime.load_rules(&r.path, r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .map(|r| {
+                let config = r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                runtime.load_rules(&r.path, config, r.wasi.iter().copied().collect())
+            })
             .collect::<Result<_, _>>()?,
         sources: guest_stamps(config),
     })
@@ -213,7 +216,7 @@ impl Preprocessor {
     pub fn new(config: &Config, model_toml: &std::path::Path) -> Result<Self, BuildError> {
         config.validate()?;
         let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
-        let guest = runtime.load_preprocess(&config.guests.preprocess)?;
+        let guest = runtime.load_preprocess(&config.guests.preprocess, default_grants())?;
         let manifest = repository::Manifest::from_file(model_toml)?;
         Ok(Preprocessor { runtime, guest, manifest, limits: config.limits.clone() })
     }

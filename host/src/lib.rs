@@ -22,7 +22,7 @@ mod runtime;
 pub mod server;
 mod watch;
 
-pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig};
+pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig, WasiGrant};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus};
 pub use inference::{EngineKind, EngineMode, ModelIo};
@@ -40,7 +40,7 @@ pub mod internals {
     pub use crate::cpu::{clean_upper_state, upper_state_dirty};
     pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
     pub use crate::repository::{Manifest, ModelRepository};
-    pub use crate::runtime::{Runtime, SpecView};
+    pub use crate::runtime::{Runtime, SpecView, default_grants};
 
     /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.
     pub mod tract {

@@ -177,8 +177,7 @@ impl Overrides {
         if self.no_rules {
             c.guests.rules.clear();
         } else if !self.rules.is_empty() {
-            c.guests.rules =
-                self.rules.into_iter().map(|path| RuleConfig { path, config: Default::default() }).collect();
+            c.guests.rules = self.rules.into_iter().map(RuleConfig::new).collect();
         }
     }
 }

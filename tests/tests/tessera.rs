@@ -7,6 +7,7 @@ mod oip;
 mod page;
 mod support;
 mod telemetry;
+mod wasi;
 
 use std::time::{Duration, Instant};
 
@@ -392,9 +393,9 @@ fn the_library_runs_the_same_pipeline_without_http() {
         .preprocess(guest("preprocess"))
         .postprocess(guest("postprocess"))
         .rules(vec![tessera::RuleConfig {
-            path: guest("rules-threshold"),
             config: [("min-confidence".to_string(), "0.99999".to_string()), ("allow".to_string(), "star".to_string())]
                 .into(),
+            ..tessera::RuleConfig::new(guest("rules-threshold"))
         }])
         .build()
         .unwrap();

@@ -2,10 +2,11 @@
 //! linker with the host's `inference` implementation, and the pipeline's guest stages.
 //!
 //! Every guest call gets a fresh `Store` from a pre-linked `InstancePre`: no state survives a
-//! request, a trap poisons nothing, and instantiation from the pool is cheap. Guests are
-//! given no WASI at all: the only imports they can satisfy are Tessera's own interfaces.
+//! request, a trap poisons nothing, and instantiation from the pool is cheap. Guests get
+//! Tessera's own interfaces and WASI denied by default (`wasi.rs`): what config grants each.
 
 mod bindings;
+mod wasi;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::config::{EPOCH_TICK_MS, Limits};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::pipeline::{Decision, Prediction};
 use bindings::{inference, postprocessor, preprocessor, rules, types};
+pub use wasi::{Grants, default_grants};
 
 /// Why the runtime or a guest could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +34,25 @@ pub enum RuntimeError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("guest component {path} is not a valid {world} component: {message}")]
     Invalid { path: PathBuf, world: &'static str, message: String },
+    #[error(
+        "guest component {path} imports what Tessera does not provide (only tessera:vision/* and wasi:*): {}",
+        imports.join(", ")
+    )]
+    UnknownImports { path: PathBuf, imports: Vec<String> },
 }
 
 /// Per-request guest state: only the capabilities that request has.
 pub struct GuestState {
     limiter: MemoryLimiter,
     inference: InferenceAccess,
+    wasi: wasi::WasiState,
     _live: LiveStore,
+}
+
+impl wasmtime_wasi::WasiView for GuestState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView { ctx: &mut self.wasi.ctx, table: &mut self.wasi.table }
+    }
 }
 
 /// Counts a store as alive from its creation until it is dropped.
@@ -164,7 +178,8 @@ impl Drop for EpochTicker {
 /// The engine, the linker and the epoch ticker, shared by every guest stage.
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<GuestState>,
+    /// One linker per set of WASI grants, made when a guest first needs it.
+    linkers: std::sync::Mutex<std::collections::HashMap<Grants, Linker<GuestState>>>,
     guest_memory_bytes: usize,
     /// Stores (one guest instance each) alive now: the pool slots in use.
     live_stores: Arc<AtomicUsize>,
@@ -236,19 +251,39 @@ impl Runtime {
             config.cache(Some(cache));
         }
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Runtime { engine, linker, guest_memory_bytes, live_stores: Arc::default(), _ticker: ticker })
+        Ok(Runtime {
+            engine,
+            linkers: Default::default(),
+            guest_memory_bytes,
+            live_stores: Arc::default(),
+            _ticker: ticker,
+        })
     }
 
-    /// Compiles (or loads from the cache) the component at `path`, links it, and checks that
-    /// it has the exports of `world` (`typed` is the world's generated `*Pre::new`).
+    /// The linker for guests granted `grants`: Tessera's interfaces and WASI (`wasi.rs`).
+    fn linker(&self, grants: &Grants) -> Result<Linker<GuestState>, RuntimeError> {
+        let mut linkers = self.linkers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(linker) = linkers.get(grants) {
+            return Ok(linker.clone());
+        }
+        let mut linker = Linker::new(&self.engine);
+        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .and_then(|()| wasi::add_to_linker(&mut linker, grants))
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        linkers.insert(grants.clone(), linker.clone());
+        Ok(linker)
+    }
+
+    /// Compiles (or loads from the cache) the component at `path`, links it with `grants`, and
+    /// checks that it has the exports of `world` (`typed` is the world's generated `*Pre::new`).
+    /// WASI imports it was not granted become functions that fail naming themselves; an import
+    /// that is neither Tessera's nor WASI refuses the component, naming every such import.
     fn compile<P>(
         &self,
         path: &Path,
         world: &'static str,
+        grants: &Grants,
         typed: impl FnOnce(InstancePre<GuestState>) -> wasmtime::Result<P>,
     ) -> Result<P, RuntimeError> {
         let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
@@ -256,7 +291,18 @@ impl Runtime {
             |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
         let started = Instant::now();
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
-        let pre = self.linker.instantiate_pre(&component).and_then(typed).map_err(invalid)?;
+        let unknown: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !name.starts_with("wasi:") && !name.starts_with("tessera:vision/"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(RuntimeError::UnknownImports { path: path.to_path_buf(), imports: unknown });
+        }
+        let mut linker = self.linker(grants)?;
+        wasi::stub_ungranted(&mut linker, &self.engine, &component, grants).map_err(invalid)?;
+        let pre = linker.instantiate_pre(&component).and_then(typed).map_err(invalid)?;
         tracing::info!(
             path = %path.display(),
             world,
@@ -277,6 +323,8 @@ impl Runtime {
         &self,
         deadline: Instant,
         backend: Option<Arc<dyn GuestInference>>,
+        name: &str,
+        grants: &Grants,
     ) -> Result<Store<GuestState>, GuestFailure> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -285,6 +333,7 @@ impl Runtime {
         let state = GuestState {
             limiter: MemoryLimiter { max_bytes: self.guest_memory_bytes, refused: false },
             inference: InferenceAccess { backend, deadline },
+            wasi: wasi::WasiState::new(grants, name),
             _live: LiveStore::new(&self.live_stores),
         };
         let mut store = Store::new(&self.engine, state);
@@ -382,18 +431,21 @@ pub struct Phases {
 /// The preprocess stage: a `preprocessor` component ready to instantiate.
 pub struct PreprocessGuest {
     pub name: String,
+    grants: Grants,
     pre: preprocessor::PreprocessorPre<GuestState>,
 }
 
 /// The postprocess stage.
 pub struct PostprocessGuest {
     pub name: String,
+    grants: Grants,
     pre: postprocessor::PostprocessorPre<GuestState>,
 }
 
 /// One rules stage with its configuration.
 pub struct RulesGuest {
     pub name: String,
+    grants: Grants,
     config: Vec<(String, String)>,
     pre: rules::RulesPre<GuestState>,
 }
@@ -403,19 +455,24 @@ fn guest_name(path: &Path) -> String {
 }
 
 impl Runtime {
-    pub fn load_preprocess(&self, path: &Path) -> Result<PreprocessGuest, RuntimeError> {
-        let pre = self.compile(path, "preprocessor", preprocessor::PreprocessorPre::new)?;
-        Ok(PreprocessGuest { name: guest_name(path), pre })
+    pub fn load_preprocess(&self, path: &Path, grants: Grants) -> Result<PreprocessGuest, RuntimeError> {
+        let pre = self.compile(path, "preprocessor", &grants, preprocessor::PreprocessorPre::new)?;
+        Ok(PreprocessGuest { name: guest_name(path), grants, pre })
     }
 
-    pub fn load_postprocess(&self, path: &Path) -> Result<PostprocessGuest, RuntimeError> {
-        let pre = self.compile(path, "postprocessor", postprocessor::PostprocessorPre::new)?;
-        Ok(PostprocessGuest { name: guest_name(path), pre })
+    pub fn load_postprocess(&self, path: &Path, grants: Grants) -> Result<PostprocessGuest, RuntimeError> {
+        let pre = self.compile(path, "postprocessor", &grants, postprocessor::PostprocessorPre::new)?;
+        Ok(PostprocessGuest { name: guest_name(path), grants, pre })
     }
 
-    pub fn load_rules(&self, path: &Path, config: Vec<(String, String)>) -> Result<RulesGuest, RuntimeError> {
-        let pre = self.compile(path, "rules", rules::RulesPre::new)?;
-        Ok(RulesGuest { name: guest_name(path), config, pre })
+    pub fn load_rules(
+        &self,
+        path: &Path,
+        config: Vec<(String, String)>,
+        grants: Grants,
+    ) -> Result<RulesGuest, RuntimeError> {
+        let pre = self.compile(path, "rules", &grants, rules::RulesPre::new)?;
+        Ok(RulesGuest { name: guest_name(path), grants, config, pre })
     }
 
     /// Decodes and normalizes `image` into the model's input tensor data; also reports how
@@ -429,7 +486,7 @@ impl Runtime {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<(Vec<f32>, Phases), GuestFailure> {
-        let mut store = self.store(deadline, None)?;
+        let mut store = self.store(deadline, None, &guest.name, &guest.grants)?;
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
         let decode =
             types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
@@ -463,7 +520,7 @@ impl Runtime {
         top_k: u32,
         deadline: Instant,
     ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
-        let mut store = self.store(deadline, None)?;
+        let mut store = self.store(deadline, None, &guest.name, &guest.grants)?;
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
         let (preds, phases) = run_guest(
             &mut store,
@@ -483,7 +540,7 @@ impl Runtime {
         inference: Arc<dyn GuestInference>,
         deadline: Instant,
     ) -> Result<(Decision, Phases), GuestFailure> {
-        let mut store = self.store(deadline, Some(inference))?;
+        let mut store = self.store(deadline, Some(inference), &guest.name, &guest.grants)?;
         let wit_preds: Vec<types::Prediction> = preds
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
@@ -558,7 +615,7 @@ mod tests {
 
         let limits = Limits::default();
         let runtime = Runtime::new(&limits, None).unwrap();
-        let guest = runtime.load_preprocess(&root.join("target/guests/preprocess.wasm")).unwrap();
+        let guest = runtime.load_preprocess(&root.join("target/guests/preprocess.wasm"), default_grants()).unwrap();
         let mut png = std::io::Cursor::new(Vec::new());
         image::RgbImage::from_pixel(64, 48, image::Rgb([200, 30, 90]))
             .write_to(&mut png, image::ImageFormat::Png)

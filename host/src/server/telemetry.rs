@@ -51,7 +51,9 @@ impl Drop for Telemetry {
 /// OTLP trace exporter. Keep the returned value until the process ends.
 pub fn init_telemetry(json: bool, config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() }.with_filter(filter);
     let Some(endpoint) = &config.otlp_endpoint else {
         let _ = tracing_subscriber::registry().with(fmt).try_init();

@@ -1,0 +1,142 @@
+//! WASI for guests, denied by default: a rules guest built for `wasm32-wasip2`
+//! (`tests/guests/probe-wasi`, whose standard library imports WASI as other languages' runtimes
+//! do) loads, sees an empty environment and no files, reaches the clock it is granted, writes
+//! into the host's log within a budget, and a call to an interface it was not given (a socket)
+//! fails the request naming the function, while the host keeps serving.
+
+use crate::support::{Server, guest, root, shapes};
+use crate::{CLASSES_SEED, read};
+
+fn reason(body: &serde_json::Value) -> &str {
+    body["decision"]["reason"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_wasi_guest_gets_nothing_it_was_not_granted() {
+    // The default grants (clocks, random) plus stdout through a config file.
+    let dir = root().join(format!("target/test-data/wasi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tessera.toml");
+    let probe = guest("probe-wasi");
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\ncompile_cache_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
+             [[guests.rules]]\npath = {:?}\nwasi = [\"clocks\", \"random\", \"stdout\"]\n",
+            root().join("models"),
+            root().join("target/cache/components"),
+            guest("preprocess"),
+            guest("postprocess"),
+            probe,
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let image = read(&case.path);
+    let probe_with = |what: &str| server.classify(&image, "", &[("x-probe", what), ("x-request-id", what)]);
+
+    let (status, body, _) = probe_with("env");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reason(&body), "env: 0 vars, 0 args", "{body}");
+
+    let (status, body, _) = probe_with("file");
+    assert_eq!(status, 200, "{body}");
+    assert!(reason(&body).starts_with("file: ") && !reason(&body).contains("read"), "{body}");
+
+    let (status, body, _) = probe_with("clock");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reason(&body), "clock: true", "granted clocks tell the time: {body}");
+
+    // stdout is granted: a line reaches the log with its guest and request; stderr is not: gone.
+    let (status, body, _) = probe_with("print");
+    assert_eq!(status, 200, "{body}");
+    let log = server.stderr();
+    let line =
+        log.lines().find(|l| l.contains("probe-wasi says hello on stdout")).expect("the guest's line in the log");
+    assert!(line.contains("request_id=\"print\"") && line.contains("guest=probe-wasi"), "{line}");
+    assert!(!log.contains("hello on stderr"), "stderr was not granted");
+
+    // 64 MiB of output costs the host a counter: the request answers, the log stays small.
+    let (status, body, _) = probe_with("flood");
+    assert_eq!(status, 200, "{body}");
+    let log = server.stderr();
+    assert!(log.contains("guest output over its budget was dropped"), "{log}");
+    assert!(log.len() < 1 << 20, "the log grew to {} bytes", log.len());
+
+    // Sockets were never granted: the call traps, naming the function, and the host serves on.
+    let (status, body, _) = probe_with("net");
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "guest_trap", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("wasi:sockets/"), "the trap names the denied function: {message}");
+    let (status, body, _) = probe_with("accept");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["label"], case.label.as_str());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_guest_without_its_clock_grant_traps_naming_the_clock() {
+    let dir = root().join(format!("target/test-data/wasi-none-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\ncompile_cache_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
+             [[guests.rules]]\npath = {:?}\nwasi = []\n",
+            root().join("models"),
+            root().join("target/cache/components"),
+            guest("preprocess"),
+            guest("postprocess"),
+            guest("probe-wasi"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let image = read(&shapes(CLASSES_SEED, 2)[0].path);
+    let (status, body, _) = server.classify(&image, "", &[("x-probe", "clock")]);
+    assert_eq!(status, 500, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("wasi:clocks/wall-clock"), "{message}");
+    // What it was granted still works.
+    let (status, body, _) = server.classify(&image, "", &[("x-probe", "env")]);
+    assert_eq!(status, 200, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_component_with_imports_no_one_provides_is_refused_naming_all_of_them() {
+    let dir = root().join(format!("target/test-data/wasi-unknown-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wat, wasm) = (dir.join("acme.wat"), dir.join("acme.wasm"));
+    std::fs::write(
+        &wat,
+        "(component (import \"acme:db/query\" (instance)) (import \"acme:net/fetch@1.0.0\" (instance)))",
+    )
+    .unwrap();
+    let status = std::process::Command::new(root().join(".venv/bin/wasm-tools"))
+        .arg("parse")
+        .arg(&wat)
+        .arg("-o")
+        .arg(&wasm)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let out = std::process::Command::new(crate::support::tessera_bin())
+        .current_dir(root())
+        .args(["classify", "--no-watch", "--rule"])
+        .arg(&wasm)
+        .arg(&case.path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("acme:db/query") && stderr.contains("acme:net/fetch@1.0.0"),
+        "every import named: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
