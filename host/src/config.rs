@@ -172,7 +172,7 @@ pub struct Limits {
     /// Default and upper bound of a request's deadline; clients may shorten it with
     /// `x-request-timeout-ms`.
     pub deadline_ms: u64,
-    /// Linear memory one guest instance may grow to.
+    /// Linear memory one guest instance may grow to, all its memories together.
     pub guest_memory_bytes: u64,
     /// Requests in the pipeline at once; more get 503 with `Retry-After`.
     pub max_concurrent_requests: u32,

@@ -93,20 +93,38 @@ struct InferenceAccess {
     deadline: Instant,
 }
 
-/// Caps linear-memory growth and remembers that it refused one, so a guest that dies from
-/// an allocation failure is reported as out of memory rather than as a generic trap.
-/// (wasmtime's `StoreLimits` caps the same way but does not record the refusal.)
+/// Caps the linear memory of a store's instance, all its memories together (a Python or JS
+/// component has several), and remembers that it refused one, so a guest that dies from an
+/// allocation failure is reported as out of memory rather than as a generic trap. (wasmtime's
+/// `StoreLimits` caps each memory alone and does not record the refusal.)
 struct MemoryLimiter {
     max_bytes: usize,
+    /// The bytes of every memory the store has, as this limiter allowed them to grow (wasmtime
+    /// asks it for each memory's initial size too, from 0).
+    used: usize,
     refused: bool,
 }
 
+impl MemoryLimiter {
+    fn new(max_bytes: usize) -> Self {
+        MemoryLimiter { max_bytes, used: 0, refused: false }
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum wasmtime refuses the growth whatever we answer: count
+        // nothing (wasmtime calls this for each memory's initial size too, from 0, in
+        // vm/memory.rs, so `used` covers every memory).
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
             self.refused = true;
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 
@@ -331,7 +349,7 @@ impl Runtime {
             return Err(GuestFailure::DeadlineExceeded);
         }
         let state = GuestState {
-            limiter: MemoryLimiter { max_bytes: self.guest_memory_bytes, refused: false },
+            limiter: MemoryLimiter::new(self.guest_memory_bytes),
             inference: InferenceAccess { backend, deadline },
             wasi: wasi::WasiState::new(grants, name),
             _live: LiveStore::new(&self.live_stores),
@@ -570,6 +588,19 @@ mod tests {
     use tract_onnx::prelude::Tensor;
 
     use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_a_store() {
+        let mut limiter = MemoryLimiter::new(100);
+        assert!(limiter.memory_growing(0, 40, None).unwrap(), "first memory's initial size");
+        assert!(limiter.memory_growing(0, 40, None).unwrap(), "second memory's initial size");
+        assert!(limiter.memory_growing(40, 60, None).unwrap(), "grows within the cap: 100 in all");
+        assert!(!limiter.refused);
+        assert!(!limiter.memory_growing(40, 60, Some(50)).unwrap(), "past the memory's own maximum");
+        assert!(!limiter.refused, "that refusal is the module's, not the cap's");
+        assert!(!limiter.memory_growing(40, 41, None).unwrap(), "101 in all is refused");
+        assert!(limiter.refused);
+    }
 
     thread_local! {
         /// What `run_guest` saw of the upper vector state just before entering the guest.
