@@ -123,6 +123,16 @@ impl RuleConfig {
     }
 }
 
+impl std::str::FromStr for WasiGrant {
+    type Err = String;
+
+    /// `clocks`, `random`, `stdout` or `stderr`, as in config.
+    fn from_str(text: &str) -> Result<Self, String> {
+        serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
+            .map_err(|_| format!("{text:?} is not a WASI grant: clocks, random, stdout or stderr"))
+    }
+}
+
 /// The grants of a guest whose config names none.
 pub const DEFAULT_WASI_GRANTS: [WasiGrant; 2] = [WasiGrant::Clocks, WasiGrant::Random];
 

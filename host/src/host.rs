@@ -19,7 +19,7 @@ use crate::pipeline::{
     Classification, ClassifyRequest, ModelRef, Pipeline, Progress, Stages, TensorOutput, TensorRequest,
 };
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
-use crate::runtime::{self, Runtime, RuntimeError, default_grants};
+use crate::runtime::{self, Inspection, Runtime, RuntimeError, default_grants};
 use crate::watch;
 
 /// Why a host could not be built.
@@ -132,6 +132,14 @@ impl HostBuilder {
         };
         Ok(Host { pipeline, config, reloading: Mutex::new(()) })
     }
+}
+
+/// Says how the component at `path` would load as a guest granted `grants` (`tessera inspect`):
+/// the world it fits, what becomes of each import, its exports. Uses `config`'s limits and
+/// compile cache.
+pub fn inspect(config: &Config, path: &std::path::Path, grants: &[crate::WasiGrant]) -> Result<Inspection, BuildError> {
+    let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
+    Ok(runtime.inspect(path, &grants.iter().copied().collect())?)
 }
 
 /// Compiles (or loads from the compile cache) every configured guest.

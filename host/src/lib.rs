@@ -24,12 +24,12 @@ mod watch;
 
 pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig, WasiGrant};
 pub use error::{ErrorKind, PipelineError, Stage};
-pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus};
+pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus, inspect};
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
 pub use pipeline::{Classification, ClassifyRequest, Decision, ModelRef, Prediction, TensorOutput, Timings};
 pub use repository::RepositoryError;
-pub use runtime::RuntimeError;
+pub use runtime::{Import, Inspection, RuntimeError};
 pub use watch::{WatchError, WatchGuard};
 
 /// Not part of the API: the pieces the benches, the profiling example and the integration tests

@@ -50,6 +50,18 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
+    /// Say how a guest component would load: the Tessera world it fits, what becomes of each
+    /// import under the WASI grants given, its exports.
+    Inspect {
+        component: PathBuf,
+        /// WASI grants, comma-separated (clocks, random, stdout, stderr) or `none`; default
+        /// clocks,random.
+        #[arg(long, value_parser = parse_grants)]
+        wasi: Option<Grants>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the preprocess stage's tensors for IMAGES (raw little-endian f32, concatenated in
     /// order) to OUT: the exact model inputs the server computes, for training tools.
     Preprocess {
@@ -69,6 +81,17 @@ enum Command {
 /// optional, hence the wrapper).
 #[derive(Clone)]
 struct GrpcAddr(Option<std::net::SocketAddr>);
+
+/// `--wasi`: grants (a wrapper: clap reads a `Vec` as a list of flags).
+#[derive(Clone)]
+struct Grants(Vec<tessera::WasiGrant>);
+
+fn parse_grants(text: &str) -> Result<Grants, String> {
+    match text.trim() {
+        "" | "none" => Ok(Grants(Vec::new())),
+        list => list.split(',').map(|g| g.trim().parse()).collect::<Result<_, _>>().map(Grants),
+    }
+}
 
 /// Flags that override the config file, one per key.
 #[derive(Args)]
@@ -214,6 +237,37 @@ fn main() -> anyhow::Result<()> {
             let req = ClassifyRequest { image: bytes, top_k, model, version, ..Default::default() };
             let result = host.classify_request(&req)?;
             println!("{}", serde_json::to_string_pretty(&result)?);
+            Ok(())
+        }
+        Command::Inspect { component, wasi, json } => {
+            let grants = wasi.map_or_else(|| tessera::config::DEFAULT_WASI_GRANTS.to_vec(), |g| g.0);
+            let report = tessera::inspect(&config, &component, &grants)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("component {} ({} bytes)", report.path.display(), report.bytes);
+                let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}").to_lowercase()).collect();
+                println!("grants: {}", if grants.is_empty() { "none".into() } else { grants.join(", ") });
+                match (&report.world, &report.fits) {
+                    (Some(world), Ok(())) => println!("world: {world}: loads"),
+                    (Some(world), Err(why)) => println!("world: {world}: does not load: {why}"),
+                    (None, Err(why)) => println!("world: none: {why}"),
+                    (None, Ok(())) => println!("world: none"),
+                }
+                println!("imports:");
+                for import in &report.imports {
+                    println!("  {:<48} {}", import.name, import.status);
+                }
+                println!("exports: {}", report.exports.join(", "));
+                println!(
+                    "(linked: every guest gets it, granting nothing: empty environment, no directory, output \
+                     discarded unless stdout/stderr are granted; not granted: calls fail naming the function; \
+                     refused: the component does not load)"
+                );
+            }
+            if report.fits.is_err() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Preprocess { out, list, manifest, mut images } => {

@@ -140,3 +140,35 @@ fn a_component_with_imports_no_one_provides_is_refused_naming_all_of_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn inspect_says_how_a_component_would_load() {
+    let inspect = |component: &std::path::Path, grants: &str| {
+        let out = std::process::Command::new(crate::support::tessera_bin())
+            .current_dir(root())
+            .args(["inspect", "--json", "--wasi", grants])
+            .arg(component)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
+    };
+    let (code, report) = inspect(&guest("probe-wasi"), "clocks");
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["world"], "rules");
+    assert_eq!(report["fits"], serde_json::json!({"Ok": null}), "{report}");
+    assert_eq!(report["exports"], serde_json::json!(["decide"]));
+    let status = |name: &str| {
+        report["imports"].as_array().unwrap().iter().find(|i| i["name"].as_str().unwrap().starts_with(name)).unwrap()
+            ["status"]
+            .clone()
+    };
+    assert_eq!(status("wasi:clocks/wall-clock"), "granted");
+    assert_eq!(status("wasi:cli/environment"), "linked");
+    assert_eq!(status("wasi:sockets/tcp-create-socket"), "not granted");
+    assert_eq!(status("tessera:vision/types"), "tessera");
+
+    let (code, report) = inspect(&guest("preprocess"), "");
+    assert_eq!((code, &report["world"]), (Some(0), &serde_json::json!("preprocessor")), "{report}");
+}
