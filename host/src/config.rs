@@ -39,6 +39,8 @@ pub struct Config {
     pub default_model: Option<String>,
     pub guests: GuestsConfig,
     /// Where compiled guest components are cached across restarts; absent = no disk cache.
+    /// Native code loaded from it is trusted: it must be a directory owned by this user (made
+    /// with mode 0700, narrowed to 0700 if others could write to it; refused otherwise).
     pub compile_cache_dir: Option<PathBuf>,
     /// `adaptive` (a lone image's matrix products spread over every thread, concurrent images
     /// one thread each), `throughput` (always one image per worker thread) or `latency` (always

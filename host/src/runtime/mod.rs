@@ -160,6 +160,40 @@ impl inference::Host for GuestState {
     }
 }
 
+/// Makes sure the compile cache at `dir` is ours alone: native code loaded from it runs as
+/// trusted code, so a directory another user could write to would let them run code in this
+/// process. Created with mode 0700 when missing; an existing one must be a directory owned by
+/// this user, and is narrowed to 0700.
+#[cfg(unix)]
+fn private_cache_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| e.to_string())?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("is not a directory (a symlink is refused too)".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(format!(
+            "is owned by user {}, not by this process's user {me}: code compiled there would run here",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        tracing::info!(dir = %dir.display(), "compile cache narrowed to mode 0700");
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_cache_dir(_dir: &Path) -> Result<(), String> {
+    Ok(())
+}
+
 /// Advances the engine's epoch every `EPOCH_TICK_MS` on its own OS thread: a tokio task could
 /// be starved exactly when every worker is inside a looping guest.
 struct EpochTicker {
@@ -262,6 +296,8 @@ impl Runtime {
             let mut cache = wasmtime::CacheConfig::new();
             // wasmtime's cache insists on an absolute directory.
             let dir = std::path::absolute(dir)
+                .map_err(|e| RuntimeError::Engine(format!("compile cache at {}: {e}", dir.display())))?;
+            private_cache_dir(&dir)
                 .map_err(|e| RuntimeError::Engine(format!("compile cache at {}: {e}", dir.display())))?;
             cache.with_directory(&dir);
             let cache = wasmtime::Cache::new(cache)

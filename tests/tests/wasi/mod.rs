@@ -172,3 +172,33 @@ fn inspect_says_how_a_component_would_load() {
     let (code, report) = inspect(&guest("preprocess"), "");
     assert_eq!((code, &report["world"]), (Some(0), &serde_json::json!("preprocessor")), "{report}");
 }
+
+#[test]
+fn the_compile_cache_is_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root().join(format!("target/test-data/cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let inspect = || {
+        std::process::Command::new(crate::support::tessera_bin())
+            .current_dir(root())
+            .arg("--compile-cache-dir")
+            .arg(&dir)
+            .arg("inspect")
+            .arg(guest("rules-threshold"))
+            .output()
+            .unwrap()
+    };
+    let out = inspect();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "a cache others could write to is narrowed to its owner");
+    // Owned by someone else (only root can arrange that): refused, since its code would run here.
+    if std::os::unix::fs::chown(&dir, Some(65534), None).is_ok() {
+        let out = inspect();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("is owned by user 65534"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
