@@ -14,16 +14,32 @@ default:
 
 # Build every guest component (production guests and test fixtures) into target/guests/.
 guests:
-    cargo build --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules
+    cargo build --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules
     mkdir -p {{guest_dir}}
     {{wasm_tools}} component new {{wasm_out}}/tessera_preprocess.wasm -o {{guest_dir}}/preprocess.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_postprocess.wasm -o {{guest_dir}}/postprocess.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
+    {{wasm_tools}} component new {{wasm_out}}/tessera_rules_rust.wasm -o {{guest_dir}}/rules-rust.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
-    # A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
-    # builds a component directly.
-    cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi
-    cp target/wasm32-wasip2/release/tessera_probe_wasi.wasm {{guest_dir}}/probe-wasi.wasm
+    just guests-polyglot
+
+# The reference rule set in other languages (guests/conformance/RULES.md). Their tools take
+# 20-30 s a build (an interpreter pre-initialised by wizer), so each rebuilds only when its
+# sources, the WIT or its tool's pin changed.
+[private]
+guests-polyglot:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stale() { local out=$1; shift; [ ! -f "$out" ] || [ -n "$(find "$@" -type f -newer "$out" -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]; }
+    out={{guest_dir}}
+    if stale $out/rules-python.wasm guests/rules-python wit requirements.txt; then
+      componentize-py -d wit -w rules componentize app -p guests/rules-python -o $out/rules-python.wasm >/dev/null
+      echo "built $out/rules-python.wasm"
+    fi
+    if stale $out/rules-js.wasm guests/rules-js/rules.js guests/rules-js/package-lock.json wit; then
+      guests/rules-js/node_modules/.bin/componentize-js guests/rules-js/rules.js --wit wit --world-name rules -o $out/rules-js.wasm
+      echo "built $out/rules-js.wasm"
+    fi
 
 # Build the host binary and every test/bench target (release: the one profile this workspace
 # uses). Building all targets of the workspace at once gives the binary the same feature
@@ -40,7 +56,7 @@ serve *ARGS: build
 test: build
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
-    cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-probe-rules -- -D warnings
+    cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules -- -D warnings
     cargo clippy --release --target wasm32-wasip2 -p tessera-probe-wasi -- -D warnings
     cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
     # Our patched jpeg-decoder (third_party/, not a workspace member) against upstream's decoder.

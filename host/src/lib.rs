@@ -18,6 +18,7 @@ mod inference;
 pub mod metrics;
 mod pipeline;
 mod repository;
+mod rules_table;
 mod runtime;
 pub mod server;
 mod watch;
@@ -29,6 +30,7 @@ pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
 pub use pipeline::{Classification, ClassifyRequest, Decision, ModelRef, Prediction, TensorOutput, Timings};
 pub use repository::RepositoryError;
+pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{Import, Inspection, RuntimeError};
 pub use watch::{WatchError, WatchGuard};
 

@@ -62,6 +62,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a rules guest against conformance tables (TOML: a configuration and the decisions
+    /// it must give; guests/conformance/RULES.md), without a server or a model. Exits 1 when a
+    /// case fails.
+    TestRules {
+        component: PathBuf,
+        #[arg(required = true)]
+        tables: Vec<PathBuf>,
+        /// WASI grants, as for `inspect`.
+        #[arg(long, value_parser = parse_grants)]
+        wasi: Option<Grants>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the preprocess stage's tensors for IMAGES (raw little-endian f32, concatenated in
     /// order) to OUT: the exact model inputs the server computes, for training tools.
     Preprocess {
@@ -266,6 +280,40 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             if report.fits.is_err() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::TestRules { component, tables, wasi, json } => {
+            let grants = wasi.map_or_else(|| tessera::config::DEFAULT_WASI_GRANTS.to_vec(), |g| g.0);
+            let mut reports = Vec::new();
+            for path in &tables {
+                let table = tessera::read_table(path).map_err(anyhow::Error::msg)?;
+                reports.push(tessera::test_rules(&config, &component, &grants, path, &table)?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for report in &reports {
+                    for case in &report.cases {
+                        let mark = if case.passed { "ok  " } else { "FAIL" };
+                        println!(
+                            "{mark} {}: {} ({} µs + {} µs)",
+                            report.table.display(),
+                            case.name,
+                            case.instantiate_us,
+                            case.call_us
+                        );
+                        if let Some(expected) = &case.expected {
+                            println!("       expected {expected}\n       got      {}", case.got);
+                        }
+                    }
+                }
+                let all: Vec<_> = reports.iter().flat_map(|r| &r.cases).collect();
+                let passed = all.iter().filter(|c| c.passed).count();
+                println!("{passed}/{} cases pass for {}", all.len(), component.display());
+            }
+            if !reports.iter().all(|r| r.passed()) {
                 std::process::exit(1);
             }
             Ok(())

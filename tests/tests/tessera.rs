@@ -2,6 +2,7 @@
 //! the library's embedding API. Guests and the binary are built by `just test` first.
 
 mod grpc;
+mod languages;
 mod metrics;
 mod oip;
 mod page;

@@ -1,0 +1,120 @@
+//! Guests in other languages: the reference rule set (guests/conformance/RULES.md) built from
+//! source in Rust, Python (componentize-py) and JavaScript (componentize-js) decides every case
+//! of one conformance table alike through `tessera test-rules`, and serves in a rules chain.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{Server, guest, root, shapes, tessera_bin};
+use crate::{CLASSES_SEED, read};
+
+/// Every implementation of the reference rule set, by the guest's file name.
+const IMPLEMENTATIONS: [&str; 3] = ["rules-rust", "rules-python", "rules-js"];
+
+fn test_rules(component: &std::path::Path, table: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(tessera_bin())
+        .current_dir(root())
+        .args(["test-rules", "--json"])
+        .arg(component)
+        .arg(table)
+        .output()
+        .expect("running tessera test-rules");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn every_implementation_of_the_reference_rules_decides_the_conformance_table_alike() {
+    let table = root().join("guests/conformance/reference.toml");
+    let cases = std::fs::read_to_string(&table).unwrap().matches("[[case]]").count();
+    assert!(cases >= 25, "the table has {cases} cases");
+    for name in IMPLEMENTATIONS {
+        let (code, out) = test_rules(&guest(name), &table);
+        assert_eq!(code, Some(0), "{name}: {out}");
+        let reports: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{name}: {e}: {out}"));
+        let results = reports[0]["cases"].as_array().unwrap();
+        assert_eq!(results.len(), cases, "{name}: every case ran");
+        for case in results {
+            assert_eq!(case["passed"], true, "{name}: {case}");
+        }
+    }
+}
+
+#[test]
+fn a_case_the_guest_decides_otherwise_fails_the_table() {
+    let dir = root().join(format!("target/test-data/conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let table = dir.join("wrong.toml");
+    std::fs::write(
+        &table,
+        "[config]\n\"category.circle\" = \"round\"\n\n\
+         [[case]]\nname = \"right\"\npredictions = [[\"circle\", 0.9]]\n\
+         expect = { accepted = true, category = \"round\", reason = \"\\\"circle\\\" is round at 0.90\" }\n\n\
+         [[case]]\nname = \"wrong category\"\npredictions = [[\"circle\", 0.9]]\n\
+         expect = { accepted = true, category = \"angular\", reason = \"\\\"circle\\\" is round at 0.90\" }\n\n\
+         [[case]]\nname = \"an error where there is a decision\"\npredictions = [[\"circle\", 0.9]]\n\
+         error = \"internal\"\n",
+    )
+    .unwrap();
+    let (code, out) = test_rules(&guest("rules-python"), &table);
+    assert_eq!(code, Some(1), "{out}");
+    let reports: Value = serde_json::from_str(&out).unwrap();
+    let passed: Vec<bool> = reports[0]["cases"].as_array().unwrap().iter().map(|c| c["passed"] == true).collect();
+    assert_eq!(passed, [true, false, false], "{out}");
+    assert!(reports[0]["cases"][1]["got"].as_str().unwrap().contains("\"round\""), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn python_and_javascript_rules_decide_in_a_served_chain() {
+    let dir = root().join(format!("target/test-data/languages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tessera.toml");
+    // The JS rule runs second: it sees only requests the Python rule accepted.
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
+             [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"tenant.acme.deny\" = \"uncategorized\"\n\
+             \"min-confidence\" = \"0.3\"\n\
+             [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"category.circle\" = \"round\"\n\
+             \"category.ring\" = \"round\"\n\"default-category\" = \"shape\"\n\"min-confidence\" = \"0.3\"\n\
+             \"tenant.strict.min-confidence\" = \"1\"\n",
+            root().join("models"),
+            guest("preprocess"),
+            guest("postprocess"),
+            guest("rules-python"),
+            guest("rules-js"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let case = shapes(CLASSES_SEED, 1).into_iter().find(|c| c.label == "circle").unwrap();
+    let image = read(&case.path);
+
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["label"], "circle", "{body}");
+    let decision = &body["decision"];
+    assert_eq!(decision["accepted"], true, "{body}");
+    assert_eq!(decision["rule"], "rules-js", "the last rule to accept decides: {body}");
+    assert_eq!(decision["category"], "round", "{body}");
+    let confidence = body["confidence"].as_f64().unwrap();
+    assert_eq!(decision["reason"], format!("\"circle\" is round at {confidence:.2}"), "{body}");
+
+    // The Python rule knows no categories: "uncategorized" is denied to acme, so JS never runs.
+    let (status, body, _) = server.classify(&image, "", &[("x-tenant", "acme")]);
+    assert_eq!(status, 200, "{body}");
+    let decision = &body["decision"];
+    assert_eq!(decision["accepted"], false, "{body}");
+    assert_eq!(decision["rule"], "rules-python", "{body}");
+    assert_eq!(decision["reason"], "category \"uncategorized\" is not accepted for tenant \"acme\"", "{body}");
+    assert_eq!(decision["tags"], serde_json::json!(["tenant:acme"]), "{body}");
+
+    let (status, body, _) = server.classify(&image, "", &[("x-tenant", "strict")]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"]["rule"], "rules-js", "{body}");
+    assert_eq!(body["decision"]["accepted"], false, "{body}");
+    assert!(body["decision"]["reason"].as_str().unwrap().ends_with("the round threshold 1.00"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
