@@ -23,15 +23,17 @@ guests:
     {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
     just guests-polyglot
 
-# The reference rule set in other languages (guests/conformance/RULES.md). Their tools take
-# 20-30 s a build (an interpreter pre-initialised by wizer), so each rebuilds only when its
-# sources, the WIT or its tool's pin changed.
+# The reference rule set in other languages (guests/conformance/RULES.md), each with its own
+# toolchain, pinned in the project's files (requirements.txt, guests/rules-js/package-lock.json,
+# Debian packages in ./run). Python and JS builds take 20-30 s (an interpreter pre-initialised by
+# wizer), so each guest rebuilds only when its sources, the WIT or its tool's pin changed.
 [private]
 guests-polyglot:
     #!/usr/bin/env bash
     set -euo pipefail
     stale() { local out=$1; shift; [ ! -f "$out" ] || [ -n "$(find "$@" -type f -newer "$out" -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]; }
     out={{guest_dir}}
+    work=target/guest-build
     if stale $out/rules-python.wasm guests/rules-python wit requirements.txt; then
       componentize-py -d wit -w rules componentize app -p guests/rules-python -o $out/rules-python.wasm >/dev/null
       echo "built $out/rules-python.wasm"
@@ -39,6 +41,33 @@ guests-polyglot:
     if stale $out/rules-js.wasm guests/rules-js/rules.js guests/rules-js/package-lock.json wit; then
       guests/rules-js/node_modules/.bin/componentize-js guests/rules-js/rules.js --wit wit --world-name rules -o $out/rules-js.wasm
       echo "built $out/rules-js.wasm"
+    fi
+    # C and Go: bindings from wit-bindgen's generators, a preview1 core module, then a component
+    # through wasmtime's preview1 reactor adapter (all from crates through tessera-bindgen).
+    if stale $out/rules-c.wasm guests/rules-c wit guests/bindgen || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt; then
+      cargo build --release --quiet -p tessera-bindgen
+      rm -rf $work && mkdir -p $work
+      target/release/tessera-bindgen adapter $work/wasi_snapshot_preview1.reactor.wasm
+      # wit-bindgen's generated C is not ours to lint; our file builds with every warning an error.
+      target/release/tessera-bindgen c wit rules $work/c
+      clang --target=wasm32-wasi -O2 -Wall -Wextra -Werror -I $work/c -c guests/rules-c/decide.c -o $work/c/decide.o
+      clang --target=wasm32-wasi -O2 -c $work/c/rules.c -o $work/c/bindings.o
+      clang --target=wasm32-wasi -mexec-model=reactor -o $work/rules-c.core.wasm \
+        $work/c/decide.o $work/c/bindings.o $work/c/rules_component_type.o
+      {{wasm_tools}} component new $work/rules-c.core.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/rules-c.wasm
+      echo "built $out/rules-c.wasm"
+      # Go: the generated module around our package; go.bytecodealliance.org/pkg, which no
+      # reachable proxy serves, from the copy inside the wit-bindgen-go crate. The pkg reaches
+      # runtime.sbrk through go:linkname, which Go >= 1.23 refuses unless -checklinkname=0.
+      target/release/tessera-bindgen go wit rules $work/go
+      cp -r guests/rules-go/. $work/go/
+      pkg=$(cargo metadata --format-version 1 --locked | {{python}} -c 'import json, sys, os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wit-bindgen-go") + "/src/pkg")')
+      printf '\nreplace go.bytecodealliance.org/pkg => %s\n' "$pkg" >> $work/go/go.mod
+      (cd $work/go && GOOS=wasip1 GOARCH=wasm GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+        GOCACHE=$PWD/../go-cache GOPATH=$PWD/../go-path go build -buildmode=c-shared -ldflags=-checklinkname=0 -o ../rules-go.core.wasm .)
+      {{wasm_tools}} component embed wit --world rules $work/rules-go.core.wasm -o $work/rules-go.embed.wasm
+      {{wasm_tools}} component new $work/rules-go.embed.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/rules-go.wasm
+      echo "built $out/rules-go.wasm"
     fi
 
 # Build the host binary and every test/bench target (release: the one profile this workspace
@@ -58,6 +87,8 @@ test: build
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules -- -D warnings
     cargo clippy --release --target wasm32-wasip2 -p tessera-probe-wasi -- -D warnings
+    cargo clippy --release -p tessera-bindgen -p tessera-rules-rust --all-targets -- -D warnings
+    gofmt="$(go env GOROOT)/bin/gofmt"; test -z "$($gofmt -l guests/rules-go)" || { $gofmt -d guests/rules-go; exit 1; }
     cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
     # Our patched jpeg-decoder (third_party/, not a workspace member) against upstream's decoder.
     cargo test --release --manifest-path third_party/jpeg-decoder/Cargo.toml --no-default-features --target-dir target --lib

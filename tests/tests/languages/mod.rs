@@ -1,6 +1,8 @@
 //! Guests in other languages: the reference rule set (guests/conformance/RULES.md) built from
-//! source in Rust, Python (componentize-py) and JavaScript (componentize-js) decides every case
-//! of one conformance table alike through `tessera test-rules`, and serves in a rules chain.
+//! source in Rust, Python (componentize-py), JavaScript (componentize-js), C (wit-bindgen's C
+//! generator, clang, wasi-libc, the preview1 adapter) and Go (wit-bindgen's Go generator,
+//! `GOOS=wasip1` c-shared, the adapter) decides every case of one conformance table alike
+//! through `tessera test-rules`, and serves in a rules chain.
 
 use std::process::Command;
 
@@ -10,7 +12,7 @@ use crate::support::{Server, guest, root, shapes, tessera_bin};
 use crate::{CLASSES_SEED, read};
 
 /// Every implementation of the reference rule set, by the guest's file name.
-const IMPLEMENTATIONS: [&str; 3] = ["rules-rust", "rules-python", "rules-js"];
+const IMPLEMENTATIONS: [&str; 5] = ["rules-rust", "rules-python", "rules-js", "rules-c", "rules-go"];
 
 fn test_rules(component: &std::path::Path, table: &std::path::Path) -> (Option<i32>, String) {
     let out = Command::new(tessera_bin())
