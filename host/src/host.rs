@@ -142,6 +142,40 @@ pub fn inspect(config: &Config, path: &std::path::Path, grants: &[crate::WasiGra
     Ok(runtime.inspect(path, &grants.iter().copied().collect())?)
 }
 
+/// Compiles the guest component at `input` ahead of time into `output` (`tessera compile`): a
+/// `.cwasm` of native code for this build of Tessera and `config`'s engine settings, which the
+/// host then loads without compiling (from a trusted path only; see docs/guests.md). Refuses a
+/// component that would not load as a guest; returns what `inspect` says of the result.
+pub fn compile(config: &Config, input: &std::path::Path, output: &std::path::Path) -> Result<Inspection, BuildError> {
+    let runtime = Runtime::new(&config.limits, None)?;
+    let native = runtime.precompile(input)?;
+    let write = |source| RuntimeError::Read { path: output.to_path_buf(), source };
+    // Written beside the target, checked, and renamed over it: a host loading the old file
+    // never sees half of the new one, nor one that would not load.
+    let partial = output.with_extension("partial");
+    std::fs::write(&partial, &native).map_err(write)?;
+    let report = runtime.inspect(&partial, &default_grants());
+    let report = match report {
+        Ok(report) if report.fits.is_ok() => report,
+        Ok(report) => {
+            let _ = std::fs::remove_file(&partial);
+            let message = report.fits.err().unwrap_or_default();
+            return Err(RuntimeError::Invalid {
+                path: input.to_path_buf(),
+                world: report.world.unwrap_or("guest"),
+                message,
+            }
+            .into());
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, output).map_err(write)?;
+    Ok(Inspection { path: output.to_path_buf(), ..report })
+}
+
 /// Compiles (or loads from the compile cache) every configured guest.
 fn load_stages(runtime: &Runtime, config: &Config) -> Result<Stages, RuntimeError> {
     let g = &config.guests;

@@ -25,7 +25,9 @@ mod watch;
 
 pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig, WasiGrant};
 pub use error::{ErrorKind, PipelineError, Stage};
-pub use host::{BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus, inspect};
+pub use host::{
+    BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus, compile, inspect,
+};
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
 pub use pipeline::{Classification, ClassifyRequest, Decision, ModelRef, Prediction, TensorOutput, Timings};

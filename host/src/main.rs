@@ -62,6 +62,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a guest component ahead of time into a .cwasm that serve, classify and inspect load
+    /// without compiling: native code for this build and engine settings, loaded only from a
+    /// trusted path (owned by this user or root, writable by no one else).
+    Compile {
+        component: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Run a rules guest against conformance tables (TOML: a configuration and the decisions
     /// it must give; guests/conformance/RULES.md), without a server or a model. Exits 1 when a
     /// case fails.
@@ -259,7 +267,8 @@ fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("component {} ({} bytes)", report.path.display(), report.bytes);
+                let kind = if report.precompiled { "precompiled" } else { "WebAssembly" };
+                println!("component {} ({kind}, {} bytes)", report.path.display(), report.bytes);
                 let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}").to_lowercase()).collect();
                 println!("grants: {}", if grants.is_empty() { "none".into() } else { grants.join(", ") });
                 match (&report.world, &report.fits) {
@@ -282,6 +291,19 @@ fn main() -> anyhow::Result<()> {
             if report.fits.is_err() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Compile { component, output } => {
+            let started = std::time::Instant::now();
+            let report = tessera::compile(&config, &component, &output)?;
+            println!(
+                "compiled {} ({}) into {} ({} bytes) in {} ms",
+                component.display(),
+                report.world.unwrap_or("guest"),
+                output.display(),
+                report.bytes,
+                started.elapsed().as_millis()
+            );
             Ok(())
         }
         Command::TestRules { component, tables, wasi, json } => {

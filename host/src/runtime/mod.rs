@@ -39,6 +39,8 @@ pub enum RuntimeError {
         imports.join(", ")
     )]
     UnknownImports { path: PathBuf, imports: Vec<String> },
+    #[error("precompiled component {path} is not trusted: {why}")]
+    Untrusted { path: PathBuf, why: String },
 }
 
 /// Per-request guest state: only the capabilities that request has.
@@ -194,6 +196,53 @@ fn private_cache_dir(_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A precompiled component (`tessera compile`'s output, an ELF file wasmtime recognises) rather
+/// than a WebAssembly one, whatever the file is called.
+pub fn is_precompiled(path: &Path) -> bool {
+    matches!(Engine::detect_precompiled_file(path), Ok(Some(wasmtime::Precompiled::Component)))
+}
+
+/// A precompiled component is native code the host runs as its own, so it loads only from a
+/// trusted path: the file and every directory above it owned by this process's user or root,
+/// and none of them writable by group or others (a sticky directory such as /tmp excepted only
+/// for files this user owns), as ssh treats its keys.
+#[cfg(unix)]
+fn trusted(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let file = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+    if !file.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    let check = |p: &Path, meta: &std::fs::Metadata, sticky_ok: bool| {
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!(
+                "{} is owned by user {}, not by this process's user {me} or root",
+                p.display(),
+                meta.uid()
+            ));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !(sticky && sticky_ok) {
+            return Err(format!("{} can be written by other users (mode {:o})", p.display(), meta.mode() & 0o7777));
+        }
+        Ok(())
+    };
+    check(&path, &file, false)?;
+    for dir in path.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+        check(dir, &meta, file.uid() == me)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn trusted(_path: &Path) -> Result<(), String> {
+    Ok(())
+}
+
 /// Advances the engine's epoch every `EPOCH_TICK_MS` on its own OS thread: a tokio task could
 /// be starved exactly when every worker is inside a looping guest.
 struct EpochTicker {
@@ -340,11 +389,11 @@ impl Runtime {
         grants: &Grants,
         typed: impl FnOnce(InstancePre<GuestState>) -> wasmtime::Result<P>,
     ) -> Result<P, RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
         let invalid =
             |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
         let started = Instant::now();
-        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
+        let (component, bytes) = self.component(path, world)?;
+        let precompiled = is_precompiled(path);
         let unknown: Vec<String> = component
             .component_type()
             .imports(&self.engine)
@@ -360,11 +409,44 @@ impl Runtime {
         tracing::info!(
             path = %path.display(),
             world,
-            bytes = bytes.len(),
-            compile_ms = started.elapsed().as_millis() as u64,
+            bytes,
+            precompiled,
+            load_ms = started.elapsed().as_millis() as u64,
             "guest loaded"
         );
         Ok(pre)
+    }
+
+    /// The component at `path` and its size in bytes: a `.cwasm` written by [`Runtime::precompile`]
+    /// is loaded as it is (native code, so only from a trusted file: see `trusted`), anything
+    /// else is compiled (or taken from the compile cache).
+    fn component(&self, path: &Path, world: &'static str) -> Result<(Component, usize), RuntimeError> {
+        let read = |source| RuntimeError::Read { path: path.to_path_buf(), source };
+        let invalid =
+            |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
+        if is_precompiled(path) {
+            let bytes = std::fs::metadata(path).map_err(read)?.len() as usize;
+            trusted(path).map_err(|why| RuntimeError::Untrusted { path: path.to_path_buf(), why })?;
+            // SAFETY: wasmtime runs a precompiled component's native code as it is; `trusted`
+            // checked that only this user (or root) can have written the file, and
+            // `deserialize_file` checks that it was compiled by this wasmtime with these settings.
+            let component = unsafe { Component::deserialize_file(&self.engine, path) }.map_err(invalid)?;
+            return Ok((component, bytes));
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
+        Ok((component, bytes.len()))
+    }
+
+    /// Compiles the component at `input` for this engine's configuration and returns the
+    /// serialized native code (`tessera compile`).
+    pub fn precompile(&self, input: &Path) -> Result<Vec<u8>, RuntimeError> {
+        let bytes = std::fs::read(input).map_err(|source| RuntimeError::Read { path: input.to_path_buf(), source })?;
+        self.engine.precompile_component(&bytes).map_err(|e| RuntimeError::Invalid {
+            path: input.to_path_buf(),
+            world: "guest",
+            message: format!("{e:#}"),
+        })
     }
 
     /// Guest instances alive now (each call has its own store and instance).
@@ -448,6 +530,8 @@ fn reported(e: types::Error) -> GuestFailure {
 /// becomes of each import under the given grants, and its exports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspection {
+    /// A precompiled `.cwasm` rather than WebAssembly.
+    pub precompiled: bool,
     pub path: PathBuf,
     pub bytes: usize,
     /// `preprocessor`, `postprocessor` or `rules`, judged from the exports; `None` when they
@@ -471,12 +555,7 @@ pub struct Import {
 impl Runtime {
     /// Reads the component at `path` and says how it would load with `grants`, without keeping it.
     pub fn inspect(&self, path: &Path, grants: &Grants) -> Result<Inspection, RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
-        let component = Component::new(&self.engine, &bytes).map_err(|e| RuntimeError::Invalid {
-            path: path.to_path_buf(),
-            world: "component",
-            message: format!("{e:#}"),
-        })?;
+        let (component, bytes) = self.component(path, "guest")?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)
@@ -517,7 +596,15 @@ impl Runtime {
             Some(_) => Ok(()),
             None => Err("it exports none of preprocess, postprocess, decide".into()),
         });
-        Ok(Inspection { path: path.to_path_buf(), bytes: bytes.len(), world, fits, imports, exports })
+        Ok(Inspection {
+            path: path.to_path_buf(),
+            bytes,
+            precompiled: is_precompiled(path),
+            world,
+            fits,
+            imports,
+            exports,
+        })
     }
 }
 

@@ -120,3 +120,62 @@ fn python_and_javascript_rules_decide_in_a_served_chain() {
     assert!(body["decision"]["reason"].as_str().unwrap().ends_with("the round threshold 1.00"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_precompiled_python_guest_loads_without_compiling_from_a_trusted_path_only() {
+    let dir = root().join(format!("target/test-data/cwasm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cwasm = dir.join("rules-python.cwasm");
+    let out = Command::new(tessera_bin())
+        .current_dir(root())
+        .args(["compile", "-o"])
+        .arg(&cwasm)
+        .arg(guest("rules-python"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("(rules)"), "{said}");
+
+    // Served with no compile cache: the native code is loaded as it is.
+    let config = dir.join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
+             [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"category.circle\" = \"round\"\n",
+            root().join("models"),
+            guest("preprocess"),
+            guest("postprocess"),
+            cwasm,
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap(), "--no-compile-cache"]);
+    let case = shapes(CLASSES_SEED, 1).into_iter().find(|c| c.label == "circle").unwrap();
+    let (status, body, _) = server.classify(&read(&case.path), "", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"]["rule"], "rules-python", "{body}");
+    assert_eq!(body["decision"]["category"], "round", "{body}");
+    let loaded = server.stderr();
+    let line = loaded.lines().find(|l| l.contains("guest loaded") && l.contains("rules-python")).unwrap();
+    assert!(line.contains("precompiled=true"), "{line}");
+    drop(server);
+
+    // Native code anyone else could have written is refused, naming why; so is a damaged file.
+    let inspect = |path: &std::path::Path| {
+        let out = Command::new(tessera_bin()).current_dir(root()).arg("inspect").arg(path).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cwasm, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, err) = inspect(&cwasm);
+    assert!(!ok && err.contains("is not trusted") && err.contains("can be written by other users"), "{err}");
+    std::fs::set_permissions(&cwasm, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bytes = std::fs::read(&cwasm).unwrap();
+    let damaged = dir.join("damaged.cwasm");
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, err) = inspect(&damaged);
+    assert!(!ok && err.contains("damaged.cwasm"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
