@@ -186,6 +186,11 @@ pub struct Limits {
     pub deadline_ms: u64,
     /// Linear memory one guest instance may grow to, all its memories together.
     pub guest_memory_bytes: u64,
+    /// Bytes of each guest memory (and table) a pool slot keeps resident between calls, reset
+    /// in place instead of returned to the kernel, so the next instance of the same guest does
+    /// not fault them in again; 0 returns everything. Used only where the kernel can report
+    /// dirty pages (Linux ≥ 6.7, PAGEMAP_SCAN), so a reset copies only what a call wrote.
+    pub guest_keep_resident_bytes: u64,
     /// Requests in the pipeline at once; more get 503 with `Retry-After`.
     pub max_concurrent_requests: u32,
     /// Inference threads per loaded model version (workers in throughput mode, matrix-multiply
@@ -287,6 +292,7 @@ impl Default for Limits {
             max_decode_alloc_bytes: 192 << 20,
             deadline_ms: 2_000,
             guest_memory_bytes: 256 << 20,
+            guest_keep_resident_bytes: 1 << 20,
             max_concurrent_requests: 64,
             inference_workers: 0,
             inference_queue_len: 64,

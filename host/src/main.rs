@@ -80,6 +80,10 @@ enum Command {
         /// WASI grants, as for `inspect`.
         #[arg(long, value_parser = parse_grants)]
         wasi: Option<Grants>,
+        /// Run each table this many times and report the median warm instantiate and call
+        /// times (rounds after the first).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -306,12 +310,12 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::TestRules { component, tables, wasi, json } => {
+        Command::TestRules { component, tables, wasi, repeat, json } => {
             let grants = wasi.map_or_else(|| tessera::config::DEFAULT_WASI_GRANTS.to_vec(), |g| g.0);
             let mut reports = Vec::new();
             for path in &tables {
                 let table = tessera::read_table(path).map_err(anyhow::Error::msg)?;
-                reports.push(tessera::test_rules(&config, &component, &grants, path, &table)?);
+                reports.push(tessera::test_rules(&config, &component, &grants, path, &table, repeat)?);
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -329,6 +333,14 @@ fn main() -> anyhow::Result<()> {
                         if let Some(expected) = &case.expected {
                             println!("       expected {expected}\n       got      {}", case.got);
                         }
+                    }
+                }
+                for report in &reports {
+                    if let Some((instantiate, call)) = report.warm_median_us {
+                        println!(
+                            "warm median over {} rounds: instantiate {instantiate} µs, call {call} µs",
+                            repeat - 1
+                        );
                     }
                 }
                 let all: Vec<_> = reports.iter().flat_map(|r| &r.cases).collect();

@@ -74,6 +74,9 @@ pub struct TableReport {
     pub table: PathBuf,
     pub component: PathBuf,
     pub cases: Vec<CaseReport>,
+    /// With `repeat` > 1: the median instantiate and call times over every case of the rounds
+    /// after the first (warm: compiled, pool slots used before), in microseconds.
+    pub warm_median_us: Option<(u64, u64)>,
 }
 
 impl TableReport {
@@ -122,68 +125,88 @@ pub fn read_table(path: &Path) -> Result<RulesTable, String> {
 }
 
 /// Runs every case of `table` against the rules component at `component`, granted `grants`,
-/// with `config`'s limits and compile cache. Each case is a fresh instance, as in serving.
+/// with `config`'s limits and compile cache, `repeat` times (at least once). Each case is a
+/// fresh instance, as in serving; the report holds the last round's outcomes.
 pub fn test_rules(
     config: &Config,
     component: &Path,
     grants: &[WasiGrant],
     table_path: &Path,
     table: &RulesTable,
+    repeat: usize,
 ) -> Result<TableReport, BuildError> {
     let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
     let grants: crate::runtime::Grants = grants.iter().copied().collect();
     // One loaded guest per distinct configuration (the configuration is fixed at load).
     let mut loaded = BTreeMap::new();
     let mut cases = Vec::new();
-    for case in &table.cases {
-        let guest_config = case.config.as_ref().unwrap_or(&table.config);
-        if !loaded.contains_key(guest_config) {
-            let pairs = guest_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            loaded.insert(guest_config.clone(), runtime.load_rules(component, pairs, grants.clone())?);
+    let mut warm = Vec::new();
+    for round in 0..repeat.max(1) {
+        if round > 0 {
+            warm.extend(cases.iter().filter(|c: &&CaseReport| c.passed).map(|c| (c.instantiate_us, c.call_us)));
+            cases.clear();
         }
-        let guest = &loaded[guest_config];
-        let preds: Vec<Prediction> = case
-            .predictions
-            .iter()
-            .enumerate()
-            .map(|(i, (label, score))| Prediction { index: i as u32, label: label.clone(), score: *score })
-            .collect();
-        let deadline = Instant::now() + Duration::from_millis(config.limits.deadline_ms);
-        let outcome = runtime.decide(guest, &preds, &case.meta, Arc::new(NoModels), deadline);
-        let (got, phases) = match outcome {
-            Ok((d, phases)) => (
-                Ok(ExpectedDecision { accepted: d.accepted, category: d.category, reason: d.reason, tags: d.tags }),
-                Some(phases),
-            ),
-            Err(GuestFailure::Reported(kind, message)) => (Err(format!("{}: {message}", variant(kind))), None),
-            Err(other) => (Err(format!("failed: {}", other.into_pipeline(Stage::Rules, &guest.name).message)), None),
-        };
-        let passed = match (&got, &case.expect, &case.error) {
-            (Ok(decision), Some(expected), _) => decision == expected,
-            (Err(text), _, Some(variant)) => {
-                text.starts_with(&format!("{variant}: "))
-                    && case.message.as_ref().is_none_or(|m| text.contains(m.as_str()))
+        for case in &table.cases {
+            let guest_config = case.config.as_ref().unwrap_or(&table.config);
+            if !loaded.contains_key(guest_config) {
+                let pairs = guest_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                loaded.insert(guest_config.clone(), runtime.load_rules(component, pairs, grants.clone())?);
             }
-            _ => false,
-        };
-        let show = |d: &ExpectedDecision| serde_json::to_string(d).unwrap_or_default();
-        let expected = (!passed).then(|| match (&case.expect, &case.error) {
-            (Some(d), _) => show(d),
-            (_, Some(v)) => format!("{v}: …{}…", case.message.as_deref().unwrap_or("")),
-            _ => String::new(),
-        });
-        let phases = phases.unwrap_or_default();
-        cases.push(CaseReport {
-            name: case.name.clone(),
-            passed,
-            got: match &got {
-                Ok(d) => show(d),
-                Err(text) => text.clone(),
-            },
-            expected,
-            instantiate_us: phases.instantiate.as_micros() as u64,
-            call_us: phases.call.as_micros() as u64,
-        });
+            let guest = &loaded[guest_config];
+            let preds: Vec<Prediction> = case
+                .predictions
+                .iter()
+                .enumerate()
+                .map(|(i, (label, score))| Prediction { index: i as u32, label: label.clone(), score: *score })
+                .collect();
+            let deadline = Instant::now() + Duration::from_millis(config.limits.deadline_ms);
+            let outcome = runtime.decide(guest, &preds, &case.meta, Arc::new(NoModels), deadline);
+            let (got, phases) = match outcome {
+                Ok((d, phases)) => (
+                    Ok(ExpectedDecision { accepted: d.accepted, category: d.category, reason: d.reason, tags: d.tags }),
+                    Some(phases),
+                ),
+                Err(GuestFailure::Reported(kind, message)) => (Err(format!("{}: {message}", variant(kind))), None),
+                Err(other) => {
+                    (Err(format!("failed: {}", other.into_pipeline(Stage::Rules, &guest.name).message)), None)
+                }
+            };
+            let passed = match (&got, &case.expect, &case.error) {
+                (Ok(decision), Some(expected), _) => decision == expected,
+                (Err(text), _, Some(variant)) => {
+                    text.starts_with(&format!("{variant}: "))
+                        && case.message.as_ref().is_none_or(|m| text.contains(m.as_str()))
+                }
+                _ => false,
+            };
+            let show = |d: &ExpectedDecision| serde_json::to_string(d).unwrap_or_default();
+            let expected = (!passed).then(|| match (&case.expect, &case.error) {
+                (Some(d), _) => show(d),
+                (_, Some(v)) => format!("{v}: …{}…", case.message.as_deref().unwrap_or("")),
+                _ => String::new(),
+            });
+            let phases = phases.unwrap_or_default();
+            cases.push(CaseReport {
+                name: case.name.clone(),
+                passed,
+                got: match &got {
+                    Ok(d) => show(d),
+                    Err(text) => text.clone(),
+                },
+                expected,
+                instantiate_us: phases.instantiate.as_micros() as u64,
+                call_us: phases.call.as_micros() as u64,
+            });
+        }
     }
-    Ok(TableReport { table: table_path.to_path_buf(), component: component.to_path_buf(), cases })
+    if repeat > 1 {
+        warm.extend(cases.iter().filter(|c| c.passed).map(|c| (c.instantiate_us, c.call_us)));
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let warm_median_us = (!warm.is_empty())
+        .then(|| (median(warm.iter().map(|w| w.0).collect()), median(warm.iter().map(|w| w.1).collect())));
+    Ok(TableReport { table: table_path.to_path_buf(), component: component.to_path_buf(), cases, warm_median_us })
 }
