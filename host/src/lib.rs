@@ -30,7 +30,7 @@ pub use host::{
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
-pub use pipeline::{Classification, ClassifyRequest, Decision, ModelRef, Prediction, TensorOutput, Timings};
+pub use pipeline::{Classification, ClassifyRequest, Decision, GuestRun, ModelRef, Prediction, TensorOutput, Timings};
 pub use repository::RepositoryError;
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{Import, Inspection, RuntimeError};

@@ -61,6 +61,20 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// One guest call of a request: which guest, in which stage, and where its time went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuestRun {
+    pub stage: Stage,
+    pub name: String,
+    /// Making a fresh instance from the guest's `InstancePre` (pool slot, memory image).
+    pub instantiate_ms: f64,
+    /// The exported function, arguments and results included.
+    pub call_ms: f64,
+}
+
+/// The guests a request ran, in order.
+type GuestRuns = std::cell::RefCell<Vec<GuestRun>>;
+
 /// A scored class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
@@ -90,6 +104,8 @@ pub struct Classification {
     pub decision: Decision,
     pub model: ModelRef,
     pub timings_ms: Timings,
+    /// Every guest that ran, in order, with its instantiate and call times.
+    pub guests: Vec<GuestRun>,
 }
 
 /// A tensor for [`Pipeline::infer`] with where it should go, as the serving layer passes it.
@@ -240,13 +256,14 @@ impl Pipeline {
         let spec = spec_view(model, version);
         let stages = self.stages.load_full();
         let mut timings = Timings::default();
+        let ran = GuestRuns::default();
 
         // The inference place is taken first: a request the workers cannot finish in time is
         // refused before its image is decoded, so an overload costs no preprocessing.
         let admission = version.pool.admit(deadline)?;
 
         let input = in_stage(progress, Stage::Preprocess, &mut timings.preprocess, || {
-            self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline)
+            self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline, &ran)
         })?;
         let logits = in_stage(progress, Stage::Inference, &mut timings.inference, || {
             Span::current().record("model", model.name.as_str()).record("version", version.version);
@@ -254,7 +271,7 @@ impl Pipeline {
         })?;
         let stage = &stages.postprocess;
         let top = in_stage(progress, Stage::Postprocess, &mut timings.postprocess, || {
-            self.guest(Stage::Postprocess, &stage.name, || {
+            self.guest(Stage::Postprocess, &stage.name, &ran, || {
                 self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
             })
         })?;
@@ -266,7 +283,7 @@ impl Pipeline {
             )
         })?;
         let decision = in_stage(progress, Stage::Rules, &mut timings.rules, || {
-            self.run_rules(&stages, &top, &req.metadata, deadline)
+            self.run_rules(&stages, &top, &req.metadata, deadline, &ran)
         })?;
         timings.total = ms(start.elapsed());
 
@@ -277,6 +294,7 @@ impl Pipeline {
             decision,
             model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
             timings_ms: timings,
+            guests: ran.into_inner(),
         })
     }
 
@@ -285,6 +303,7 @@ impl Pipeline {
         &self,
         stage: Stage,
         guest: &str,
+        ran: &GuestRuns,
         call: impl FnOnce() -> Result<(T, Phases), GuestFailure>,
     ) -> Result<T, PipelineError> {
         let span = tracing::info_span!(
@@ -302,6 +321,12 @@ impl Pipeline {
             Ok((value, phases)) => {
                 span.record("instantiate_ms", ms(phases.instantiate)).record("call_ms", ms(phases.call));
                 self.metrics.guest_call(guest, stage, phases.instantiate, phases.call);
+                ran.borrow_mut().push(GuestRun {
+                    stage,
+                    name: guest.to_string(),
+                    instantiate_ms: ms(phases.instantiate),
+                    call_ms: ms(phases.call),
+                });
                 Ok(value)
             }
             Err(failure) => {
@@ -346,7 +371,14 @@ impl Pipeline {
     /// model would see. Used by training tools so training and serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
         let (model, version) = self.resolve(model, None)?;
-        self.preprocess_with(&self.stages.load(), &spec_view(&model, &version), image, None, deadline)
+        self.preprocess_with(
+            &self.stages.load(),
+            &spec_view(&model, &version),
+            image,
+            None,
+            deadline,
+            &GuestRuns::default(),
+        )
     }
 
     fn preprocess_with(
@@ -356,9 +388,10 @@ impl Pipeline {
         image: &[u8],
         media_type: Option<&str>,
         deadline: Instant,
+        ran: &GuestRuns,
     ) -> Result<Vec<f32>, PipelineError> {
         let stage = &stages.preprocess;
-        self.guest(Stage::Preprocess, &stage.name, || {
+        self.guest(Stage::Preprocess, &stage.name, ran, || {
             self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline)
         })
     }
@@ -369,6 +402,7 @@ impl Pipeline {
         preds: &[Prediction],
         metadata: &[(String, String)],
         deadline: Instant,
+        ran: &GuestRuns,
     ) -> Result<Decision, PipelineError> {
         let mut decision = Decision {
             accepted: true,
@@ -379,7 +413,7 @@ impl Pipeline {
         };
         let inference: Arc<dyn GuestInference> = self.repo.clone();
         for rule in &stages.rules {
-            decision = self.guest(Stage::Rules, &rule.name, || {
+            decision = self.guest(Stage::Rules, &rule.name, ran, || {
                 self.runtime.decide(rule, preds, metadata, inference.clone(), deadline)
             })?;
             self.metrics.rule_decision(&rule.name, decision.accepted);

@@ -103,6 +103,31 @@ fn python_and_javascript_rules_decide_in_a_served_chain() {
     assert_eq!(decision["category"], "round", "{body}");
     let confidence = body["confidence"].as_f64().unwrap();
     assert_eq!(decision["reason"], format!("\"circle\" is round at {confidence:.2}"), "{body}");
+    // The response lists every guest that ran, in order, with its two phases.
+    let ran = |body: &Value| -> Vec<(String, String)> {
+        body["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                for phase in ["instantiate_ms", "call_ms"] {
+                    assert!(g[phase].as_f64().is_some_and(|ms| ms >= 0.0 && ms < 10_000.0), "{g}");
+                }
+                (g["stage"].as_str().unwrap().to_string(), g["name"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let names = |list: &[(&str, &str)]| list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        ran(&body),
+        names(&[
+            ("preprocess", "preprocess"),
+            ("postprocess", "postprocess"),
+            ("rules", "rules-python"),
+            ("rules", "rules-js")
+        ]),
+        "{body}"
+    );
 
     // The Python rule knows no categories: "uncategorized" is denied to acme, so JS never runs.
     let (status, body, _) = server.classify(&image, "", &[("x-tenant", "acme")]);
@@ -112,6 +137,11 @@ fn python_and_javascript_rules_decide_in_a_served_chain() {
     assert_eq!(decision["rule"], "rules-python", "{body}");
     assert_eq!(decision["reason"], "category \"uncategorized\" is not accepted for tenant \"acme\"", "{body}");
     assert_eq!(decision["tags"], serde_json::json!(["tenant:acme"]), "{body}");
+    assert_eq!(
+        ran(&body),
+        names(&[("preprocess", "preprocess"), ("postprocess", "postprocess"), ("rules", "rules-python")]),
+        "the chain stopped at the rejection: {body}"
+    );
 
     let (status, body, _) = server.classify(&image, "", &[("x-tenant", "strict")]);
     assert_eq!(status, 200, "{body}");
