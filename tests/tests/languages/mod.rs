@@ -111,7 +111,7 @@ fn python_and_javascript_rules_decide_in_a_served_chain() {
             .iter()
             .map(|g| {
                 for phase in ["instantiate_ms", "call_ms"] {
-                    assert!(g[phase].as_f64().is_some_and(|ms| ms >= 0.0 && ms < 10_000.0), "{g}");
+                    assert!(g[phase].as_f64().is_some_and(|ms| (0.0..10_000.0).contains(&ms)), "{g}");
                 }
                 (g["stage"].as_str().unwrap().to_string(), g["name"].as_str().unwrap().to_string())
             })
