@@ -21,6 +21,10 @@ guests:
     {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_rules_rust.wasm -o {{guest_dir}}/rules-rust.wasm
     {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
+    # A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
+    # builds a component directly.
+    cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi
+    cp target/wasm32-wasip2/release/tessera_probe_wasi.wasm {{guest_dir}}/probe-wasi.wasm
     just guests-polyglot
 
 # The reference rule set in other languages (guests/conformance/RULES.md), each with its own
@@ -148,6 +152,12 @@ bench-protocols: build
 bench-telemetry: build
     cargo build --release -p tessera-loadgen
     {{python}} bench/telemetry.py
+
+# The reference rules in each language through the real binary, side by side with the Rust one:
+# component size, compile time, .cwasm load, warm instantiate and call, share of a request
+# (bench/guests.py; ROUNDS=3, N=200 requests per server); see docs/PERFORMANCE.md.
+bench-guests: build
+    {{python}} bench/guests.py
 
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build

@@ -191,6 +191,10 @@ pub struct Limits {
     /// not fault them in again; 0 returns everything. Used only where the kernel can report
     /// dirty pages (Linux ≥ 6.7, PAGEMAP_SCAN), so a reset copies only what a call wrote.
     pub guest_keep_resident_bytes: u64,
+    /// Bytes a guest may hand the host in one crossing: a rules or postprocess result, an
+    /// `inference.infer` input (the preprocess result may be as large as the model's input
+    /// tensor). Past it the call fails before the host copies more.
+    pub guest_output_bytes: u64,
     /// Requests in the pipeline at once; more get 503 with `Retry-After`.
     pub max_concurrent_requests: u32,
     /// Inference threads per loaded model version (workers in throughput mode, matrix-multiply
@@ -293,6 +297,7 @@ impl Default for Limits {
             deadline_ms: 2_000,
             guest_memory_bytes: 256 << 20,
             guest_keep_resident_bytes: 1 << 20,
+            guest_output_bytes: 4 << 20,
             max_concurrent_requests: 64,
             inference_workers: 0,
             inference_queue_len: 64,
@@ -339,6 +344,7 @@ impl Config {
             ("limits.max_decode_alloc_bytes", l.max_decode_alloc_bytes),
             ("limits.deadline_ms", l.deadline_ms),
             ("limits.guest_memory_bytes", l.guest_memory_bytes),
+            ("limits.guest_output_bytes", l.guest_output_bytes),
             ("limits.max_concurrent_requests", u64::from(l.max_concurrent_requests)),
             ("limits.inference_queue_len", u64::from(l.inference_queue_len)),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),

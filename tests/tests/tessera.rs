@@ -249,6 +249,13 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
     assert_error(status, &body, 500, "guest_memory_exceeded");
     assert_still_serving(&server, &good, &case.label);
 
+    // A 32 MiB answer is refused before the host copies it (limits.guest_output_bytes, 4 MiB).
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "huge")]);
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("guest_output_bytes"), "{body}");
+    assert!(body.to_string().len() < 4096, "the error is small");
+    assert_still_serving(&server, &good, &case.label);
+
     // A guest that imports the host's inference interface can call the model.
     let (status, body, _) = server.classify(&good, "", &[("x-probe", "infer")]);
     assert_eq!(status, 200, "{body}");

@@ -48,6 +48,8 @@ pub struct GuestState {
     limiter: MemoryLimiter,
     inference: InferenceAccess,
     wasi: wasi::WasiState,
+    /// The store's hostcall fuel: the most a guest may hand the host in one crossing.
+    output_bytes: usize,
     _live: LiveStore,
 }
 
@@ -282,6 +284,8 @@ pub struct Runtime {
     /// One linker per set of WASI grants, made when a guest first needs it.
     linkers: std::sync::Mutex<std::collections::HashMap<Grants, Linker<GuestState>>>,
     guest_memory_bytes: usize,
+    /// `limits.guest_output_bytes`: wasmtime's hostcall fuel for each store.
+    guest_output_bytes: usize,
     /// Stores (one guest instance each) alive now: the pool slots in use.
     live_stores: Arc<AtomicUsize>,
     _ticker: EpochTicker,
@@ -372,6 +376,7 @@ impl Runtime {
             engine,
             linkers: Default::default(),
             guest_memory_bytes,
+            guest_output_bytes: usize::try_from(limits.guest_output_bytes).unwrap_or(usize::MAX),
             live_stores: Arc::default(),
             _ticker: ticker,
         })
@@ -474,6 +479,7 @@ impl Runtime {
         backend: Option<Arc<dyn GuestInference>>,
         name: &str,
         grants: &Grants,
+        output_bytes: usize,
     ) -> Result<Store<GuestState>, GuestFailure> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -483,12 +489,18 @@ impl Runtime {
             limiter: MemoryLimiter::new(self.guest_memory_bytes),
             inference: InferenceAccess { backend, deadline },
             wasi: wasi::WasiState::new(grants, name),
+            output_bytes,
             _live: LiveStore::new(&self.live_stores),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline((remaining.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1));
         store.epoch_deadline_trap();
+        // wasmtime counts the bytes it lifts out of the guest (strings, lists) against this
+        // "hostcall fuel" on every crossing, a result included, and fails the call once it runs
+        // out, before copying: a guest returning a 100 MB `reason` costs the host nothing
+        // (its 128 MiB default let it through as a 100 MB HTTP body).
+        store.set_hostcall_fuel(output_bytes);
         Ok(store)
     }
 }
@@ -526,6 +538,16 @@ fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
     }
     if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return GuestFailure::Overloaded(limit.to_string());
+    }
+    // wasmtime's error type for it is private; its message is what identifies it.
+    if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return GuestFailure::Reported(
+            ErrorKind::GuestFailed,
+            format!(
+                "the guest handed the host more than limits.guest_output_bytes ({} bytes) at once",
+                store.data().output_bytes
+            ),
+        );
     }
     GuestFailure::Trap(format!("{err:#}"))
 }
@@ -717,7 +739,10 @@ impl Runtime {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<(Vec<f32>, Phases), GuestFailure> {
-        let mut store = self.store(deadline, None, &guest.name, &guest.grants)?;
+        // The result is the model's input tensor, whatever the output cap.
+        let tensor_bytes = spec.input_shape.iter().map(|&d| d as usize).product::<usize>() * 4 + 4096;
+        let mut store =
+            self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes.max(tensor_bytes))?;
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
         let decode =
             types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
@@ -751,7 +776,7 @@ impl Runtime {
         top_k: u32,
         deadline: Instant,
     ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
-        let mut store = self.store(deadline, None, &guest.name, &guest.grants)?;
+        let mut store = self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes)?;
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
         let (preds, phases) = run_guest(
             &mut store,
@@ -771,7 +796,7 @@ impl Runtime {
         inference: Arc<dyn GuestInference>,
         deadline: Instant,
     ) -> Result<(Decision, Phases), GuestFailure> {
-        let mut store = self.store(deadline, Some(inference), &guest.name, &guest.grants)?;
+        let mut store = self.store(deadline, Some(inference), &guest.name, &guest.grants, self.guest_output_bytes)?;
         let wit_preds: Vec<types::Prediction> = preds
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })

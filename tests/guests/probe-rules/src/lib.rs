@@ -3,6 +3,7 @@
 //! - `trap`: panics (a wasm trap);
 //! - `loop`: spins forever (only the host's epoch deadline can stop it);
 //! - `oom`: allocates until the host's memory limit refuses to grow;
+//! - `huge`: returns a 32 MiB reason (the host's output cap must stop it before copying);
 //! - `infer`: calls the host's `inference` interface on an all-zero input of `x-probe-model`
 //!   and reports the winning class in its reason;
 //! - anything else or absent: accepts.
@@ -43,6 +44,7 @@ mod component {
                         hoard.push(core::hint::black_box(chunk));
                     }
                 }
+                Some("huge") => Ok(ok("x".repeat(32 << 20))),
                 Some("infer") => {
                     let model = meta(&md, "x-probe-model").unwrap_or("shapes").to_string();
                     let input = Tensor { shape: vec![1, 3, 224, 224], data: vec![0.0; 3 * 224 * 224] };
