@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from protocols import IMAGE, ROOT, ensure_image, wait_ready  # noqa: E402
 
 LANGS = ["rust", "python", "js", "c", "go"]
+# Also served with `limits.guest_keep_resident_bytes = 0` (slots hand their pages back to the
+# kernel after each call), to show what keeping them resident buys in the served path.
+NO_KEEP = ["python", "js", "go"]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 N = int(os.environ.get("N", "200"))
 WARM = int(os.environ.get("WARM", "30"))
@@ -44,11 +47,16 @@ def compile_all() -> dict:
     return facts
 
 
-def serve_once(lang: str) -> dict:
+def serve_once(lang: str, keep: bool = True) -> dict:
     cwasm = OUT / f"rules-{lang}.cwasm"
-    config = OUT / f"{lang}.toml"
-    config.write_text(f"[[guests.rules]]\npath = {json.dumps(str(cwasm))}\n[guests.rules.config]\n" +
-                      "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in CONFIG.items()))
+    config = OUT / f"{lang}{'' if keep else '-nokeep'}.toml"
+    # Paths in a config file are relative to it: name the defaults absolutely.
+    config.write_text(f"models_dir = {json.dumps(str(ROOT / 'models'))}\n[guests]\n"
+                      f"preprocess = {json.dumps(str(ROOT / 'target/guests/preprocess.wasm'))}\n"
+                      f"postprocess = {json.dumps(str(ROOT / 'target/guests/postprocess.wasm'))}\n"
+                      f"[[guests.rules]]\npath = {json.dumps(str(cwasm))}\n[guests.rules.config]\n" +
+                      "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in CONFIG.items()) +
+                      ("" if keep else "[limits]\nguest_keep_resident_bytes = 0\n"))
     log = OUT / f"{lang}.log"
     with open(log, "w") as err:
         server = subprocess.Popen([TESSERA, "--config", str(config), "serve", "--addr", "127.0.0.1:0", "--grpc-addr",
@@ -82,11 +90,13 @@ def main() -> None:
     ensure_image()
     facts = compile_all()
     runs = {lang: [] for lang in LANGS}
+    nokeep = {lang: [] for lang in NO_KEEP}
     for rnd in range(1, ROUNDS + 1):
-        for lang in LANGS:
-            r = serve_once(lang)
-            runs[lang].append(r)
-            print(f"round {rnd} {lang:<6}: load {r['load_ms']:4d} ms  instantiate {r['instantiate_ms']:.3f}  "
+        for lang in LANGS + [f"{lang}-nokeep" for lang in NO_KEEP]:
+            name = lang.removesuffix("-nokeep")
+            r = serve_once(name, keep=not lang.endswith("-nokeep"))
+            (runs if name == lang else nokeep)[name].append(r)
+            print(f"round {rnd} {lang:<13}: load {r['load_ms']:4d} ms  instantiate {r['instantiate_ms']:.3f}  "
                   f"call {r['call_ms']:.3f}  rules {r['rules_ms']:.3f}  total {r['total_ms']:.3f} ms", flush=True)
     reasons = {lang: set().union(*(r["reasons"] for r in runs[lang])) for lang in LANGS}
     if len({frozenset(v) for v in reasons.values()}) != 1:
@@ -103,6 +113,12 @@ def main() -> None:
               f"{m['load_ms']:.0f} ms | {m['instantiate_ms']:.3f} ms | {m['call_ms']:.3f} ms | {m['rules_ms']:.3f} ms | "
               f"{m['total_ms']:.2f} ms | {m['rules_ms'] / m['total_ms']:.0%} | {m['rules_ms'] / rust['rules_ms']:.1f}× | "
               f"{m['total_ms'] / rust['total_ms']:.2f}× |")
+    print("\n| language | rules stage, slots keep pages | rules stage, keep_resident = 0 | ratio |")
+    print("|---|---|---|---|")
+    for lang in NO_KEEP:
+        a = med[lang]["rules_ms"]
+        b = statistics.median(r["rules_ms"] for r in nokeep[lang])
+        print(f"| {lang} | {a:.3f} ms | {b:.3f} ms | {a / b:.2f}× |")
 
 
 if __name__ == "__main__":
