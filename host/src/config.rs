@@ -195,6 +195,9 @@ pub struct Limits {
     /// `inference.infer` input (the preprocess result may be as large as the model's input
     /// tensor). Past it the call fails before the host copies more.
     pub guest_output_bytes: u64,
+    /// `inference.infer` calls one rules guest call may make; the next one ends the call with
+    /// `guest_failed` (the calls share the serving queue with requests).
+    pub guest_infer_calls: u32,
     /// Requests in the pipeline at once; more get 503 with `Retry-After`.
     pub max_concurrent_requests: u32,
     /// Inference threads per loaded model version (workers in throughput mode, matrix-multiply
@@ -298,6 +301,7 @@ impl Default for Limits {
             guest_memory_bytes: 256 << 20,
             guest_keep_resident_bytes: 1 << 20,
             guest_output_bytes: 4 << 20,
+            guest_infer_calls: 16,
             max_concurrent_requests: 64,
             inference_workers: 0,
             inference_queue_len: 64,

@@ -261,6 +261,12 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
     assert_eq!(status, 200, "{body}");
     assert!(body["decision"]["reason"].as_str().unwrap().contains("returned 8 logits"), "{body}");
 
+    // A guest calling the model 10 000 times is stopped at limits.guest_infer_calls (16).
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "infer-flood")]);
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("guest_infer_calls (16)"), "{body}");
+    assert_still_serving(&server, &good, &case.label);
+
     // A looping guest on one request does not stall the others.
     let slow = {
         let (url, good) = (server.url("/v1/classify"), good.clone());

@@ -5,6 +5,9 @@ pub mod rules {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "rules",
+        // `infer` may end the guest's call (a trap) rather than answer: past
+        // `limits.guest_infer_calls` a guest that ignored the error could call on.
+        imports: { "tessera:vision/inference.infer": trappable },
     });
 }
 

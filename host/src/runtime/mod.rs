@@ -50,6 +50,8 @@ pub struct GuestState {
     wasi: wasi::WasiState,
     /// The store's hostcall fuel: the most a guest may hand the host in one crossing.
     output_bytes: usize,
+    /// `limits.guest_infer_calls`, for the error message.
+    infer_calls: u32,
     _live: LiveStore,
 }
 
@@ -95,7 +97,22 @@ pub trait GuestInference: Send + Sync {
 struct InferenceAccess {
     backend: Option<Arc<dyn GuestInference>>,
     deadline: Instant,
+    /// `inference.infer` calls this guest call may still make (`limits.guest_infer_calls`):
+    /// rules guests share the serving queue with requests.
+    calls_left: u32,
 }
+
+/// A guest called `inference.infer` more than `limits.guest_infer_calls` times in one call.
+#[derive(Debug)]
+struct TooManyInferCalls(u32);
+
+impl std::fmt::Display for TooManyInferCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the guest called inference.infer more than limits.guest_infer_calls ({}) times in one call", self.0)
+    }
+}
+
+impl std::error::Error for TooManyInferCalls {}
 
 /// Caps the linear memory of a store's instance, all its memories together (a Python or JS
 /// component has several), and remembers that it refused one, so a guest that dies from an
@@ -148,19 +165,23 @@ impl inference::Host for GuestState {
         model: String,
         version: Option<String>,
         input: types::Tensor,
-    ) -> Result<types::Tensor, types::Error> {
-        let access = &self.inference;
-        let backend = access
-            .backend
-            .as_ref()
-            .ok_or_else(|| types::Error::Internal("inference is not available to this stage".into()))?;
-        let data = backend.infer(&model, version.as_deref(), &input.shape, input.data, access.deadline).map_err(
-            |e| match e.kind {
+    ) -> wasmtime::Result<Result<types::Tensor, types::Error>> {
+        let access = &mut self.inference;
+        if access.calls_left == 0 {
+            return Err(wasmtime::Error::new(TooManyInferCalls(self.infer_calls)));
+        }
+        access.calls_left -= 1;
+        let Some(backend) = access.backend.as_ref() else {
+            return Ok(Err(types::Error::Internal("inference is not available to this stage".into())));
+        };
+        let result = backend.infer(&model, version.as_deref(), &input.shape, input.data, access.deadline);
+        Ok(match result {
+            Ok(data) => Ok(types::Tensor { shape: vec![1, data.len() as u32], data }),
+            Err(e) => Err(match e.kind {
                 ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
                 _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
-            },
-        )?;
-        Ok(types::Tensor { shape: vec![1, data.len() as u32], data })
+            }),
+        })
     }
 }
 
@@ -286,6 +307,8 @@ pub struct Runtime {
     guest_memory_bytes: usize,
     /// `limits.guest_output_bytes`: wasmtime's hostcall fuel for each store.
     guest_output_bytes: usize,
+    /// `limits.guest_infer_calls`.
+    guest_infer_calls: u32,
     /// Stores (one guest instance each) alive now: the pool slots in use.
     live_stores: Arc<AtomicUsize>,
     _ticker: EpochTicker,
@@ -377,6 +400,7 @@ impl Runtime {
             linkers: Default::default(),
             guest_memory_bytes,
             guest_output_bytes: usize::try_from(limits.guest_output_bytes).unwrap_or(usize::MAX),
+            guest_infer_calls: limits.guest_infer_calls,
             live_stores: Arc::default(),
             _ticker: ticker,
         })
@@ -487,9 +511,10 @@ impl Runtime {
         }
         let state = GuestState {
             limiter: MemoryLimiter::new(self.guest_memory_bytes),
-            inference: InferenceAccess { backend, deadline },
+            inference: InferenceAccess { backend, deadline, calls_left: self.guest_infer_calls },
             wasi: wasi::WasiState::new(grants, name),
             output_bytes,
+            infer_calls: self.guest_infer_calls,
             _live: LiveStore::new(&self.live_stores),
         };
         let mut store = Store::new(&self.engine, state);
@@ -538,6 +563,9 @@ fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
     }
     if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return GuestFailure::Overloaded(limit.to_string());
+    }
+    if let Some(too_many) = err.downcast_ref::<TooManyInferCalls>() {
+        return GuestFailure::Reported(ErrorKind::GuestFailed, too_many.to_string());
     }
     // wasmtime's error type for it is private; its message is what identifies it.
     if format!("{err:#}").contains("fuel allocated for hostcalls has been exhausted") {

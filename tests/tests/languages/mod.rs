@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Server, guest, root, shapes, tessera_bin};
+use crate::support::{Server, config_with_rules, guest, root, shapes, tessera_bin};
 use crate::{CLASSES_SEED, read};
 
 /// Every implementation of the reference rule set, by the guest's file name.
@@ -70,26 +70,19 @@ fn a_case_the_guest_decides_otherwise_fails_the_table() {
 #[test]
 fn python_and_javascript_rules_decide_in_a_served_chain() {
     let dir = root().join(format!("target/test-data/languages-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tessera.toml");
     // The JS rule runs second: it sees only requests the Python rule accepted.
-    std::fs::write(
-        &config,
-        format!(
-            "models_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
-             [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"tenant.acme.deny\" = \"uncategorized\"\n\
+    let config = config_with_rules(
+        &dir,
+        &format!(
+            "[[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"tenant.acme.deny\" = \"uncategorized\"\n\
              \"min-confidence\" = \"0.3\"\n\
              [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"category.circle\" = \"round\"\n\
              \"category.ring\" = \"round\"\n\"default-category\" = \"shape\"\n\"min-confidence\" = \"0.3\"\n\
              \"tenant.strict.min-confidence\" = \"1\"\n",
-            root().join("models"),
-            guest("preprocess"),
-            guest("postprocess"),
             guest("rules-python"),
             guest("rules-js"),
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let case = shapes(CLASSES_SEED, 1).into_iter().find(|c| c.label == "circle").unwrap();
     let image = read(&case.path);
@@ -168,19 +161,10 @@ fn a_precompiled_python_guest_loads_without_compiling_from_a_trusted_path_only()
     assert!(said.contains("(rules)"), "{said}");
 
     // Served with no compile cache: the native code is loaded as it is.
-    let config = dir.join("tessera.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "models_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
-             [[guests.rules]]\npath = {:?}\n[guests.rules.config]\n\"category.circle\" = \"round\"\n",
-            root().join("models"),
-            guest("preprocess"),
-            guest("postprocess"),
-            cwasm,
-        ),
-    )
-    .unwrap();
+    let config = config_with_rules(
+        &dir,
+        &format!("[[guests.rules]]\npath = {cwasm:?}\n[guests.rules.config]\n\"category.circle\" = \"round\"\n"),
+    );
     let server = Server::start(&["--config", config.to_str().unwrap(), "--no-compile-cache"]);
     let case = shapes(CLASSES_SEED, 1).into_iter().find(|c| c.label == "circle").unwrap();
     let (status, body, _) = server.classify(&read(&case.path), "", &[]);

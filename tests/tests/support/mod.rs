@@ -283,3 +283,23 @@ pub fn bmp_header(w: u32, h: u32) -> Vec<u8> {
     b.extend_from_slice(&[0; 16]);
     b
 }
+
+/// Writes `DIR/tessera.toml`: the repository's models, the default preprocess and postprocess
+/// guests, the shared compile cache, then `rules` (TOML of `[[guests.rules]]` entries, paths
+/// quoted by the caller); returns its path.
+pub fn config_with_rules(dir: &Path, rules: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("tessera.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "models_dir = {:?}\ncompile_cache_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n{rules}",
+            root().join("models"),
+            root().join("target/cache/components"),
+            guest("preprocess"),
+            guest("postprocess"),
+        ),
+    )
+    .unwrap();
+    config
+}

@@ -4,7 +4,7 @@
 //! into the host's log within a budget, and a call to an interface it was not given (a socket)
 //! fails the request naming the function, while the host keeps serving.
 
-use crate::support::{Server, guest, root, shapes};
+use crate::support::{Server, config_with_rules, guest, root, shapes};
 use crate::{CLASSES_SEED, read};
 
 fn reason(body: &serde_json::Value) -> &str {
@@ -15,22 +15,11 @@ fn reason(body: &serde_json::Value) -> &str {
 fn a_wasi_guest_gets_nothing_it_was_not_granted() {
     // The default grants (clocks, random) plus stdout through a config file.
     let dir = root().join(format!("target/test-data/wasi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tessera.toml");
     let probe = guest("probe-wasi");
-    std::fs::write(
-        &config,
-        format!(
-            "models_dir = {:?}\ncompile_cache_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
-             [[guests.rules]]\npath = {:?}\nwasi = [\"clocks\", \"random\", \"stdout\"]\n",
-            root().join("models"),
-            root().join("target/cache/components"),
-            guest("preprocess"),
-            guest("postprocess"),
-            probe,
-        ),
-    )
-    .unwrap();
+    let config = config_with_rules(
+        &dir,
+        &format!("[[guests.rules]]\npath = {probe:?}\nwasi = [\"clocks\", \"random\", \"stdout\"]\n"),
+    );
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let case = &shapes(CLASSES_SEED, 2)[0];
     let image = read(&case.path);
@@ -79,21 +68,7 @@ fn a_wasi_guest_gets_nothing_it_was_not_granted() {
 #[test]
 fn a_guest_without_its_clock_grant_traps_naming_the_clock() {
     let dir = root().join(format!("target/test-data/wasi-none-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tessera.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "models_dir = {:?}\ncompile_cache_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
-             [[guests.rules]]\npath = {:?}\nwasi = []\n",
-            root().join("models"),
-            root().join("target/cache/components"),
-            guest("preprocess"),
-            guest("postprocess"),
-            guest("probe-wasi"),
-        ),
-    )
-    .unwrap();
+    let config = config_with_rules(&dir, &format!("[[guests.rules]]\npath = {:?}\nwasi = []\n", guest("probe-wasi")));
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let image = read(&shapes(CLASSES_SEED, 2)[0].path);
     let (status, body, _) = server.classify(&image, "", &[("x-probe", "clock")]);

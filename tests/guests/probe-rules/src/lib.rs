@@ -4,6 +4,7 @@
 //! - `loop`: spins forever (only the host's epoch deadline can stop it);
 //! - `oom`: allocates until the host's memory limit refuses to grow;
 //! - `huge`: returns a 32 MiB reason (the host's output cap must stop it before copying);
+//! - `infer-flood`: calls `inference` 10 000 times, ignoring errors (the host's cap must end it);
 //! - `infer`: calls the host's `inference` interface on an all-zero input of `x-probe-model`
 //!   and reports the winning class in its reason;
 //! - anything else or absent: accepts.
@@ -45,6 +46,11 @@ mod component {
                     }
                 }
                 Some("huge") => Ok(ok("x".repeat(32 << 20))),
+                Some("infer-flood") => {
+                    let input = Tensor { shape: vec![1, 3, 224, 224], data: vec![0.0; 3 * 224 * 224] };
+                    let answered = (0..10_000).filter(|_| inference::infer("shapes", None, &input).is_ok()).count();
+                    Ok(ok(format!("{answered} inferences answered")))
+                }
                 Some("infer") => {
                     let model = meta(&md, "x-probe-model").unwrap_or("shapes").to_string();
                     let input = Tensor { shape: vec![1, 3, 224, 224], data: vec![0.0; 3 * 224 * 224] };
