@@ -42,6 +42,10 @@ guests-polyglot:
       componentize-py -d wit -w rules componentize app -p guests/rules-python -o $out/rules-python.wasm >/dev/null
       echo "built $out/rules-python.wasm"
     fi
+    if stale $out/probe-python.wasm tests/guests/probe-python wit requirements.txt; then
+      componentize-py -d wit -w rules componentize app -p tests/guests/probe-python -o $out/probe-python.wasm >/dev/null
+      echo "built $out/probe-python.wasm"
+    fi
     if stale $out/rules-js.wasm guests/rules-js/rules.js guests/rules-js/package-lock.json wit; then
       guests/rules-js/node_modules/.bin/componentize-js guests/rules-js/rules.js --wit wit --world-name rules -o $out/rules-js.wasm
       echo "built $out/rules-js.wasm"

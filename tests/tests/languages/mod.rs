@@ -2,14 +2,16 @@
 //! source in Rust, Python (componentize-py), JavaScript (componentize-js), C (wit-bindgen's C
 //! generator, clang, wasi-libc, the preview1 adapter) and Go (wit-bindgen's Go generator,
 //! `GOOS=wasip1` c-shared, the adapter) decides every case of one conformance table alike
-//! through `tessera test-rules`, and serves in a rules chain.
+//! through `tessera test-rules`, and serves in a rules chain; a hostile Python guest meets the
+//! same limits as the Rust probe.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::{Server, config_with_rules, guest, root, shapes, tessera_bin};
-use crate::{CLASSES_SEED, read};
+use crate::{CLASSES_SEED, assert_error, assert_still_serving, read};
 
 /// Every implementation of the reference rule set, by the guest's file name.
 const IMPLEMENTATIONS: [&str; 5] = ["rules-rust", "rules-python", "rules-js", "rules-c", "rules-go"];
@@ -191,5 +193,70 @@ fn a_precompiled_python_guest_loads_without_compiling_from_a_trusted_path_only()
     std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
     let (ok, err) = inspect(&damaged);
     assert!(!ok && err.contains("damaged.cwasm"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Resident memory of process `pid`, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
+    kb.parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn a_hostile_python_guest_is_contained_like_a_rust_one() {
+    let probe = guest("probe-python");
+    let dir = root().join(format!("target/test-data/probe-python-{}", std::process::id()));
+    let config = config_with_rules(&dir, &format!("[[guests.rules]]\npath = {probe:?}\n"));
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let case = &shapes(CLASSES_SEED, 1)[0];
+    let good = read(&case.path);
+    let probe_with = |what: &str| server.classify(&good, "", &[("x-probe", what), ("x-request-timeout-ms", "1500")]);
+    let reason = |body: &Value| body["decision"]["reason"].as_str().unwrap_or_default().to_string();
+    for _ in 0..20 {
+        assert_still_serving(&server, &good, &case.label);
+    }
+    let rss_before = rss_bytes(server.pid());
+
+    let started = Instant::now();
+    let (status, body, _) = probe_with("loop");
+    assert_error(status, &body, 504, "deadline_exceeded");
+    assert!(started.elapsed() < Duration::from_millis(3_000), "{:?}", started.elapsed());
+    let (status, body, _) = probe_with("memory");
+    assert_error(status, &body, 500, "guest_memory_exceeded");
+    let (status, body, _) = probe_with("recursion");
+    assert_eq!(status, 500, "{body}");
+    assert!(["guest_memory_exceeded", "guest_trap"].contains(&body["error"]["code"].as_str().unwrap()), "{body}");
+    let (status, body, _) = probe_with("huge");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("guest_output_bytes"), "{body}");
+    let (status, body, _) = probe_with("infer-flood");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("guest_infer_calls"), "{body}");
+
+    // 64 MiB printed, stdout not granted: the request answers, the log stays small.
+    let (status, body, _) = probe_with("flood");
+    assert_eq!((status, reason(&body).as_str()), (200, "flooded"), "{body}");
+    assert!(server.stderr().len() < 1 << 20);
+    // Nothing to read, no environment, no network: each an error the guest sees and reports, or
+    // a trap naming the denied function.
+    let (status, body, _) = probe_with("file");
+    assert_eq!(status, 200, "{body}");
+    assert!(reason(&body).starts_with("file ") && !reason(&body).starts_with("file ok"), "{body}");
+    let (status, body, _) = probe_with("env");
+    assert_eq!((status, reason(&body).as_str()), (200, "env 0 vars"), "{body}");
+    let (status, body, _) = probe_with("net");
+    assert!(
+        (status == 200 && !reason(&body).starts_with("net ok"))
+            || (status == 500 && body["error"]["code"] == "guest_trap"),
+        "{body}"
+    );
+
+    // The host serves on, and what the hostile calls took is given back.
+    for _ in 0..20 {
+        assert_still_serving(&server, &good, &case.label);
+    }
+    let rss_after = rss_bytes(server.pid());
+    assert!(rss_after < rss_before + (64 << 20), "RSS grew from {} MiB to {} MiB", rss_before >> 20, rss_after >> 20);
     let _ = std::fs::remove_dir_all(&dir);
 }
