@@ -37,7 +37,11 @@ pub struct Config {
     pub models_dir: PathBuf,
     /// The model used when a request names none. Absent: the only model, or the first by name.
     pub default_model: Option<String>,
+    /// The default pipeline's guests (the pipeline named `default`).
     pub guests: GuestsConfig,
+    /// Named pipelines (`[pipelines.<name>]`): other guests for some models, or for requests
+    /// that select one with `pipeline=<name>`.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
     /// Where compiled guest components are cached across restarts; absent = no disk cache.
     /// Native code loaded from it is trusted: it must be a directory owned by this user (made
     /// with mode 0700, narrowed to 0700 if others could write to it; refused otherwise).
@@ -88,6 +92,22 @@ pub struct GuestsConfig {
     /// Business rules, run in order; the first rejection ends the chain.
     pub rules: Vec<RuleConfig>,
 }
+
+/// `[pipelines.<name>]`: a pipeline besides the default one. A guest it does not name is the
+/// default pipeline's (`[guests]`); `rules = []` runs no rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub preprocess: Option<PathBuf>,
+    pub postprocess: Option<PathBuf>,
+    pub rules: Option<Vec<RuleConfig>>,
+    /// Models whose requests get this pipeline when they select none. A model is in at most
+    /// one pipeline's list; the others get the default pipeline.
+    pub models: Vec<String>,
+}
+
+/// The name of the pipeline `[guests]` configures.
+pub const DEFAULT_PIPELINE: &str = "default";
 
 /// One rules guest and the configuration it receives on every call.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -227,6 +247,7 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             default_model: None,
             guests: GuestsConfig::default(),
+            pipelines: BTreeMap::new(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
             inference_mode: crate::inference::EngineMode::Adaptive,
             inference: InferenceConfig::default(),
@@ -332,6 +353,10 @@ impl Config {
         rebase(&mut config.guests.preprocess);
         rebase(&mut config.guests.postprocess);
         config.guests.rules.iter_mut().for_each(|r| rebase(&mut r.path));
+        for p in config.pipelines.values_mut() {
+            p.preprocess.iter_mut().chain(p.postprocess.iter_mut()).for_each(&rebase);
+            p.rules.iter_mut().flatten().for_each(|r| rebase(&mut r.path));
+        }
         if let Some(lib) = config.inference.onnxruntime.library.as_mut() {
             rebase(lib);
         }
@@ -397,7 +422,60 @@ impl Config {
         {
             return Err(ConfigError::Invalid { key: "default_model", problem: "must not be empty".into() });
         }
+        self.validate_pipelines()
+    }
+
+    /// Pipeline names are words a query string carries as they are, `default` is `[guests]`,
+    /// and a model is in one pipeline's `models` at most.
+    fn validate_pipelines(&self) -> Result<(), ConfigError> {
+        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, pipeline) in &self.pipelines {
+            let word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if name.is_empty() || name.len() > 64 || !name.chars().all(word) {
+                return Err(ConfigError::Invalid {
+                    key: "pipelines",
+                    problem: format!("has {name:?}: a name is 1 to 64 letters, digits, '-' or '_'"),
+                });
+            }
+            if name == DEFAULT_PIPELINE {
+                return Err(ConfigError::Invalid {
+                    key: "pipelines",
+                    problem: format!("has {name:?}, which is [guests]: configure the default pipeline there"),
+                });
+            }
+            for model in &pipeline.models {
+                if let Some(first) = owner.insert(model, name) {
+                    return Err(ConfigError::Invalid {
+                        key: "pipelines",
+                        problem: format!("gives model {model:?} two pipelines, {first:?} and {name:?}"),
+                    });
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Every pipeline's guests, the default (`[guests]`) first, with what a named pipeline
+    /// leaves out taken from `[guests]`.
+    pub fn resolved_pipelines(&self) -> Vec<(String, GuestsConfig)> {
+        let g = &self.guests;
+        let named = self.pipelines.iter().map(|(name, p)| {
+            let guests = GuestsConfig {
+                preprocess: p.preprocess.clone().unwrap_or_else(|| g.preprocess.clone()),
+                postprocess: p.postprocess.clone().unwrap_or_else(|| g.postprocess.clone()),
+                rules: p.rules.clone().unwrap_or_else(|| g.rules.clone()),
+            };
+            (name.clone(), guests)
+        });
+        std::iter::once((DEFAULT_PIPELINE.to_string(), g.clone())).chain(named).collect()
+    }
+
+    /// Every guest file of every pipeline, in config order (a file may repeat).
+    pub fn guest_paths(&self) -> Vec<PathBuf> {
+        self.resolved_pipelines()
+            .into_iter()
+            .flat_map(|(_, g)| [g.preprocess, g.postprocess].into_iter().chain(g.rules.into_iter().map(|r| r.path)))
+            .collect()
     }
 
     /// The number of inference workers per model version, resolving 0 to the core count.
@@ -431,6 +509,40 @@ mod tests {
         assert_eq!(config.addr, Config::default().addr);
         assert_eq!(config.inference_mode, Config::default().inference_mode);
         assert!(config.models_dir.ends_with("models"));
+    }
+
+    #[test]
+    fn named_pipelines_inherit_what_they_leave_out_and_own_their_models() {
+        let text = r#"
+            [guests]
+            preprocess = "pre.wasm"
+            [[guests.rules]]
+            path = "a.wasm"
+            [pipelines.strict]
+            postprocess = "post2.wasm"
+            models = ["m1"]
+            [pipelines.bare]
+            rules = []
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.validate().unwrap();
+        let all = config.resolved_pipelines();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["default", "bare", "strict"]);
+        let strict = &all[2].1;
+        assert_eq!(strict.preprocess, Path::new("pre.wasm"));
+        assert_eq!(strict.postprocess, Path::new("post2.wasm"));
+        assert_eq!(strict.rules.len(), 1);
+        assert!(all[1].1.rules.is_empty());
+
+        let twice = format!("{text}\n[pipelines.other]\nmodels = [\"m1\"]\n");
+        let err = toml::from_str::<Config>(&twice).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("\"m1\" two pipelines"), "{err}");
+        for bad in ["default", "a b", "x/y"] {
+            let text = format!("[pipelines.\"{bad}\"]\n");
+            let err = toml::from_str::<Config>(&text).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("pipelines"), "{bad}: {err}");
+        }
     }
 
     #[test]

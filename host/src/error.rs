@@ -50,6 +50,8 @@ pub enum ErrorKind {
     ImageTooLarge,
     /// No such model or version.
     ModelNotFound,
+    /// No pipeline of that name (`pipeline=`).
+    PipelineNotFound,
     /// A guest trapped (panic, unreachable, out-of-bounds access, ...).
     GuestTrap,
     /// A guest hit `limits.guest_memory_bytes`.
@@ -76,6 +78,7 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => "unsupported_media_type",
             ErrorKind::ImageTooLarge => "image_too_large",
             ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::PipelineNotFound => "pipeline_not_found",
             ErrorKind::GuestTrap => "guest_trap",
             ErrorKind::GuestMemoryExceeded => "guest_memory_exceeded",
             ErrorKind::GuestFailed => "guest_failed",
@@ -97,6 +100,7 @@ impl ErrorKind {
                 | ErrorKind::UnsupportedMediaType
                 | ErrorKind::ImageTooLarge
                 | ErrorKind::ModelNotFound
+                | ErrorKind::PipelineNotFound
         )
     }
 }

@@ -2,7 +2,7 @@
 //! repository and the guest components into one pipeline; the host classifies, reloads and
 //! reports what it serves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::inference::ModelIo;
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
 use crate::pipeline::{
-    Classification, ClassifyRequest, ModelRef, Pipeline, Progress, Stages, TensorOutput, TensorRequest,
+    Classification, ClassifyRequest, ModelRef, Pipeline, Pipelines, Progress, Stages, TensorOutput, TensorRequest,
 };
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
 use crate::runtime::{self, Inspection, Runtime, RuntimeError, default_grants};
@@ -110,7 +110,7 @@ impl HostBuilder {
         }
         crate::inference::configure_onnxruntime(config.inference.onnxruntime.library.clone());
         let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
-        let stages = load_stages(&runtime, &config)?;
+        let pipelines = load_pipelines(&runtime, &config)?;
         let engine = EngineConfig {
             mode: config.inference_mode,
             threads: config.inference_workers(),
@@ -125,7 +125,7 @@ impl HostBuilder {
         let pipeline = Pipeline {
             runtime,
             repo,
-            stages: ArcSwap::from_pointee(stages),
+            pipelines: ArcSwap::from_pointee(pipelines),
             limits: config.limits.clone(),
             default_model: config.default_model.clone(),
             metrics: self.metrics.unwrap_or_default(),
@@ -176,31 +176,44 @@ pub fn compile(config: &Config, input: &std::path::Path, output: &std::path::Pat
     Ok(Inspection { path: output.to_path_buf(), ..report })
 }
 
-/// Compiles (or loads from the compile cache) every configured guest.
-fn load_stages(runtime: &Runtime, config: &Config) -> Result<Stages, RuntimeError> {
-    let g = &config.guests;
-    Ok(Stages {
-        preprocess: runtime.load_preprocess(&g.preprocess, default_grants())?,
-        postprocess: runtime.load_postprocess(&g.postprocess, default_grants())?,
-        rules: g
-            .rules
-            .iter()
-            .map(|r| {
-                let config = r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                runtime.load_rules(&r.path, config, r.wasi.iter().copied().collect())
-            })
-            .collect::<Result<_, _>>()?,
-        sources: guest_stamps(config),
-    })
+/// Compiles (or loads from the compile cache) every configured pipeline's guests, each
+/// component once however many pipelines use it.
+fn load_pipelines(runtime: &Runtime, config: &Config) -> Result<Pipelines, RuntimeError> {
+    let mut pre: HashMap<PathBuf, runtime::PreprocessGuest> = HashMap::new();
+    let mut post: HashMap<PathBuf, runtime::PostprocessGuest> = HashMap::new();
+    let mut rules: HashMap<(PathBuf, runtime::Grants), runtime::RulesGuest> = HashMap::new();
+    let mut by_name = BTreeMap::new();
+    for (name, g) in config.resolved_pipelines() {
+        let preprocess = match pre.get(&g.preprocess) {
+            Some(guest) => guest.clone(),
+            None => runtime.load_preprocess(&g.preprocess, default_grants())?,
+        };
+        pre.insert(g.preprocess.clone(), preprocess.clone());
+        let postprocess = match post.get(&g.postprocess) {
+            Some(guest) => guest.clone(),
+            None => runtime.load_postprocess(&g.postprocess, default_grants())?,
+        };
+        post.insert(g.postprocess.clone(), postprocess.clone());
+        let mut chain = Vec::with_capacity(g.rules.len());
+        for r in &g.rules {
+            let settings = r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let key = (r.path.clone(), r.wasi.iter().copied().collect::<runtime::Grants>());
+            let guest = match rules.get(&key) {
+                Some(guest) => guest.with_config(settings),
+                None => runtime.load_rules(&r.path, settings, key.1.clone())?,
+            };
+            rules.insert(key, guest.clone());
+            chain.push(guest);
+        }
+        by_name.insert(name.clone(), Arc::new(Stages { name, preprocess, postprocess, rules: chain }));
+    }
+    let by_model =
+        config.pipelines.iter().flat_map(|(name, p)| p.models.iter().map(move |m| (m.clone(), name.clone()))).collect();
+    Ok(Pipelines { by_name, by_model, sources: guest_stamps(config) })
 }
 
 fn guest_stamps(config: &Config) -> Vec<FileStamp> {
-    let g = &config.guests;
-    [&g.preprocess, &g.postprocess]
-        .into_iter()
-        .chain(g.rules.iter().map(|r| &r.path))
-        .map(|p| FileStamp::of(p))
-        .collect()
+    config.guest_paths().iter().map(|p| FileStamp::of(p)).collect()
 }
 
 /// What a reload did.
@@ -232,6 +245,21 @@ pub struct ModelStatus {
     pub description: Option<String>,
     /// The engine that runs it (`tract` or `onnxruntime`, from its `model.toml`).
     pub engine: inference::EngineKind,
+    /// The pipeline its requests get when they select none.
+    pub pipeline: String,
+}
+
+/// A configured pipeline as listings show it (`GET /v1/pipelines`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub preprocess: String,
+    pub postprocess: String,
+    /// The rules chain's guests, in order.
+    pub rules: Vec<String>,
+    /// The models whose requests get it when they select none (every other model, for
+    /// `default`).
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -355,6 +383,7 @@ impl Host {
     pub fn models(&self) -> Vec<ModelStatus> {
         let snapshot = self.pipeline.repo.snapshot();
         let default = self.default_model();
+        let pipelines = self.pipeline.pipelines.load();
         snapshot
             .models
             .values()
@@ -377,6 +406,24 @@ impl Host {
                 labels: m.labels.to_vec(),
                 description: m.manifest.description.clone(),
                 engine: m.manifest.engine,
+                pipeline: pipelines.select(None, &m.name).map(|p| p.name.clone()).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Every configured pipeline: its guests and the models it serves by default.
+    pub fn pipelines(&self) -> Vec<PipelineStatus> {
+        let pipelines = self.pipeline.pipelines.load();
+        let models = self.models();
+        pipelines
+            .by_name
+            .values()
+            .map(|p| PipelineStatus {
+                name: p.name.clone(),
+                preprocess: p.preprocess.name.clone(),
+                postprocess: p.postprocess.name.clone(),
+                rules: p.rules.iter().map(|r| r.name.clone()).collect(),
+                models: models.iter().filter(|m| m.pipeline == p.name).map(|m| m.name.clone()).collect(),
             })
             .collect()
     }
@@ -393,12 +440,12 @@ impl Host {
                 BTreeMap::from([("*".to_string(), e.to_string())])
             }
         };
-        let guests = if self.pipeline.stages.load().sources == guest_stamps(&self.config) {
+        let guests = if self.pipeline.pipelines.load().sources == guest_stamps(&self.config) {
             "unchanged".to_string()
         } else {
-            match load_stages(&self.pipeline.runtime, &self.config) {
-                Ok(stages) => {
-                    self.pipeline.stages.store(Arc::new(stages));
+            match load_pipelines(&self.pipeline.runtime, &self.config) {
+                Ok(pipelines) => {
+                    self.pipeline.pipelines.store(Arc::new(pipelines));
                     tracing::info!("guest components reloaded");
                     "reloaded".to_string()
                 }

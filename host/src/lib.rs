@@ -23,10 +23,11 @@ mod runtime;
 pub mod server;
 mod watch;
 
-pub use config::{Config, ConfigError, Limits, RuleConfig, TelemetryConfig, WasiGrant};
+pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{
-    BuildError, Host, HostBuilder, ModelStatus, Preprocessor, ReloadReport, VersionStatus, compile, inspect,
+    BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, VersionStatus, compile,
+    inspect,
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;

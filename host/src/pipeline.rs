@@ -4,6 +4,7 @@
 //! Everything here blocks (guest calls and inference are CPU work): async callers run it on a
 //! blocking thread. The same `Pipeline` serves HTTP, gRPC and the embedding API.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use serde::Serialize;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::config::Limits;
+use crate::config::{DEFAULT_PIPELINE, Limits};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use arc_swap::ArcSwap;
 
@@ -36,6 +37,8 @@ pub struct ClassifyRequest {
     pub model: Option<String>,
     /// Model version; `None` = the model's default version.
     pub version: Option<String>,
+    /// Named pipeline (`[pipelines.<name>]`); `None` = the model's, else the default one.
+    pub pipeline: Option<String>,
     /// How many classes to return; `None` = [`DEFAULT_TOP_K`], capped at the number of classes.
     pub top_k: Option<u32>,
     /// Time allowed from now; `None` or longer than `limits.deadline_ms` = `limits.deadline_ms`.
@@ -103,6 +106,8 @@ pub struct Classification {
     pub top_k: Vec<Prediction>,
     pub decision: Decision,
     pub model: ModelRef,
+    /// The pipeline whose guests ran.
+    pub pipeline: String,
     pub timings_ms: Timings,
     /// Every guest that ran, in order, with its instantiate and call times.
     pub guests: Vec<GuestRun>,
@@ -146,12 +151,37 @@ impl Progress {
 
 /// The guests of one pipeline.
 pub struct Stages {
+    pub name: String,
     pub preprocess: PreprocessGuest,
     pub postprocess: PostprocessGuest,
     pub rules: Vec<RulesGuest>,
+}
+
+/// Every configured pipeline, swapped as a whole on reload.
+pub struct Pipelines {
+    /// By name; `default` is `[guests]`.
+    pub(crate) by_name: BTreeMap<String, Arc<Stages>>,
+    /// Model name → the pipeline its requests get when they select none.
+    pub(crate) by_model: BTreeMap<String, String>,
     /// Size and mtime of each guest file when loaded, in config order: a reload recompiles
     /// only when they change.
     pub(crate) sources: Vec<FileStamp>,
+}
+
+impl Pipelines {
+    /// The pipeline a request selected, else the one configured for its model, else the
+    /// default.
+    pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Stages>, PipelineError> {
+        let name = requested.or_else(|| self.by_model.get(model).map(String::as_str)).unwrap_or(DEFAULT_PIPELINE);
+        self.by_name.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            PipelineError::new(
+                ErrorKind::PipelineNotFound,
+                Stage::Admission,
+                format!("no pipeline named {name:?}; configured: {}", known.join(", ")),
+            )
+        })
+    }
 }
 
 /// The pipeline: repository, runtime and stages.
@@ -159,7 +189,7 @@ pub struct Pipeline {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) repo: Arc<ModelRepository>,
     /// Swapped as a whole on reload; a request keeps the `Arc` it started with.
-    pub(crate) stages: ArcSwap<Stages>,
+    pub(crate) pipelines: ArcSwap<Pipelines>,
     pub(crate) limits: Limits,
     /// The configured default model; `None` = the first model by name.
     pub(crate) default_model: Option<String>,
@@ -254,7 +284,8 @@ impl Pipeline {
         check_top_k(req.top_k)?;
         let top_k = req.top_k.unwrap_or(DEFAULT_TOP_K).min(classes);
         let spec = spec_view(model, version);
-        let stages = self.stages.load_full();
+        let stages = self.pipelines.load().select(req.pipeline.as_deref(), &model.name)?.clone();
+        Span::current().record("pipeline", stages.name.as_str());
         let mut timings = Timings::default();
         let ran = GuestRuns::default();
 
@@ -293,6 +324,7 @@ impl Pipeline {
             top_k: top,
             decision,
             model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
+            pipeline: stages.name.clone(),
             timings_ms: timings,
             guests: ran.into_inner(),
         })
@@ -367,18 +399,13 @@ impl Pipeline {
         })
     }
 
-    /// Runs only the preprocess stage for the default (or named) model: the exact tensor the
-    /// model would see. Used by training tools so training and serving cannot drift.
+    /// Runs only the preprocess stage for the default (or named) model, with the model's
+    /// pipeline: the exact tensor the model would see. Used by training tools so training and
+    /// serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
         let (model, version) = self.resolve(model, None)?;
-        self.preprocess_with(
-            &self.stages.load(),
-            &spec_view(&model, &version),
-            image,
-            None,
-            deadline,
-            &GuestRuns::default(),
-        )
+        let stages = self.pipelines.load().select(None, &model.name)?.clone();
+        self.preprocess_with(&stages, &spec_view(&model, &version), image, None, deadline, &GuestRuns::default())
     }
 
     fn preprocess_with(

@@ -41,10 +41,7 @@ pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
     .map_err(|source| WatchError { path: PathBuf::new(), source })?;
     let config = host.config();
     let mut dirs = vec![(config.models_dir.clone(), RecursiveMode::Recursive)];
-    let guests = std::iter::once(&config.guests.preprocess)
-        .chain(std::iter::once(&config.guests.postprocess))
-        .chain(config.guests.rules.iter().map(|r| &r.path));
-    for path in guests {
+    for path in config.guest_paths() {
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
         if let Some(dir) = dir
             && !dirs.iter().any(|(d, _)| *d == dir)

@@ -6,6 +6,7 @@ mod languages;
 mod metrics;
 mod oip;
 mod page;
+mod pipelines;
 mod support;
 mod telemetry;
 mod wasi;

@@ -76,12 +76,18 @@ def main() -> None:
                 "accepted": full.decision.accepted,
                 "total_ms": full.timings_ms.total,
                 "request_id": full.request_id,
+                "pipeline": full.pipeline,
+                "guests": [[g.stage, g.name] for g in full.guests],
             }
-            try:
-                recognition.Recognize(pb.ImageRequest(image_data=image, model="missing"), timeout=10)
-                seen["missing_model"] = "accepted"
-            except grpc.RpcError as e:
-                seen["missing_model"] = error(e)
+            for name, request in [
+                ("missing_model", pb.ImageRequest(image_data=image, model="missing")),
+                ("missing_pipeline", pb.ImageRequest(image_data=image, pipeline="missing")),
+            ]:
+                try:
+                    recognition.Recognize(request, timeout=10)
+                    seen[name] = "accepted"
+                except grpc.RpcError as e:
+                    seen[name] = error(e)
 
         health = health_pb2_grpc.HealthStub(channel)
         seen["health"] = {

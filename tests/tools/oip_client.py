@@ -55,6 +55,7 @@ def main() -> None:
         "id": resp.get("id"),
         "model_version": resp.get("model_version"),
         "decision_rule": resp.get("parameters", {}).get("decision_rule"),
+        "pipeline": resp.get("parameters", {}).get("pipeline"),
     }
 
     # Inference alone: the model's FP32 input, binary in, binary out, and JSON in, JSON out.
@@ -76,6 +77,7 @@ def main() -> None:
         ("missing_model", lambda: client.infer("missing", [inp])),
         ("wrong_shape", lambda: client.infer(args.model, [_fp32(tensor_in["name"], [1, 3, 8, 8])])),
         ("corrupt_image", lambda: client.infer(args.model, [_bytes(b"not an image")])),
+        ("missing_pipeline", lambda: client.infer(args.model, [inp], parameters={"pipeline": "missing"})),
     ]:
         try:
             call()
@@ -100,7 +102,7 @@ def over_grpc(args, shape, input_name, output_name) -> dict:
     seen["inputs"] = [(t["name"], t["datatype"]) for t in meta["inputs"]]
     inp = grpcclient.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([open(args.image, "rb").read()], dtype=np.object_))
-    r = client.infer(args.model, [inp], parameters={"top_k": 3}, request_id="oip-g",
+    r = client.infer(args.model, [inp], parameters={"top_k": 3, "pipeline": "default"}, request_id="oip-g",
                      outputs=[grpcclient.InferRequestedOutput(n) for n in ("label", "top_k_labels")])
     resp = r.get_response(as_json=True)
     seen["pipeline"] = {
@@ -108,6 +110,7 @@ def over_grpc(args, shape, input_name, output_name) -> dict:
         "top_k_labels": [x.decode() for x in r.as_numpy("top_k_labels")],
         "id": resp.get("id"),
         "decision_rule": resp.get("parameters", {}).get("decision_rule", {}).get("string_param"),
+        "pipeline": resp.get("parameters", {}).get("pipeline", {}).get("string_param"),
     }
     x = np.fromfile(args.tensor, dtype="<f4").reshape(shape)
     t = grpcclient.InferInput(input_name, shape, "FP32")

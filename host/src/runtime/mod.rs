@@ -710,6 +710,7 @@ pub struct Phases {
 }
 
 /// The preprocess stage: a `preprocessor` component ready to instantiate.
+#[derive(Clone)]
 pub struct PreprocessGuest {
     pub name: String,
     grants: Grants,
@@ -717,6 +718,7 @@ pub struct PreprocessGuest {
 }
 
 /// The postprocess stage.
+#[derive(Clone)]
 pub struct PostprocessGuest {
     pub name: String,
     grants: Grants,
@@ -724,11 +726,19 @@ pub struct PostprocessGuest {
 }
 
 /// One rules stage with its configuration.
+#[derive(Clone)]
 pub struct RulesGuest {
     pub name: String,
     grants: Grants,
     config: Vec<(String, String)>,
     pre: rules::RulesPre<GuestState>,
+}
+
+impl RulesGuest {
+    /// The same compiled guest with another configuration (a second place in a chain).
+    pub fn with_config(&self, config: Vec<(String, String)>) -> Self {
+        RulesGuest { config, ..self.clone() }
+    }
 }
 
 fn guest_name(path: &Path) -> String {
@@ -811,7 +821,9 @@ impl Runtime {
             |s| guest.pre.instantiate(s),
             |i, s| i.call_postprocess(s, &tensor, &spec.to_wit(), labels, top_k),
         )?;
-        Ok((preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
+        // A guest may return more than it was asked for; the response carries `top_k` at most.
+        let preds = preds.into_iter().take(top_k as usize);
+        Ok((preds.map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
     }
 
     /// One rule's decision (`rule` names the guest). Rules may call back into inference through

@@ -57,7 +57,7 @@ pub fn code_for(kind: ErrorKind) -> Code {
         | ErrorKind::InvalidImage
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::ImageTooLarge => Code::InvalidArgument,
-        ErrorKind::ModelNotFound => Code::NotFound,
+        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound => Code::NotFound,
         ErrorKind::PayloadTooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
             Code::Internal
@@ -287,6 +287,7 @@ impl Recognition {
             image: message.image_data,
             model: Some(message.model).filter(|m| !m.is_empty()),
             version: Some(message.model_version).filter(|v| !v.is_empty()),
+            pipeline: Some(message.pipeline).filter(|p| !p.is_empty()),
             top_k: message.top_k,
             timeout,
             metadata,
@@ -367,6 +368,17 @@ fn response(c: Classification, request_id: &str) -> pb::RecognitionResponse {
             total: t.total,
         }),
         request_id: request_id.to_string(),
+        pipeline: c.pipeline,
+        guests: c
+            .guests
+            .into_iter()
+            .map(|g| pb::GuestRun {
+                stage: g.stage.as_str().to_string(),
+                name: g.name,
+                instantiate_ms: g.instantiate_ms,
+                call_ms: g.call_ms,
+            })
+            .collect(),
     }
 }
 

@@ -39,7 +39,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorKind::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound => StatusCode::NOT_FOUND,
         ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -135,15 +135,20 @@ async fn route(
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::GET, "/readyz") => Ok(readyz(state)),
         (&Method::GET, "/v1/models") => models(state),
+        (&Method::GET, "/v1/pipelines") => {
+            Ok(json_response(StatusCode::OK, &json!({ "pipelines": ready_host(state)?.pipelines() })))
+        }
         (&Method::GET, p) if p.starts_with("/v1/models/") => model(state, &p["/v1/models/".len()..]),
         (&Method::POST, "/v1/admin/reload") => admin_reload(state, req.headers(), listener).await,
-        (_, "/" | "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/admin/reload") => {
-            Err(HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
+        (
+            _,
+            "/" | "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/pipelines"
+            | "/v1/admin/reload",
+        ) => Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
     }
 }
@@ -235,6 +240,7 @@ fn endpoint(path: &str) -> &'static str {
         "/" => "/",
         "/v1/classify" => "/v1/classify",
         "/v1/models" => "/v1/models",
+        "/v1/pipelines" => "/v1/pipelines",
         p if p.starts_with("/v1/models/") => "/v1/models/{model}",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
@@ -332,6 +338,7 @@ struct ClassifyQuery {
     top_k: Option<u32>,
     model: Option<String>,
     version: Option<String>,
+    pipeline: Option<String>,
 }
 
 fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
@@ -353,11 +360,12 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
             }
             "model" => q.model = Some(value.into_owned()),
             "version" => q.version = Some(value.into_owned()),
+            "pipeline" => q.pipeline = Some(value.into_owned()),
             other => {
                 return Err(error(
                     ErrorKind::BadRequest,
                     Stage::Admission,
-                    format!("unknown query parameter {other:?}; use top_k, model or version"),
+                    format!("unknown query parameter {other:?}; use top_k, model, version or pipeline"),
                 ));
             }
         }
@@ -479,6 +487,7 @@ async fn classify(
         media_type,
         model: query.model,
         version: query.version,
+        pipeline: query.pipeline,
         top_k: query.top_k,
         timeout,
         metadata,

@@ -262,7 +262,11 @@ async fn infer(
         }
     };
     let input = Input { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data };
-    let call = Call { model, version, timeout, start, deadline, request_id, top_k };
+    let pipeline = match request.parameters.get("pipeline") {
+        None => None,
+        Some(v) => Some(v.as_str().ok_or_else(|| bad("parameters.pipeline must be a string"))?.to_string()),
+    };
+    let call = Call { model, version, pipeline, timeout, start, deadline, request_id, top_k };
     let (outputs, parameters, which) = run(state, host, call, input).await?;
 
     // The requested outputs, in the order asked (all of them when none are named).
@@ -288,6 +292,8 @@ async fn infer(
 pub(super) struct Call<'a> {
     pub model: &'a str,
     pub version: Option<&'a str>,
+    /// `parameters.pipeline`: a named pipeline for an image input.
+    pub pipeline: Option<String>,
     pub timeout: Option<std::time::Duration>,
     pub start: Instant,
     pub deadline: Instant,
@@ -357,6 +363,7 @@ pub(super) async fn run(
                 media_type: None,
                 model: Some(call.model.to_string()),
                 version: call.version.map(String::from),
+                pipeline: call.pipeline,
                 top_k,
                 timeout: call.timeout,
                 metadata: vec![("request-id".to_string(), call.request_id.to_string())],
@@ -401,6 +408,7 @@ pub(super) async fn run(
                 "decision_reason": d.reason,
                 "decision_rule": d.rule.clone().unwrap_or_default(),
                 "decision_category": d.category.clone().unwrap_or_default(),
+                "pipeline": c.pipeline,
                 "timings_ms": c.timings_ms,
             });
             Ok((outputs, Some(parameters), c.model))

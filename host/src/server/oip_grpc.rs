@@ -143,9 +143,22 @@ impl Inference {
             Some(ParameterChoice::Uint64Param(k)) => Some(k),
             Some(_) => return Err(bad("parameters.top_k must be an integer".into())),
         };
+        let pipeline = match r.parameters.get("pipeline").and_then(|p| p.parameter_choice.clone()) {
+            None => None,
+            Some(ParameterChoice::StringParam(name)) => Some(name),
+            Some(_) => return Err(bad("parameters.pipeline must be a string".into())),
+        };
         let model = r.model_name.clone();
-        let call =
-            Call { model: &model, version: version(&r.model_version), timeout, start, deadline, request_id, top_k };
+        let call = Call {
+            model: &model,
+            version: version(&r.model_version),
+            pipeline,
+            timeout,
+            start,
+            deadline,
+            request_id,
+            top_k,
+        };
         let input = Input { name: input.name, datatype: input.datatype, shape: input.shape, data };
         let (outputs, parameters, which) = oip::run(state, host, call, input).await?;
 

@@ -69,6 +69,7 @@ pub(super) fn request_span(protocol: Protocol, name: &str, request_id: &str, tra
         otel.status_description = Empty,
         request_id,
         protocol = ?protocol,
+        pipeline = Empty,
         status = Empty,
         error.type = Empty,
     );

@@ -167,6 +167,12 @@ fn python_grpcio_clients_of_both_protos_health_and_reflection_work() {
     assert!(!extended["request_id"].as_str().unwrap().is_empty(), "{ours}");
     assert_eq!(ours["missing_model"]["code"], "NOT_FOUND", "{ours}");
     assert_eq!(ours["missing_model"]["metadata"]["tessera-error-code"], "model_not_found", "{ours}");
+    assert_eq!(extended["pipeline"], "default", "{ours}");
+    let guests =
+        serde_json::json!([["preprocess", "preprocess"], ["postprocess", "postprocess"], ["rules", "rules-threshold"]]);
+    assert_eq!(extended["guests"], guests, "{ours}");
+    assert_eq!(ours["missing_pipeline"]["code"], "NOT_FOUND", "{ours}");
+    assert_eq!(ours["missing_pipeline"]["metadata"]["tessera-error-code"], "pipeline_not_found", "{ours}");
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     assert_eq!(pipeline["top_k_labels"][0], case.label.as_str(), "{seen}");
     assert_eq!(pipeline["id"], "oip-1");
     assert_eq!(pipeline["decision_rule"], "rules-threshold");
+    assert_eq!(pipeline["pipeline"], "default", "{seen}");
 
     // The model alone on the same input gives the same class, through binary and JSON tensors.
     let index = http["top_k"][0]["index"].as_u64().unwrap();
@@ -71,6 +72,8 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     assert_eq!(errors["wrong_shape"]["status"], "400", "{seen}");
     assert!(errors["wrong_shape"]["message"].as_str().unwrap().contains("takes shape"), "{seen}");
     assert_eq!(errors["corrupt_image"]["status"], "400", "{seen}");
+    assert_eq!(errors["missing_pipeline"]["status"], "404", "{seen}");
+    assert!(errors["missing_pipeline"]["message"].as_str().unwrap().contains("no pipeline named"), "{seen}");
 
     // The same over gRPC (inference.GRPCInferenceService), tritonclient.grpc unchanged.
     let g = &seen["grpc"];
@@ -83,6 +86,7 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     assert_eq!(g["pipeline"]["top_k_labels"].as_array().unwrap().len(), 3, "{g}");
     assert_eq!(g["pipeline"]["id"], "oip-g", "{g}");
     assert_eq!(g["pipeline"]["decision_rule"], "rules-threshold", "{g}");
+    assert_eq!(g["pipeline"]["pipeline"], "default", "{g}");
     assert_eq!(g["tensor"]["shape"], serde_json::json!([1, 8]), "{g}");
     assert_eq!(g["tensor"]["argmax"], index, "{g}");
     assert_eq!(g["missing_model"]["status"], "StatusCode.NOT_FOUND", "{g}");
