@@ -206,6 +206,9 @@ pub struct Limits {
     pub deadline_ms: u64,
     /// Linear memory one guest instance may grow to, all its memories together.
     pub guest_memory_bytes: u64,
+    /// Linear memory every guest instance alive may hold together (a process-wide budget);
+    /// a guest that would go past it fails its request with 503 `overloaded`.
+    pub guest_memory_total_bytes: u64,
     /// Bytes of each guest memory (and table) a pool slot keeps resident between calls, reset
     /// in place instead of returned to the kernel, so the next instance of the same guest does
     /// not fault them in again; 0 returns everything. Used only where the kernel can report
@@ -320,6 +323,7 @@ impl Default for Limits {
             max_decode_alloc_bytes: 192 << 20,
             deadline_ms: 2_000,
             guest_memory_bytes: 256 << 20,
+            guest_memory_total_bytes: 2 << 30,
             guest_keep_resident_bytes: 1 << 20,
             guest_output_bytes: 4 << 20,
             guest_infer_calls: 16,
@@ -388,6 +392,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.guest_memory_bytes",
                 problem: format!("is {} but a 32-bit guest memory cannot exceed 4 GiB", l.guest_memory_bytes),
+            });
+        }
+        if l.guest_memory_total_bytes < l.guest_memory_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.guest_memory_total_bytes",
+                problem: format!(
+                    "is {} but must be at least limits.guest_memory_bytes ({}), or no guest could reach its own cap",
+                    l.guest_memory_total_bytes, l.guest_memory_bytes
+                ),
             });
         }
         if l.deadline_ms > 600_000 {

@@ -477,7 +477,12 @@ impl Host {
     /// version, loaded versions, guest instances in use) sampled now.
     pub fn metrics_text(&self) -> String {
         let snapshot = self.pipeline.repo.snapshot();
-        let mut state = SampledState { guest_instances: self.pipeline.runtime.live_instances(), ..Default::default() };
+        let runtime = &self.pipeline.runtime;
+        let mut state = SampledState {
+            guest_instances: runtime.live_instances(),
+            guest_memory_bytes: runtime.guest_memory_in_use(),
+            ..Default::default()
+        };
         for m in snapshot.models.values() {
             state.versions_loaded.push((m.name.clone(), m.versions.len()));
             for (v, loaded) in &m.versions {

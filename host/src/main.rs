@@ -165,6 +165,8 @@ struct Overrides {
     #[arg(long, global = true)]
     guest_memory_bytes: Option<u64>,
     #[arg(long, global = true)]
+    guest_memory_total_bytes: Option<u64>,
+    #[arg(long, global = true)]
     max_concurrent_requests: Option<u32>,
     #[arg(long, global = true)]
     inference_workers: Option<u32>,
@@ -196,6 +198,7 @@ impl Overrides {
             max_decode_alloc_bytes => l.max_decode_alloc_bytes,
             deadline_ms => l.deadline_ms,
             guest_memory_bytes => l.guest_memory_bytes,
+            guest_memory_total_bytes => l.guest_memory_total_bytes,
             max_concurrent_requests => l.max_concurrent_requests,
             inference_workers => l.inference_workers,
             inference_queue_len => l.inference_queue_len,

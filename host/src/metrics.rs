@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::{ErrorKind, Stage};
 
@@ -136,6 +136,7 @@ pub struct Metrics {
     versions_loaded: Family<ModelOnly, Gauge>,
     version_state: Family<VersionStateLabels, Gauge>,
     guest_instances: Gauge,
+    guest_memory: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -169,6 +170,7 @@ impl Metrics {
             versions_loaded: Family::default(),
             version_state: Family::default(),
             guest_instances: Gauge::default(),
+            guest_memory: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder; histograms get `_bucket`/`_sum`/`_count`.
@@ -244,6 +246,13 @@ impl Metrics {
             "guest_instances_in_use",
             "Guest component instances alive (pool slots in use); sampled when scraped",
             m.guest_instances.clone(),
+        );
+        registry.register_with_unit(
+            "guest_memory",
+            "Linear memory granted to the guest instances alive, all together (limits.guest_memory_total_bytes \
+             bounds it); sampled when scraped",
+            Unit::Bytes,
+            m.guest_memory.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -346,6 +355,7 @@ impl Metrics {
             self.version_state.get_or_create(&labels).set(1);
         }
         self.guest_instances.set(state.guest_instances as i64);
+        self.guest_memory.set(state.guest_memory_bytes as i64);
     }
 }
 
@@ -359,4 +369,5 @@ pub(crate) struct SampledState {
     /// (model, version, ready?)
     pub version_states: Vec<(String, u64, bool)>,
     pub guest_instances: usize,
+    pub guest_memory_bytes: usize,
 }

@@ -288,6 +288,65 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
     assert_eq!(slow.join().unwrap(), 504);
 }
 
+/// `limits.guest_memory_total_bytes`: guests alive at once share one budget. One holding 48 MiB
+/// of a 96 MiB budget leaves too little for a second such guest (503, the host is busy, not the
+/// request wrong) but enough for ordinary requests, and its memory comes back when it ends.
+#[test]
+fn guests_together_stay_within_the_process_memory_budget() {
+    let probe = guest("probe-rules");
+    let server = Server::start(&[
+        "--rule",
+        probe.to_str().unwrap(),
+        "--guest-memory-bytes",
+        "67108864",
+        "--guest-memory-total-bytes",
+        "100663296",
+    ]);
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let good = read(&case.path);
+    let in_use = || metrics::scrape(&server).get("tessera_guest_memory_bytes").copied().unwrap_or(-1.0);
+    let wait_for = |what: &str, done: &dyn Fn(f64) -> bool| {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done(in_use()) {
+            assert!(Instant::now() < until, "guest memory never {what}: {}", in_use());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(in_use(), 0.0, "no guest runs");
+
+    let holder = {
+        let (url, good) = (server.url("/v1/classify"), good.clone());
+        std::thread::spawn(move || {
+            let resp = client()
+                .post(url)
+                .header("x-probe", "hold")
+                .header("x-request-timeout-ms", "2000")
+                .body(good)
+                .send()
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().unwrap())
+        })
+    };
+    wait_for("reached 48 MiB", &|bytes| bytes >= f64::from(48 << 20));
+
+    let (status, body, headers) = server.classify(&good, "", &[("x-probe", "hold")]);
+    assert_error(status, &body, 503, "overloaded");
+    assert!(body["error"]["message"].as_str().unwrap().contains("limits.guest_memory_total_bytes"), "{body}");
+    assert_eq!(body["error"]["stage"], "rules", "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    for _ in 0..3 {
+        assert_still_serving(&server, &good, &case.label);
+    }
+
+    let (status, body) = holder.join().unwrap();
+    assert_error(status, &body, 504, "deadline_exceeded");
+    wait_for("came back to 0", &|bytes| bytes == 0.0);
+    // The whole budget is there again: a guest may take 48 MiB.
+    let (status, body, _) = server.classify(&good, "", &[("x-probe", "hold"), ("x-request-timeout-ms", "300")]);
+    assert_error(status, &body, 504, "deadline_exceeded");
+    assert_still_serving(&server, &good, &case.label);
+}
+
 #[test]
 fn overload_is_a_503_with_retry_after() {
     let probe = guest("probe-rules");

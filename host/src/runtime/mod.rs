@@ -123,12 +123,64 @@ struct MemoryLimiter {
     /// The bytes of every memory the store has, as this limiter allowed them to grow (wasmtime
     /// asks it for each memory's initial size too, from 0).
     used: usize,
-    refused: bool,
+    /// The process-wide budget `used` is reserved from, and handed back to when the store
+    /// (and so this limiter) is dropped.
+    budget: Arc<MemoryBudget>,
+    refused: Option<Refusal>,
+}
+
+/// Which limit refused a memory growth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Refusal {
+    /// `limits.guest_memory_bytes`: the guest's own.
+    Guest,
+    /// `limits.guest_memory_total_bytes`: every live guest's together; the request is not at
+    /// fault, the host is busy.
+    Budget,
 }
 
 impl MemoryLimiter {
-    fn new(max_bytes: usize) -> Self {
-        MemoryLimiter { max_bytes, used: 0, refused: false }
+    fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> Self {
+        MemoryLimiter { max_bytes, used: 0, budget, refused: None }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.release(self.used);
+    }
+}
+
+/// `limits.guest_memory_total_bytes`: the linear memory every live guest instance holds,
+/// together, so that many concurrent large decodes cannot take more than that from the host
+/// (each is also capped alone). Counted as the limiters grant it, not as pages are touched.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    total: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(total: usize) -> Self {
+        MemoryBudget { total, used: AtomicUsize::new(0) }
+    }
+
+    /// Takes `bytes` from the budget if that many are left.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&after| after <= self.total)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes granted to live guests now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
     }
 }
 
@@ -140,9 +192,14 @@ impl ResourceLimiter for MemoryLimiter {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        let total = self.used.saturating_sub(current).saturating_add(desired);
+        let growth = desired.saturating_sub(current);
+        let total = self.used.saturating_add(growth);
         if total > self.max_bytes {
-            self.refused = true;
+            self.refused = Some(Refusal::Guest);
+            return Ok(false);
+        }
+        if !self.budget.reserve(growth) {
+            self.refused = Some(Refusal::Budget);
             return Ok(false);
         }
         self.used = total;
@@ -305,6 +362,8 @@ pub struct Runtime {
     /// One linker per set of WASI grants, made when a guest first needs it.
     linkers: std::sync::Mutex<std::collections::HashMap<Grants, Linker<GuestState>>>,
     guest_memory_bytes: usize,
+    /// `limits.guest_memory_total_bytes`, shared by every store of this runtime.
+    memory_budget: Arc<MemoryBudget>,
     /// `limits.guest_output_bytes`: wasmtime's hostcall fuel for each store.
     guest_output_bytes: usize,
     /// `limits.guest_infer_calls`.
@@ -321,6 +380,8 @@ pub enum GuestFailure {
     Reported(ErrorKind, String),
     Trap(String),
     MemoryExceeded,
+    /// `limits.guest_memory_total_bytes` was reached by all live guests together.
+    MemoryBudgetExhausted(usize),
     DeadlineExceeded,
     Overloaded(String),
 }
@@ -334,6 +395,13 @@ impl GuestFailure {
             GuestFailure::MemoryExceeded => {
                 (ErrorKind::GuestMemoryExceeded, format!("guest {name} exceeded its memory limit"))
             }
+            GuestFailure::MemoryBudgetExhausted(total) => (
+                ErrorKind::Overloaded,
+                format!(
+                    "guest {name} could not get memory: the guests running now hold limits.guest_memory_total_bytes \
+                     ({total} bytes) together; retry later"
+                ),
+            ),
             GuestFailure::DeadlineExceeded => {
                 (ErrorKind::DeadlineExceeded, format!("guest {name} did not finish before the request deadline"))
             }
@@ -399,6 +467,9 @@ impl Runtime {
             engine,
             linkers: Default::default(),
             guest_memory_bytes,
+            memory_budget: Arc::new(MemoryBudget::new(
+                usize::try_from(limits.guest_memory_total_bytes).unwrap_or(usize::MAX),
+            )),
             guest_output_bytes: usize::try_from(limits.guest_output_bytes).unwrap_or(usize::MAX),
             guest_infer_calls: limits.guest_infer_calls,
             live_stores: Arc::default(),
@@ -496,6 +567,11 @@ impl Runtime {
         self.live_stores.load(Ordering::Relaxed)
     }
 
+    /// Linear memory granted to the guest instances alive now, all together.
+    pub fn guest_memory_in_use(&self) -> usize {
+        self.memory_budget.used()
+    }
+
     /// A store for one guest call that traps once `deadline` passes.
     fn store(
         &self,
@@ -510,7 +586,7 @@ impl Runtime {
             return Err(GuestFailure::DeadlineExceeded);
         }
         let state = GuestState {
-            limiter: MemoryLimiter::new(self.guest_memory_bytes),
+            limiter: MemoryLimiter::new(self.guest_memory_bytes, self.memory_budget.clone()),
             inference: InferenceAccess { backend, deadline, calls_left: self.guest_infer_calls },
             wasi: wasi::WasiState::new(grants, name),
             output_bytes,
@@ -552,8 +628,10 @@ fn run_guest<I, R>(
 }
 
 fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
-    if store.data().limiter.refused {
-        return GuestFailure::MemoryExceeded;
+    match store.data().limiter.refused {
+        Some(Refusal::Guest) => return GuestFailure::MemoryExceeded,
+        Some(Refusal::Budget) => return GuestFailure::MemoryBudgetExhausted(store.data().limiter.budget.total),
+        None => {}
     }
     if let Some(trap) = err.downcast_ref::<Trap>() {
         return match trap {
@@ -869,15 +947,33 @@ mod tests {
 
     #[test]
     fn the_memory_cap_counts_every_memory_of_a_store() {
-        let mut limiter = MemoryLimiter::new(100);
+        let mut limiter = MemoryLimiter::new(100, Arc::new(MemoryBudget::new(1000)));
         assert!(limiter.memory_growing(0, 40, None).unwrap(), "first memory's initial size");
         assert!(limiter.memory_growing(0, 40, None).unwrap(), "second memory's initial size");
         assert!(limiter.memory_growing(40, 60, None).unwrap(), "grows within the cap: 100 in all");
-        assert!(!limiter.refused);
+        assert_eq!(limiter.refused, None);
         assert!(!limiter.memory_growing(40, 60, Some(50)).unwrap(), "past the memory's own maximum");
-        assert!(!limiter.refused, "that refusal is the module's, not the cap's");
+        assert_eq!(limiter.refused, None, "that refusal is the module's, not the cap's");
         assert!(!limiter.memory_growing(40, 41, None).unwrap(), "101 in all is refused");
-        assert!(limiter.refused);
+        assert_eq!(limiter.refused, Some(Refusal::Guest));
+    }
+
+    #[test]
+    fn the_process_budget_counts_every_live_store_and_gets_its_bytes_back() {
+        let budget = Arc::new(MemoryBudget::new(150));
+        let mut first = MemoryLimiter::new(100, budget.clone());
+        let mut second = MemoryLimiter::new(100, budget.clone());
+        assert!(first.memory_growing(0, 100, None).unwrap());
+        assert!(second.memory_growing(0, 50, None).unwrap(), "150 in all");
+        assert!(!second.memory_growing(50, 51, None).unwrap(), "within its own cap, past the budget");
+        assert_eq!(second.refused, Some(Refusal::Budget));
+        assert_eq!(budget.used(), 150, "a refused growth takes nothing");
+        drop(first);
+        assert_eq!(budget.used(), 50, "a dropped store hands its memory back");
+        let mut third = MemoryLimiter::new(100, budget.clone());
+        assert!(third.memory_growing(0, 100, None).unwrap());
+        drop((second, third));
+        assert_eq!(budget.used(), 0);
     }
 
     thread_local! {

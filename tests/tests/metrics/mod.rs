@@ -6,7 +6,7 @@ use crate::support::{Server, client, guest, shapes};
 use crate::{CLASSES_SEED, read};
 
 /// `name{labels}` → value, for every sample of a scrape.
-fn scrape(server: &Server) -> BTreeMap<String, f64> {
+pub(crate) fn scrape(server: &Server) -> BTreeMap<String, f64> {
     let resp = client().get(server.url("/metrics")).send().unwrap();
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();

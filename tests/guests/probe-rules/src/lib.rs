@@ -3,6 +3,8 @@
 //! - `trap`: panics (a wasm trap);
 //! - `loop`: spins forever (only the host's epoch deadline can stop it);
 //! - `oom`: allocates until the host's memory limit refuses to grow;
+//! - `hold`: takes `x-probe-mib` MiB (default 48), touches every page, then spins forever
+//!   holding it (the process-wide guest memory budget must refuse others meanwhile);
 //! - `huge`: returns a 32 MiB reason (the host's output cap must stop it before copying);
 //! - `infer-flood`: calls `inference` 10 000 times, ignoring errors (the host's cap must end it);
 //! - `infer`: calls the host's `inference` interface on an all-zero input of `x-probe-model`
@@ -43,6 +45,14 @@ mod component {
                         let mut chunk = vec![0u8; 16 << 20];
                         chunk[0] = 1;
                         hoard.push(core::hint::black_box(chunk));
+                    }
+                }
+                Some("hold") => {
+                    let mib: usize = meta(&md, "x-probe-mib").and_then(|m| m.parse().ok()).unwrap_or(48);
+                    let held = core::hint::black_box(vec![1u8; mib << 20]);
+                    let mut n: u64 = 0;
+                    loop {
+                        n = core::hint::black_box(n.wrapping_add(u64::from(held[n as usize % held.len()])));
                     }
                 }
                 Some("huge") => Ok(ok("x".repeat(32 << 20))),
