@@ -50,9 +50,14 @@ guests-polyglot:
       guests/rules-js/node_modules/.bin/componentize-js guests/rules-js/rules.js --wit wit --world-name rules -o $out/rules-js.wasm
       echo "built $out/rules-js.wasm"
     fi
+    if stale $out/probe-js.wasm tests/guests/probe-js guests/rules-js/package-lock.json wit; then
+      guests/rules-js/node_modules/.bin/componentize-js tests/guests/probe-js/probe.js --wit wit --world-name rules -o $out/probe-js.wasm
+      echo "built $out/probe-js.wasm"
+    fi
     # C and Go: bindings from wit-bindgen's generators, a preview1 core module, then a component
     # through wasmtime's preview1 reactor adapter (all from crates through tessera-bindgen).
-    if stale $out/rules-c.wasm guests/rules-c wit guests/bindgen || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt; then
+    if stale $out/rules-c.wasm guests/rules-c wit guests/bindgen || stale $out/probe-c.wasm tests/guests/probe-c wit guests/bindgen \
+        || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt; then
       cargo build --release --quiet -p tessera-bindgen
       rm -rf $work && mkdir -p $work
       target/release/tessera-bindgen adapter $work/wasi_snapshot_preview1.reactor.wasm
@@ -64,6 +69,11 @@ guests-polyglot:
         $work/c/decide.o $work/c/bindings.o $work/c/rules_component_type.o
       {{wasm_tools}} component new $work/rules-c.core.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/rules-c.wasm
       echo "built $out/rules-c.wasm"
+      clang --target=wasm32-wasi -O2 -Wall -Wextra -Werror -I $work/c -c tests/guests/probe-c/probe.c -o $work/c/probe.o
+      clang --target=wasm32-wasi -mexec-model=reactor -o $work/probe-c.core.wasm \
+        $work/c/probe.o $work/c/bindings.o $work/c/rules_component_type.o
+      {{wasm_tools}} component new $work/probe-c.core.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/probe-c.wasm
+      echo "built $out/probe-c.wasm"
       # Go: the generated module around our package; go.bytecodealliance.org/pkg, which no
       # reachable proxy serves, from the copy inside the wit-bindgen-go crate. The pkg reaches
       # runtime.sbrk through go:linkname, which Go >= 1.23 refuses unless -checklinkname=0.

@@ -642,6 +642,9 @@ fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
     if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return GuestFailure::Overloaded(limit.to_string());
     }
+    if let Some(denied) = err.downcast_ref::<wasi::NotGranted>() {
+        return GuestFailure::Trap(denied.to_string());
+    }
     if let Some(too_many) = err.downcast_ref::<TooManyInferCalls>() {
         return GuestFailure::Reported(ErrorKind::GuestFailed, too_many.to_string());
     }

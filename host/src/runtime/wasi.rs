@@ -88,11 +88,26 @@ pub(super) fn is_linked(import: &str, grants: &Grants) -> bool {
     ALWAYS_LINKED.contains(&interface) || grants.iter().any(|g| granted_interfaces(*g).contains(&interface))
 }
 
+/// A guest called a WASI function its config does not grant.
+#[derive(Debug)]
+pub(super) struct NotGranted(String);
+
+impl std::fmt::Display for NotGranted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not available to this guest (not granted by its `wasi` config)", self.0)
+    }
+}
+
+impl std::error::Error for NotGranted {}
+
 /// Links every function of the `wasi:*` instances `component` imports that `grants` do not
 /// give as a function that fails the call naming itself and the missing grant (resources as
 /// empty host types). wasmtime's `define_unknown_imports_as_traps` would do this too, but it
 /// compares versions exactly, so a component built against `wasi:cli@0.2.6` would get stubs
 /// for interfaces this linker provides at 0.2.12.
+///
+/// A call to one fails with [`NotGranted`], which the runtime reports alone: the wasm
+/// backtrace around it says nothing the guest's author can act on.
 pub(super) fn stub_ungranted<T: 'static>(
     linker: &mut Linker<T>,
     engine: &wasmtime::Engine,
@@ -110,9 +125,7 @@ pub(super) fn stub_ungranted<T: 'static>(
             match export.ty {
                 ComponentItem::ComponentFunc(_) => {
                     let function = format!("{name}#{item}");
-                    stubs.func_new(item, move |_, _, _, _| {
-                        wasmtime::bail!("{function} is not available to this guest (not granted by its `wasi` config)")
-                    })?;
+                    stubs.func_new(item, move |_, _, _, _| Err(wasmtime::Error::new(NotGranted(function.clone()))))?;
                 }
                 ComponentItem::Resource(_) => {
                     stubs.resource(item, stub_resource(item), |_, _| Ok(()))?;
