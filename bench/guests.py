@@ -8,6 +8,11 @@ the `.cwasm` load time (the server's own `guest loaded` log line), then N sequen
 (after WARM warm-up ones) of one image over HTTP, reading each response's `timings_ms` and the
 rules guest's `instantiate_ms` / `call_ms` from `guests`. Prints medians per language and their
 ratios to Rust, and the rules stage's share of the request's total.
+
+With BASELINE=<path to another tessera binary>, an A/B instead: for the languages in AB_LANGS
+(default python,js,go), that binary and this build's alternated in each round, the same
+requests; prints each round's ratio of the rules stage and of the total, this build over the
+baseline. (Build the baseline from the commit to compare, copy target/release/tessera aside.)
 """
 import json
 import os
@@ -47,7 +52,7 @@ def compile_all() -> dict:
     return facts
 
 
-def serve_once(lang: str, keep: bool = True) -> dict:
+def serve_once(lang: str, keep: bool = True, binary: str = TESSERA) -> dict:
     cwasm = OUT / f"rules-{lang}.cwasm"
     config = OUT / f"{lang}{'' if keep else '-nokeep'}.toml"
     # Paths in a config file are relative to it: name the defaults absolutely.
@@ -59,7 +64,7 @@ def serve_once(lang: str, keep: bool = True) -> dict:
                       ("" if keep else "[limits]\nguest_keep_resident_bytes = 0\n"))
     log = OUT / f"{lang}.log"
     with open(log, "w") as err:
-        server = subprocess.Popen([TESSERA, "--config", str(config), "serve", "--addr", "127.0.0.1:0", "--grpc-addr",
+        server = subprocess.Popen([binary, "--config", str(config), "serve", "--addr", "127.0.0.1:0", "--grpc-addr",
                                    "off", "--admin-addr", "off", "--no-watch", "--no-compile-cache"],
                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
@@ -86,9 +91,30 @@ def serve_once(lang: str, keep: bool = True) -> dict:
         server.wait()
 
 
+def ab(baseline: str) -> None:
+    """This build against `baseline`, alternated per round: per-round ratios and their median."""
+    langs = os.environ.get("AB_LANGS", "python,js,go").split(",")
+    ratios = {lang: {"rules_ms": [], "total_ms": []} for lang in langs}
+    for rnd in range(1, ROUNDS + 1):
+        for lang in langs:
+            base, new = serve_once(lang, binary=baseline), serve_once(lang)
+            for key in ("rules_ms", "total_ms"):
+                ratios[lang][key].append(new[key] / base[key])
+            print(f"round {rnd} {lang:<7}: rules {base['rules_ms']:.3f} -> {new['rules_ms']:.3f} ms, "
+                  f"total {base['total_ms']:.3f} -> {new['total_ms']:.3f} ms", flush=True)
+    print("\n| language | rules stage, this build / baseline | request total |")
+    print("|---|---|---|")
+    for lang in langs:
+        r = ratios[lang]
+        print(f"| {lang} | {statistics.median(r['rules_ms']):.3f}× "
+              f"({' '.join(f'{x:.2f}' for x in r['rules_ms'])}) | {statistics.median(r['total_ms']):.3f}× |")
+
+
 def main() -> None:
     ensure_image()
     facts = compile_all()
+    if os.environ.get("BASELINE"):
+        return ab(os.environ["BASELINE"])
     runs = {lang: [] for lang in LANGS}
     nokeep = {lang: [] for lang in NO_KEEP}
     for rnd in range(1, ROUNDS + 1):
