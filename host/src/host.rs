@@ -247,6 +247,23 @@ pub struct ModelStatus {
     pub engine: inference::EngineKind,
     /// The pipeline its requests get when they select none.
     pub pipeline: String,
+    /// Why the model's directory could not be read again (`model.toml`, labels): the versions
+    /// listed are the last good ones, still serving. Absent when it read fine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A model directory that could not be read at all (a `model.toml` that does not parse, labels
+/// missing or outside it) and has no earlier copy serving: listed so that it is not just a line
+/// in the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnloadableModel {
+    pub name: String,
+    /// Always `failed`.
+    pub state: &'static str,
+    pub error: String,
+    /// Always empty: nothing of it serves.
+    pub ready_versions: Vec<String>,
 }
 
 /// A configured pipeline as listings show it (`GET /v1/pipelines`).
@@ -407,6 +424,23 @@ impl Host {
                 description: m.manifest.description.clone(),
                 engine: m.manifest.engine,
                 pipeline: pipelines.select(None, &m.name).map(|p| p.name.clone()).unwrap_or_default(),
+                error: snapshot.failed.get(&m.name).cloned(),
+            })
+            .collect()
+    }
+
+    /// Model directories that could not be read and have nothing serving, with the reason.
+    pub fn unloadable_models(&self) -> Vec<UnloadableModel> {
+        let snapshot = self.pipeline.repo.snapshot();
+        snapshot
+            .failed
+            .iter()
+            .filter(|(name, _)| !snapshot.models.contains_key(*name))
+            .map(|(name, error)| UnloadableModel {
+                name: name.clone(),
+                state: "failed",
+                error: error.clone(),
+                ready_versions: Vec::new(),
             })
             .collect()
     }

@@ -26,8 +26,8 @@ mod watch;
 pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
 pub use error::{ErrorKind, PipelineError, Stage};
 pub use host::{
-    BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, VersionStatus, compile,
-    inspect,
+    BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, UnloadableModel,
+    VersionStatus, compile, inspect,
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;

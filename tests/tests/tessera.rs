@@ -744,6 +744,65 @@ fn wait_for_models(server: &Server, what: &str, ready: impl Fn(&Value) -> bool) 
     }
 }
 
+/// A model directory that cannot be read is listed as failed with its reason (not only
+/// logged); `labels` cannot make the server read a file outside the model's directory, by
+/// `..`, an absolute path or a symlink; the listing shows no server paths.
+#[test]
+fn unreadable_model_directories_are_listed_failed_and_labels_stay_inside_them() {
+    let base = root().join(format!("target/test-data/broken-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let models = base.join("models");
+    let shapes_dir = root().join("models/shapes");
+    let manifest = std::fs::read_to_string(shapes_dir.join("model.toml")).unwrap();
+    for name in ["shapes", "dotdot", "absolute", "symlink", "garbled"] {
+        for f in ["model.toml", "labels.txt", "1/model.onnx"] {
+            install(&shapes_dir.join(f), &models.join(name).join(f));
+        }
+    }
+    let labels = |name: &str, labels: &str| {
+        let toml = manifest.replace("labels = \"labels.txt\"", &format!("labels = {labels:?}"));
+        assert_ne!(toml, manifest, "the manifest names its labels as expected");
+        std::fs::write(models.join(name).join("model.toml"), toml).unwrap();
+    };
+    labels("dotdot", "../shapes/labels.txt");
+    labels("absolute", shapes_dir.join("labels.txt").to_str().unwrap());
+    labels("symlink", "outside.txt");
+    std::os::unix::fs::symlink(shapes_dir.join("labels.txt"), models.join("symlink/outside.txt")).unwrap();
+    std::fs::write(models.join("garbled/model.toml"), "input_shape = [1, 3,\n").unwrap();
+
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes"]);
+    let listing: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let entry = |name: &str| {
+        listing["models"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap_or_else(|| {
+            panic!("{name} is not listed: {listing}");
+        })
+    };
+    assert_eq!(entry("shapes")["ready_versions"], serde_json::json!(["1"]), "{listing}");
+    assert!(entry("shapes").get("error").is_none(), "{listing}");
+    for (name, says) in [
+        ("dotdot", "inside the model directory"),
+        ("absolute", "inside the model directory"),
+        ("symlink", "outside the model directory"),
+        ("garbled", "model.toml"),
+    ] {
+        let model = entry(name);
+        assert_eq!(model["state"], "failed", "{model}");
+        assert_eq!(model["ready_versions"], serde_json::json!([]), "{model}");
+        assert!(model["error"].as_str().unwrap().contains(says), "{name}: {model}");
+    }
+    let one: Value = client().get(server.url("/v1/models/garbled")).send().unwrap().json().unwrap();
+    assert_eq!(one["state"], "failed", "{one}");
+    let text = listing.to_string();
+    for private in [base.to_str().unwrap(), root().to_str().unwrap()] {
+        assert!(!text.contains(private), "the listing shows a server path ({private}): {text}");
+    }
+    let (status, body, _) = server.classify(&read(&shapes(CLASSES_SEED, 2)[0].path), "?model=dotdot", &[]);
+    assert_error(status, &body, 404, "model_not_found");
+    assert_still_serving(&server, &read(&shapes(CLASSES_SEED, 2)[0].path), &shapes(CLASSES_SEED, 2)[0].label);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 #[test]
 fn versions_and_guests_swap_under_load_without_a_failed_request() {
     // A private model repository and guest directory this test may change under the server.

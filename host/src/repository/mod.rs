@@ -152,6 +152,16 @@ impl Manifest {
         if manifest.std.iter().any(|s| *s <= 0.0) {
             return Err(invalid(format!("std must be positive, got {:?}", manifest.std)));
         }
+        if manifest.labels.is_absolute() {
+            // Not echoed: listings are public, the server's paths are not.
+            return Err(invalid("labels must name a file inside the model directory, not an absolute path".into()));
+        }
+        if !is_inside(&manifest.labels) {
+            return Err(invalid(format!(
+                "labels must name a file inside the model directory (relative, no '..'), got {:?}",
+                manifest.labels
+            )));
+        }
         if manifest.max_batch_size == Some(0) {
             return Err(invalid("max_batch_size must be at least 1 (1: no batching)".into()));
         }
@@ -171,6 +181,30 @@ impl Manifest {
             max_queue_delay: std::time::Duration::from_micros(self.max_queue_delay_microseconds),
         }
     }
+}
+
+/// Whether `path` stays below the directory it is relative to, as written: relative, and no
+/// `..`, root or prefix component. (Symlinks are checked where the file is opened.)
+fn is_inside(path: &Path) -> bool {
+    use std::path::Component;
+    path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && path.components().any(|c| matches!(c, Component::Normal(_)))
+}
+
+/// `dir/relative` with symlinks resolved, refused when that leaves `dir` (a model directory
+/// must not make the server read files elsewhere, e.g. through `labels`).
+fn confined(dir: &Path, relative: &Path, what: &str) -> Result<PathBuf, RepositoryError> {
+    let path = dir.join(relative);
+    let io = |source| RepositoryError::Io { path: path.clone(), source };
+    let resolved = std::fs::canonicalize(&path).map_err(io)?;
+    let root = std::fs::canonicalize(dir).map_err(|source| RepositoryError::Io { path: dir.to_path_buf(), source })?;
+    if !resolved.starts_with(&root) {
+        return Err(RepositoryError::Invalid {
+            path: path.clone(),
+            message: format!("{what} resolves outside the model directory (through a symlink); refused"),
+        });
+    }
+    Ok(resolved)
 }
 
 /// One loaded version of a model.
@@ -322,6 +356,16 @@ impl ModelRepository {
         Ok(repo)
     }
 
+    /// `message` as clients may see it: paths relative to the repository (`shapes/model.toml`),
+    /// not where the server keeps its files.
+    fn public(&self, message: &str) -> String {
+        let mut message = message.to_string();
+        for root in [std::fs::canonicalize(&self.dir).ok(), Some(self.dir.clone())].into_iter().flatten() {
+            message = message.replace(&format!("{}/", root.display()), "");
+        }
+        message
+    }
+
     /// The current view. Cheap; hold it for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -351,7 +395,7 @@ impl ModelRepository {
                     if let Some(previous) = old.models.get(&name) {
                         next.models.insert(name.clone(), previous.clone());
                     }
-                    next.failed.insert(name, e.to_string());
+                    next.failed.insert(name, self.public(&e.to_string()));
                 }
             }
         }
@@ -363,7 +407,7 @@ impl ModelRepository {
     fn reload_model(&self, dir: &Path, name: &str, old: Option<&Arc<Model>>) -> Result<Model, RepositoryError> {
         let toml_path = dir.join("model.toml");
         let manifest = Manifest::from_file(&toml_path)?;
-        let labels_path = dir.join(&manifest.labels);
+        let labels_path = confined(dir, &manifest.labels, "labels")?;
         let labels = read_labels(&labels_path)?;
         let manifest_fingerprint = fingerprint(&[&toml_path, &labels_path]);
         // A changed manifest or labels file invalidates every loaded version of the model.
@@ -408,7 +452,7 @@ impl ModelRepository {
                     if let Some(previous) = previous {
                         model.versions.insert(version, previous.clone());
                     }
-                    model.states.insert(version, VersionState::Failed { reason: e.to_string() });
+                    model.states.insert(version, VersionState::Failed { reason: self.public(&e.to_string()) });
                 }
             }
         }

@@ -275,13 +275,17 @@ fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
 
 fn models(state: &AppState) -> Result<Response<Body>, HttpError> {
     let host = ready_host(state)?;
-    Ok(json_response(StatusCode::OK, &json!({ "models": host.models() })))
+    let mut models: Vec<serde_json::Value> = host.models().iter().map(|m| json!(m)).collect();
+    models.extend(host.unloadable_models().iter().map(|m| json!(m)));
+    Ok(json_response(StatusCode::OK, &json!({ "models": models })))
 }
 
 fn model(state: &AppState, name: &str) -> Result<Response<Body>, HttpError> {
     let host = ready_host(state)?;
     let name = percent_decode(name);
-    host.models().into_iter().find(|m| m.name == name).map(|m| json_response(StatusCode::OK, &m)).ok_or_else(|| {
+    let loaded = host.models().into_iter().find(|m| m.name == name).map(|m| json!(m));
+    let unloadable = || host.unloadable_models().into_iter().find(|m| m.name == name).map(|m| json!(m));
+    loaded.or_else(unloadable).map(|m| json_response(StatusCode::OK, &m)).ok_or_else(|| {
         error(ErrorKind::ModelNotFound, Stage::Admission, format!("no model named {name:?}; GET /v1/models lists them"))
     })
 }
