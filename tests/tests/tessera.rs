@@ -14,7 +14,10 @@ mod wasi;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Server, bmp_header, client, finish_upload, guest, png, raw_exchange, root, shapes, start_upload};
+use support::{
+    Server, bmp_header, client, finish_upload, guest, jpeg, png, png_rgba16_header, raw_exchange, root, shapes,
+    start_upload,
+};
 
 /// Seeds of held-out image sets: never used by models/tools/train.py (1 and 1001).
 const CLASSES_SEED: u64 = 9_001;
@@ -160,12 +163,18 @@ fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
     let mut truncated = png(300, 200);
     truncated.truncate(truncated.len() / 2);
     let tiff = b"II*\x00\x08\x00\x00\x00\x00\x00".to_vec();
+    let mut truncated_jpeg = jpeg(640, 480);
+    assert_eq!(server.classify(&truncated_jpeg, "", &[]).0, 200, "the whole JPEG is fine");
+    truncated_jpeg.truncate(truncated_jpeg.len() * 2 / 3);
 
     // (what, body, query, headers, expected status, expected code)
     let cases: Vec<BadCase> = vec![
         ("empty body", vec![], "", vec![], 400, "invalid_image"),
         ("not an image", b"definitely not an image".to_vec(), "", vec![], 400, "invalid_image"),
         ("truncated image", truncated, "", vec![], 400, "invalid_image"),
+        // Both JPEG decoders would fill the missing rows with grey and answer 200; Pillow
+        // refuses such a file, and so do we.
+        ("truncated JPEG", truncated_jpeg, "", vec![], 400, "invalid_image"),
         ("text content type", good.clone(), "", vec![("content-type", "text/plain")], 415, "unsupported_media_type"),
         (
             "json content type",
@@ -177,6 +186,9 @@ fn bad_input_gets_a_precise_json_error_and_the_server_keeps_serving() {
         ),
         ("TIFF is not decoded", tiff, "", vec![], 415, "unsupported_media_type"),
         ("40 MP+ header", bmp_header(10_000, 5_000), "", vec![], 422, "image_too_large"),
+        // 36 MP, under the pixel limit, but 288 MB of RGBA16 + 108 MB of RGB: over the decoder's
+        // max_decode_alloc_bytes (192 MiB), refused before anything is allocated.
+        ("36 MP RGBA16 header", png_rgba16_header(6_000, 6_000), "", vec![], 422, "image_too_large"),
         ("top_k=0", good.clone(), "?top_k=0", vec![], 400, "bad_request"),
         ("top_k not a number", good.clone(), "?top_k=three", vec![], 400, "bad_request"),
         ("unknown parameter", good.clone(), "?colour=red", vec![], 400, "bad_request"),

@@ -112,7 +112,49 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, Error> {
     {
         return Err(Error::Unsupported(format!("{format:?} images are not supported; send {SUPPORTED_FORMATS}")));
     }
+    if format == ImageFormat::Jpeg && !jpeg_reaches_its_end(bytes) {
+        // Both JPEG decoders we use fill a truncated scan with grey and succeed (zune-jpeg
+        // unless strict, which would also refuse harmless oddities; jpeg-decoder always), so a
+        // cut-off upload would be classified. Pillow refuses such files by default; so do we.
+        return Err(Error::InvalidInput(
+            "the Jpeg image is truncated: its data ends before the end-of-image marker".into(),
+        ));
+    }
     Ok(format)
+}
+
+/// Whether a JPEG's bytes reach its end-of-image marker (EOI), walking its structure: marker
+/// segments are skipped by their length (an EXIF thumbnail's own EOI sits inside one), and
+/// entropy-coded data byte by byte, where `FF` is only ever followed by a stuffed `00` or a
+/// restart marker. Bytes after the EOI (a motion photo's video, a vendor trailer) are allowed,
+/// and so are stray bytes between segments, which decoders skip too.
+fn jpeg_reaches_its_end(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    while i + 1 < bytes.len() {
+        if bytes[i] != 0xFF {
+            i += 1;
+            continue;
+        }
+        match bytes[i + 1] {
+            0xD9 => return true,
+            // Fill bytes, a stuffed zero, restart markers, TEM and a stray SOI have no length.
+            0xFF => i += 1,
+            0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
+            _ => {
+                let Some(len) = bytes.get(i + 2..i + 4).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+                    return false;
+                };
+                if len < 2 {
+                    return false;
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    false
 }
 
 /// The reduced-scale JPEG path of [`decode_rgb_scaled`]; `None` when it does not apply (the
@@ -177,6 +219,7 @@ fn decode_full(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<ima
     let mut decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, limits)?;
+    check_decode_bytes(format, &decoder, limits)?;
     // A decoder without orientation metadata reports `NoTransforms`; a broken EXIF block is
     // not worth refusing an otherwise good image for.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -186,6 +229,26 @@ fn decode_full(bytes: &[u8], format: ImageFormat, limits: &Limits) -> Result<ima
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+/// `DynamicImage::from_decoder` allocates the decoder's whole output without the image crate's
+/// `Limits::reserve` check (only the decoder's own buffers are counted), so the decoded image
+/// plus its 8-bit RGB copy are checked against `max_alloc_bytes` here, from the header, before
+/// anything is allocated: a 36 MP RGBA16 PNG is 288 MB decoded.
+fn check_decode_bytes(format: ImageFormat, decoder: &impl ImageDecoder, limits: &Limits) -> Result<(), Error> {
+    let (w, h) = decoder.dimensions();
+    let decoded = decoder.total_bytes();
+    let rgb_copy = if decoder.color_type() == image::ColorType::Rgb8 { 0 } else { u64::from(w) * u64::from(h) * 3 };
+    let needed = decoded.saturating_add(rgb_copy);
+    if needed > limits.max_alloc_bytes {
+        return Err(Error::TooLarge(format!(
+            "decoding the {format:?} image ({w}x{h}, {:?}) needs {needed} bytes, over the limit of {} bytes; send a \
+             smaller image",
+            decoder.color_type(),
+            limits.max_alloc_bytes
+        )));
+    }
+    Ok(())
 }
 
 fn decode_error(format: ImageFormat, e: image::ImageError) -> Error {
@@ -300,12 +363,9 @@ mod tests {
                 20,
                 |x, _| if x < 20 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) },
             );
-        let mut exif = b"II*\x00\x08\x00\x00\x00\x01\x00".to_vec(); // TIFF header, IFD with 1 entry
-        exif.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]); // Orientation, SHORT, 1, value 6
-        exif.extend_from_slice(&[0, 0, 0, 0]); // no next IFD
         let mut out = Vec::new();
         let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
-        encoder.set_exif_metadata(exif).unwrap();
+        encoder.set_exif_metadata(exif_rotated_90()).unwrap();
         encoder.write_image(&img, 40, 20, image::ExtendedColorType::Rgb8).unwrap();
         let rgb = decode_rgb(&out, &LIMITS).unwrap();
         assert_eq!((rgb.width(), rgb.height()), (20, 40));
@@ -313,6 +373,14 @@ mod tests {
         let bottom = rgb.get_pixel(10, 35);
         assert!(top[0] > 200 && top[2] < 60, "top should be red, got {top:?}");
         assert!(bottom[2] > 200 && bottom[0] < 60, "bottom should be blue, got {bottom:?}");
+    }
+
+    /// An EXIF block with orientation 6 ("rotate 90° clockwise to display").
+    fn exif_rotated_90() -> Vec<u8> {
+        let mut exif = b"II*\x00\x08\x00\x00\x00\x01\x00".to_vec(); // TIFF header, IFD with 1 entry
+        exif.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0]); // Orientation, SHORT, 1, value 6
+        exif.extend_from_slice(&[0, 0, 0, 0]); // no next IFD
+        exif
     }
 
     /// A smooth, photo-like RGB image (gradients and a few edges), `w × h`.
@@ -373,17 +441,21 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_large_jpeg_is_invalid_input_or_decodes_without_panicking() {
-        let mut bytes = jpeg(&photo(2048, 1536), None);
-        bytes.truncate(bytes.len() / 3);
-        // jpeg-decoder fills a truncated scan like zune-jpeg does; what matters is no panic
-        // and, if it fails, the precise kind.
-        match preprocess(&bytes, &spec(), &LIMITS) {
-            Ok(t) => assert_eq!(t.len(), 3 * 224 * 224),
-            Err(e) => assert!(matches!(e, Error::InvalidInput(_)), "{e:?}"),
+    fn a_truncated_jpeg_is_invalid_input_whatever_its_size_and_a_trailer_is_not() {
+        for (w, h) in [(2048, 1536), (300, 200)] {
+            let whole = jpeg(&photo(w, h), Some(exif_rotated_90()));
+            assert!(preprocess(&whole, &spec(), &LIMITS).is_ok());
+            // Anything after the end-of-image marker (a motion photo's video) is not ours.
+            let trailer = [whole.clone(), b"ftypmp42 and some video".to_vec()].concat();
+            assert!(preprocess(&trailer, &spec(), &LIMITS).is_ok());
+            for keep in [whole.len() - 2, whole.len() * 2 / 3, whole.len() / 3, 100, 4] {
+                let err = preprocess(&whole[..keep], &spec(), &LIMITS).unwrap_err();
+                assert!(
+                    matches!(&err, Error::InvalidInput(m) if m.contains("truncated")),
+                    "{w}x{h} cut at {keep}: {err:?}"
+                );
+            }
         }
-        bytes.truncate(100);
-        assert!(matches!(preprocess(&bytes, &spec(), &LIMITS), Err(Error::InvalidInput(_))));
     }
 
     #[test]

@@ -260,11 +260,47 @@ pub fn shapes(seed: u64, per_class: usize) -> Vec<Case> {
 
 /// A PNG of `w × h` pixels of a busy pattern (so it does not compress to nothing).
 pub fn png(w: u32, h: u32) -> Vec<u8> {
+    encoded(w, h, image::ImageFormat::Png)
+}
+
+/// The same pattern as [`png`], as a JPEG.
+pub fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    encoded(w, h, image::ImageFormat::Jpeg)
+}
+
+fn encoded(w: u32, h: u32, format: image::ImageFormat) -> Vec<u8> {
     let img =
         image::RgbImage::from_fn(w, h, |x, y| image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, (x + y) as u8]));
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    img.write_to(&mut out, format).unwrap();
     out.into_inner()
+}
+
+/// A PNG of `w × h` 16-bit RGBA pixels (8 bytes each) whose data is one empty IDAT chunk: the
+/// header is valid (CRCs included), so a decoder trusts the size until it reads the data.
+pub fn png_rgba16_header(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        let body = [kind, data].concat();
+        c.extend_from_slice(&body);
+        c.extend_from_slice(&crc32(&body).to_be_bytes());
+        c
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[16, 6, 0, 0, 0]); // 16 bits, RGBA, deflate, no filter method, no interlace
+    [b"\x89PNG\r\n\x1a\n".to_vec(), chunk(b"IHDR", &ihdr), chunk(b"IDAT", &[]), chunk(b"IEND", &[])].concat()
 }
 
 /// A BMP header claiming `w × h` pixels with no pixel data: a decompression-bomb stand-in.
