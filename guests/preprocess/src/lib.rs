@@ -135,7 +135,12 @@ fn jpeg_reaches_its_end(bytes: &[u8]) -> bool {
     let mut i = 2;
     while i + 1 < bytes.len() {
         if bytes[i] != 0xFF {
-            i += 1;
+            // memchr scans 16 bytes at a time (wasm simd128): most of a photo is entropy-coded
+            // data, where 0xFF is rare.
+            match memchr::memchr(0xFF, &bytes[i..]) {
+                Some(skip) => i += skip,
+                None => return false,
+            }
             continue;
         }
         match bytes[i + 1] {
