@@ -35,7 +35,8 @@ pub struct Config {
     pub admin_addr: Option<SocketAddr>,
     /// The model repository: `<models_dir>/<name>/model.toml` + `<name>/<version>/model.onnx`.
     pub models_dir: PathBuf,
-    /// The model used when a request names none. Absent: the only model, or the first by name.
+    /// The model used when a request names none. Absent: the models directory's own
+    /// (`repository.toml`), else the only model, else none (such requests get 400).
     pub default_model: Option<String>,
     /// The default pipeline's guests (the pipeline named `default`).
     pub guests: GuestsConfig,

@@ -392,7 +392,7 @@ impl Host {
     }
 
     /// The name of the model used when a request names none.
-    pub fn default_model(&self) -> String {
+    pub fn default_model(&self) -> Option<String> {
         self.pipeline.default_model_name()
     }
 
@@ -406,7 +406,7 @@ impl Host {
             .values()
             .map(|m| ModelStatus {
                 name: m.name.clone(),
-                default: m.name == default,
+                default: default.as_deref() == Some(m.name.as_str()),
                 ready_versions: m.versions.keys().map(u64::to_string).collect(),
                 default_version: m.resolve(None).ok().map(|v| v.version.to_string()),
                 version_policy: m.manifest.version_policy.clone(),

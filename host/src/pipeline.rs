@@ -191,7 +191,8 @@ pub struct Pipeline {
     /// Swapped as a whole on reload; a request keeps the `Arc` it started with.
     pub(crate) pipelines: ArcSwap<Pipelines>,
     pub(crate) limits: Limits,
-    /// The configured default model; `None` = the first model by name.
+    /// The configured default model (`default_model`); `None` = the repository's
+    /// (`repository.toml`), else the only model, else none.
     pub(crate) default_model: Option<String>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -229,20 +230,39 @@ impl Pipeline {
         version: Option<&str>,
     ) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
         let snapshot = self.repo.snapshot();
-        let name = match model.or(self.default_model.as_deref()) {
-            Some(name) => name,
-            None => snapshot.models.keys().next().map(String::as_str).unwrap_or_default(),
+        let name = match model {
+            Some(name) => name.to_string(),
+            None => self.default_in(&snapshot).ok_or_else(|| {
+                PipelineError::new(
+                    ErrorKind::BadRequest,
+                    Stage::Admission,
+                    format!(
+                        "name a model: this server has {} models ({}) and no default model (default_model in the \
+                         config, or in the models directory's repository.toml)",
+                        snapshot.models.len(),
+                        snapshot.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?,
         };
-        let model = snapshot.get(name)?.clone();
+        let model = snapshot.get(&name)?.clone();
         let version = model.resolve(version)?;
         Ok((model, version))
     }
 
-    /// The model requests get when they name none.
-    pub fn default_model_name(&self) -> String {
-        self.default_model
-            .clone()
-            .unwrap_or_else(|| self.repo.snapshot().models.keys().next().cloned().unwrap_or_default())
+    /// The model requests get when they name none: the configured one, else the repository's,
+    /// else the only model; never an accident of sorting (a new directory whose name sorts
+    /// first must not take over).
+    pub fn default_model_name(&self) -> Option<String> {
+        self.default_in(&self.repo.snapshot())
+    }
+
+    fn default_in(&self, snapshot: &crate::repository::Snapshot) -> Option<String> {
+        match (&self.default_model, &snapshot.manifest.default_model) {
+            (Some(name), _) | (None, Some(name)) => Some(name.clone()),
+            (None, None) if snapshot.models.len() == 1 => snapshot.models.keys().next().cloned(),
+            (None, None) => None,
+        }
     }
 
     /// Runs the whole pipeline for `req`, which arrived at `start`, telling `progress` which

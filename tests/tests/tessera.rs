@@ -815,6 +815,54 @@ fn unreadable_model_directories_are_listed_failed_and_labels_stay_inside_them() 
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// The model a request without `model` gets is the configured one, else the repository's
+/// (`repository.toml`), else the only one; with several and none named, the request is told to
+/// name one. A directory whose name sorts first never takes over.
+#[test]
+fn the_default_model_is_configured_or_the_only_one_never_the_first_by_name() {
+    let base = root().join(format!("target/test-data/default-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let models = base.join("models");
+    for name in ["shapes", "a-copy"] {
+        for f in ["model.toml", "labels.txt", "1/model.onnx"] {
+            install(&root().join("models/shapes").join(f), &models.join(name).join(f));
+        }
+    }
+    let case = &shapes(CLASSES_SEED, 2)[0];
+    let image = read(&case.path);
+    let server = Server::start(&["--models", models.to_str().unwrap()]);
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_error(status, &body, 400, "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("name a model"), "{body}");
+    let (status, body, _) = server.classify(&image, "?model=shapes", &[]);
+    assert_eq!((status, body["model"]["name"].as_str()), (200, Some("shapes")), "{body}");
+    let listing: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    assert!(listing["models"].as_array().unwrap().iter().all(|m| m["default"] == false), "{listing}");
+
+    // The repository's owner names one; a reload picks it up.
+    std::fs::write(models.join("repository.toml"), "default_model = \"shapes\"\n").unwrap();
+    let reload = client().post(server.admin_url("/v1/admin/reload")).send().unwrap();
+    assert_eq!(reload.status(), 200);
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!((status, body["model"]["name"].as_str()), (200, Some("shapes")), "{body}");
+    drop(server);
+
+    // The host's config wins over the repository's.
+    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "a-copy"]);
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!((status, body["model"]["name"].as_str()), (200, Some("a-copy")), "{body}");
+    drop(server);
+
+    // One model: it is the default.
+    std::fs::remove_file(models.join("repository.toml")).unwrap();
+    std::fs::remove_dir_all(models.join("shapes")).unwrap();
+    let server = Server::start(&["--models", models.to_str().unwrap()]);
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!((status, body["model"]["name"].as_str()), (200, Some("a-copy")), "{body}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 #[test]
 fn versions_and_guests_swap_under_load_without_a_failed_request() {
     // A private model repository and guest directory this test may change under the server.

@@ -269,9 +269,22 @@ impl Model {
     }
 }
 
+/// `<models_dir>/repository.toml`: what the repository's owner says about it as a whole.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryManifest {
+    /// The model requests get when they name none, unless the host's config says otherwise.
+    pub default_model: Option<String>,
+}
+
+/// The file name of [`RepositoryManifest`] inside the models directory.
+pub const REPOSITORY_MANIFEST: &str = "repository.toml";
+
 /// One consistent view of every model.
 #[derive(Default)]
 pub struct Snapshot {
+    /// `repository.toml`, when there is one that parses (a bad one is in `failed`).
+    pub manifest: RepositoryManifest,
     pub models: BTreeMap<String, Arc<Model>>,
     /// Model directories that could not be read at all (bad `model.toml`, labels), by name.
     pub failed: BTreeMap<String, String>,
@@ -383,6 +396,20 @@ impl ModelRepository {
             std::fs::read_dir(&self.dir).map_err(io)?.filter_map(Result::ok).map(|e| e.path()).collect();
         dirs.sort();
         let mut next = Snapshot::default();
+        let manifest_path = self.dir.join(REPOSITORY_MANIFEST);
+        if manifest_path.is_file() {
+            let parsed = std::fs::read_to_string(&manifest_path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| toml::from_str::<RepositoryManifest>(&text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(manifest) => next.manifest = manifest,
+                Err(e) => {
+                    tracing::error!(error = %e, "{REPOSITORY_MANIFEST} not read; the previous one stays");
+                    next.manifest = old.manifest.clone();
+                    next.failed.insert(REPOSITORY_MANIFEST.into(), format!("{REPOSITORY_MANIFEST}: {e}"));
+                }
+            }
+        }
         for dir in dirs.into_iter().filter(|d| d.join("model.toml").is_file()) {
             let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             match self.reload_model(&dir, &name, old.models.get(&name)) {

@@ -140,7 +140,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             let host = Host::builder().config(state.config.clone()).metrics(state.metrics.clone()).build()?;
             tracing::info!(
                 models = ?host.models().iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
-                default_model = host.default_model(),
+                default_model = host.default_model().as_deref().unwrap_or("(none: requests must name one)"),
                 load_ms = started.elapsed().as_millis() as u64,
                 "ready"
             );
