@@ -105,6 +105,16 @@ impl ErrorKind {
     }
 }
 
+/// The message a panic carried (`panic!` with a literal or a formatted string), for errors that
+/// report a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// A failed request: the kind, the stage it failed in, and a message a person can act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub struct PipelineError {

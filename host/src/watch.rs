@@ -67,7 +67,14 @@ fn debounce_loop(events: crossbeam_channel::Receiver<()>, host: Weak<Host>) {
     while events.recv().is_ok() {
         while events.recv_timeout(quiet).is_ok() {}
         let Some(host) = host.upgrade() else { return };
-        let report = host.reload();
-        tracing::info!(?report, "reloaded after file changes");
+        // A panic while reloading (versions' loads are already caught one by one) must not end
+        // the watching: the next change is reloaded again.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.reload())) {
+            Ok(report) => tracing::info!(?report, "reloaded after file changes"),
+            Err(panic) => tracing::error!(
+                panic = crate::error::panic_message(&*panic),
+                "reload panicked; the previous models and guests keep serving"
+            ),
+        }
     }
 }

@@ -478,7 +478,7 @@ fn deadline_exceeded() -> PipelineError {
 
 fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, parallel_jobs: usize, batching: Batching) {
     let spreads = model.spreads_when_alone();
-    let mut worker = match model.worker() {
+    let mut worker = match model.clone().worker() {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "inference worker could not start");
@@ -509,11 +509,29 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
             continue;
         }
         let had_every_thread = spreads && alone();
-        let result = if let [job] = &mut batch[..] {
-            worker.run(std::mem::take(&mut job.input), &alone).map(|output| vec![output])
-        } else {
-            let inputs = batch.iter_mut().map(|job| std::mem::take(&mut job.input)).collect();
-            worker.run_batch(inputs, &alone)
+        // A panic in the engine (a bug, or a model it cannot run) fails this batch's requests,
+        // not the worker: without this the thread would die with the jobs' reply channels, and
+        // the pool would shrink by one worker per panic until nothing answered.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let [job] = &mut batch[..] {
+                worker.run(std::mem::take(&mut job.input), &alone).map(|output| vec![output])
+            } else {
+                let inputs = batch.iter_mut().map(|job| std::mem::take(&mut job.input)).collect();
+                worker.run_batch(inputs, &alone)
+            }
+        }));
+        let result = match run {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = format!("the inference engine panicked: {}", crate::error::panic_message(&*panic));
+                tracing::error!(%message, "inference failed; the worker starts afresh");
+                // Its state may be half-updated: a fresh one for the next job.
+                match model.clone().worker() {
+                    Ok(fresh) => worker = fresh,
+                    Err(e) => tracing::error!(error = %e, "inference worker could not restart; keeping the old one"),
+                }
+                Err(message)
+            }
         };
         // Admission estimates the time of a job on one worker: a job that had every thread
         // took about 1/threads of that; a batch's jobs share its time.
@@ -545,6 +563,58 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine that panics on an input starting with -1 and echoes any other.
+    struct Fragile(ModelIo);
+
+    struct FragileWorker;
+
+    impl LoadedModel for Fragile {
+        fn io(&self) -> &ModelIo {
+            &self.0
+        }
+        fn spreads_when_alone(&self) -> bool {
+            false
+        }
+        fn parallel_jobs(&self) -> usize {
+            1
+        }
+        fn worker(self: Arc<Self>) -> Result<Box<dyn ModelWorker>, String> {
+            Ok(Box::new(FragileWorker))
+        }
+    }
+
+    impl ModelWorker for FragileWorker {
+        fn run(&mut self, input: Vec<f32>, _: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, String> {
+            assert!(input[0] != -1.0, "the engine cannot run this");
+            Ok(input)
+        }
+    }
+
+    #[test]
+    fn a_panicking_engine_fails_the_request_and_the_worker_serves_on() {
+        let io = ModelIo {
+            input_name: "x".into(),
+            input_shape: vec![1, 2],
+            input_dtype: "F32".into(),
+            output_name: "y".into(),
+            output_shape: vec![1, 2],
+            output_dtype: "F32".into(),
+        };
+        let engine = EngineConfig { mode: EngineMode::Latency, threads: 1, queue_len: 4 };
+        let pool = InferencePool::start(Arc::new(Fragile(io)), &engine, Batching::default());
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            let err = pool.infer(vec![-1.0, 0.0], deadline()).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Internal);
+            assert!(err.message.contains("panicked: the engine cannot run this"), "{}", err.message);
+            assert_eq!(
+                pool.infer(vec![2.0, 3.0], deadline()).unwrap(),
+                vec![2.0, 3.0],
+                "the one worker is still there"
+            );
+        }
+    }
 
     #[test]
     fn admission_counts_rounds_of_parallel_jobs_at_the_measured_time_per_job() {

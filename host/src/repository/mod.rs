@@ -498,7 +498,15 @@ impl ModelRepository {
         manifest: &Manifest,
         labels: usize,
     ) -> Result<InferencePool, RepositoryError> {
-        let pool = InferencePool::load_batched(onnx, shape, manifest.engine, &self.engine, manifest.batching())?;
+        // An engine that panics on a file (a graph it mishandles, an allocation it cannot make)
+        // fails this version, with the panic's message, not the reload or the process.
+        let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            InferencePool::load_batched(onnx, shape, manifest.engine, &self.engine, manifest.batching())
+        }));
+        let pool = load.map_err(|panic| RepositoryError::Invalid {
+            path: onnx.to_path_buf(),
+            message: format!("loading panicked: {}", crate::error::panic_message(&*panic)),
+        })??;
         if pool.output_len() != labels {
             return Err(RepositoryError::Invalid {
                 path: onnx.to_path_buf(),

@@ -14,6 +14,23 @@ use tract_onnx::tract_core::ops::konst::Const;
 /// tract-core's own budget for a folded value.
 const BUDGET: usize = 4 << 20;
 
+/// The largest intermediate a folded chain may produce: ResNet-50's largest i32 kernel copy is
+/// 9 MiB. Checked from the node's output fact before it is evaluated, so a constant expanded to
+/// a huge shape (an ONNX `Expand` of one float to 60000×60000) is left alone, not allocated.
+const MAX_INTERMEDIATE: usize = 64 << 20;
+
+/// The bytes `node`'s single output will take, from its fact; `None` when not concrete.
+fn output_bytes(node: &TypedNode) -> Option<usize> {
+    let fact = &node.outputs.first()?.fact;
+    let dims = fact.shape.as_concrete()?;
+    dims.iter().try_fold(fact.datum_type.size_of(), |acc, &d| acc.checked_mul(d))
+}
+
+/// Whether evaluating `node` stays within [`MAX_INTERMEDIATE`].
+fn small_enough(node: &TypedNode) -> bool {
+    output_bytes(node).is_some_and(|b| b <= MAX_INTERMEDIATE)
+}
+
 fn bytes(values: &[TValue]) -> usize {
     values.iter().map(|t| t.datum_type().size_of() * t.len()).sum()
 }
@@ -40,6 +57,9 @@ fn next_fold(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
         if !facts.iter().all(|f| f.konst.is_some()) {
             continue;
         }
+        if !small_enough(node) {
+            continue;
+        }
         let inputs: TVec<TValue> = facts.iter().map(|f| f.konst.clone().unwrap().into_tvalue()).collect();
         let read = bytes(&inputs);
         let Some(mut values) = node.op.eval_out_of_plan(inputs)? else { continue };
@@ -47,7 +67,7 @@ fn next_fold(model: &TypedModel) -> TractResult<Option<TypedModelPatch>> {
         let mut last = node;
         while bytes(&values) >= read {
             let Some(next) = model.single_succ(last.id)? else { break };
-            if next.inputs.len() != 1 || next.outputs.len() != 1 {
+            if next.inputs.len() != 1 || next.outputs.len() != 1 || !small_enough(next) {
                 break;
             }
             let Some(out) = next.op.eval_out_of_plan(values.clone())? else { break };
