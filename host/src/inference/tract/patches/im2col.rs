@@ -48,7 +48,32 @@ impl std::ops::Deref for Geometry {
     }
 }
 
+/// The most bytes one image's panels may take here (a 1 GiB activation matrix is far beyond
+/// any image model); a larger or overflowing geometry is left to tract.
+const MAX_PANEL_BYTES: usize = 1 << 30;
+
 impl Geometry {
+    /// Whether every size this op computes from the geometry is non-zero and fits, checked:
+    /// `k = c·kh·kw`, `n = oh·ow`, `panels · panel_bytes + AMX_SLACK`, the input `c·h·w`, and
+    /// the strides and dilations it steps by.
+    fn is_sound(&self) -> bool {
+        let g = &self.conv;
+        let dims = [g.c, g.h, g.w, g.kh, g.kw, g.oh, g.ow, g.stride[0], g.stride[1], g.dilation[0], g.dilation[1]];
+        let k = g.c.checked_mul(g.kh).and_then(|v| v.checked_mul(g.kw));
+        let n = g.oh.checked_mul(g.ow);
+        let plane = g.c.checked_mul(g.h).and_then(|v| v.checked_mul(g.w));
+        let total = k.zip(n).and_then(|(k, n)| {
+            let panel = k.div_ceil(4).checked_mul(4)?.checked_mul(self.r)?;
+            n.div_ceil(self.r).checked_mul(panel)?.checked_add(AMX_SLACK)
+        });
+        dims.iter().all(|&d| d > 0)
+            && self.r > 0
+            && self.align > 0
+            && k == Some(self.k)
+            && plane.is_some()
+            && total.is_some_and(|t| t <= MAX_PANEL_BYTES)
+    }
+
     fn k4(&self) -> usize {
         self.k.div_ceil(4) * 4
     }
@@ -96,7 +121,7 @@ fn geometry(model: &TypedModel, node: &TypedNode, op: &Im2Col) -> TractResult<Op
     let geo = Geometry { conv, k: packed.k, r: format.r, align: format.align };
     // The k order (channel-major, then kernel rows, then columns) is the one tract packs the
     // weights in; anything else about this node and we leave it to tract.
-    if geo.k != geo.c * geo.kh * geo.kw || packed.mn.to_usize().ok() != Some(geo.n()) || geo.n() == 0 {
+    if !geo.is_sound() || packed.mn.to_usize().ok() != Some(geo.n()) {
         return Ok(None);
     }
     Ok(Some(geo))
@@ -128,6 +153,9 @@ impl EvalOp for Im2ColI8K4 {
         let mut values: TVec<Box<dyn MMMInputValue>> = tvec!();
         for image in input.chunks_exact(g.c * g.h * g.w) {
             let size = g.panels() * g.panel_bytes();
+            // SAFETY: the blob is uninitialised memory of `size + AMX_SLACK` bytes (checked not
+            // to overflow by `Geometry::is_sound`), and every byte is written (zeroed) before
+            // anything reads it.
             let mut blob = unsafe { Blob::new_for_size_and_align(size + AMX_SLACK, g.align) };
             blob.as_bytes_mut().fill(0);
             pack(g, image, pad, &mut blob.as_bytes_mut()[..size]);
@@ -254,18 +282,23 @@ fn interleave_panels(g: &Geometry, kg: usize, [a, b, c, d]: [&[i8]; 4], out: &mu
     }
 }
 
-/// `dst[i] = src[2i]` (stride-2 convolutions, e.g. the ResNet stem).
+/// `dst[i] = src[2i]` (stride-2 convolutions, e.g. the ResNet stem). `src` must hold
+/// `2·dst.len() − 1` values at least.
 fn gather_stride2(src: &[i8], dst: &mut [i8]) {
+    assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1), "gather_stride2: src too short");
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
         // SSE2: keep the low byte of each 16-bit lane of 32 input bytes, pack to 16.
         use std::arch::x86_64::*;
+        let (from, to) = (&src[2 * i..2 * i + 32], &mut dst[i..i + 16]);
+        // SAFETY: SSE2 is part of x86_64; the loads read `from`'s 32 bytes and the store writes
+        // `to`'s 16, both slices of exactly that length (bounds-checked above).
         unsafe {
             let low_bytes = _mm_set1_epi16(0x00ff);
-            let a = _mm_and_si128(_mm_loadu_si128(src[2 * i..].as_ptr() as *const __m128i), low_bytes);
-            let b = _mm_and_si128(_mm_loadu_si128(src[2 * i + 16..].as_ptr() as *const __m128i), low_bytes);
-            _mm_storeu_si128(dst[i..].as_mut_ptr() as *mut __m128i, _mm_packus_epi16(a, b));
+            let a = _mm_and_si128(_mm_loadu_si128(from.as_ptr() as *const __m128i), low_bytes);
+            let b = _mm_and_si128(_mm_loadu_si128(from[16..].as_ptr() as *const __m128i), low_bytes);
+            _mm_storeu_si128(to.as_mut_ptr() as *mut __m128i, _mm_packus_epi16(a, b));
         }
         i += 16;
     }
@@ -274,19 +307,26 @@ fn gather_stride2(src: &[i8], dst: &mut [i8]) {
     }
 }
 
-/// `dst[4i..4i+4] = [a[i], b[i], c[i], d[i]]`.
+/// `dst[4i..4i+4] = [a[i], b[i], c[i], d[i]]`; the four rows have one length and `dst` holds
+/// four times it.
 fn interleave4(a: &[i8], b: &[i8], c: &[i8], d: &[i8], dst: &mut [u8]) {
+    let n = a.len();
+    assert!(b.len() == n && c.len() == n && d.len() == n && dst.len() >= 4 * n, "interleave4: lengths");
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    while i + 16 <= a.len() {
+    while i + 16 <= n {
         // SSE2 is part of x86_64: two unpack rounds turn 4 × 16 bytes into 64 interleaved ones.
         use std::arch::x86_64::*;
+        let rows = [&a[i..i + 16], &b[i..i + 16], &c[i..i + 16], &d[i..i + 16]];
+        let out = &mut dst[4 * i..4 * i + 64];
+        // SAFETY: SSE2 is part of x86_64; each load reads one of `rows`' 16-byte slices and the
+        // four stores write `out`'s 64 bytes, 16 at a time (all bounds-checked above).
         unsafe {
-            let load = |s: &[i8]| _mm_loadu_si128(s[i..].as_ptr() as *const __m128i);
-            let (va, vb, vc, vd) = (load(a), load(b), load(c), load(d));
+            let load = |s: &[i8]| _mm_loadu_si128(s.as_ptr() as *const __m128i);
+            let (va, vb, vc, vd) = (load(rows[0]), load(rows[1]), load(rows[2]), load(rows[3]));
             let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(va, vb), _mm_unpackhi_epi8(va, vb));
             let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(vc, vd), _mm_unpackhi_epi8(vc, vd));
-            let out = dst[4 * i..][..64].as_mut_ptr() as *mut __m128i;
+            let out = out.as_mut_ptr() as *mut __m128i;
             _mm_storeu_si128(out, _mm_unpacklo_epi16(ab_lo, cd_lo));
             _mm_storeu_si128(out.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
             _mm_storeu_si128(out.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
@@ -294,7 +334,7 @@ fn interleave4(a: &[i8], b: &[i8], c: &[i8], d: &[i8], dst: &mut [u8]) {
         }
         i += 16;
     }
-    for j in i..a.len() {
+    for j in i..n {
         dst[4 * j..4 * j + 4].copy_from_slice(&[a[j] as u8, b[j] as u8, c[j] as u8, d[j] as u8]);
     }
 }
@@ -302,6 +342,64 @@ fn interleave4(a: &[i8], b: &[i8], c: &[i8], d: &[i8], dst: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<i8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed) as i8).collect()
+    }
+
+    /// The SIMD helpers against their definition on every length 0..40 (below, at and across
+    /// the 16-wide steps), at every offset into a longer buffer.
+    #[test]
+    fn the_simd_helpers_match_their_scalar_definition_on_every_short_length() {
+        for n in 0..40 {
+            let (a, b, c, d) = (bytes(n, 1), bytes(n, 2), bytes(n, 3), bytes(n, 4));
+            let mut dst = vec![0xAAu8; 4 * n + 3];
+            interleave4(&a, &b, &c, &d, &mut dst);
+            for i in 0..n {
+                assert_eq!(dst[4 * i..4 * i + 4], [a[i] as u8, b[i] as u8, c[i] as u8, d[i] as u8], "n {n} i {i}");
+            }
+            assert_eq!(dst[4 * n..], [0xAA; 3], "n {n}: nothing written past 4n");
+            for offset in 0..3 {
+                let src = bytes(2 * n + offset + 1, 9);
+                let mut out = vec![0i8; n];
+                gather_stride2(&src[offset..], &mut out);
+                assert!(out.iter().enumerate().all(|(i, &v)| v == src[offset + 2 * i]), "n {n} offset {offset}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "interleave4: lengths")]
+    fn interleave4_refuses_rows_of_different_lengths() {
+        interleave4(&bytes(32, 0), &bytes(31, 0), &bytes(32, 0), &bytes(32, 0), &mut [0; 128]);
+    }
+
+    #[test]
+    fn zero_overflowing_or_oversized_geometries_are_left_to_tract() {
+        let conv = ConvShape {
+            c: 64,
+            h: 56,
+            w: 56,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pad_before: [1, 1],
+            oh: 56,
+            ow: 56,
+        };
+        let geo = |conv: ConvShape, k: usize| Geometry { conv, k, r: 16, align: 64 };
+        assert!(geo(conv.clone(), 576).is_sound());
+        assert!(!geo(conv.clone(), 575).is_sound(), "k must be c·kh·kw");
+        assert!(!geo(ConvShape { stride: [0, 1], ..conv.clone() }, 576).is_sound());
+        assert!(!geo(ConvShape { oh: 0, ..conv.clone() }, 576).is_sound());
+        let huge = ConvShape { oh: 1 << 40, ow: 1 << 40, ..conv.clone() };
+        assert!(!geo(huge, 576).is_sound(), "n overflows");
+        let big = ConvShape { oh: 100_000, ow: 100_000, ..conv.clone() };
+        assert!(!geo(big, 576).is_sound(), "over MAX_PANEL_BYTES");
+        let wide = ConvShape { c: usize::MAX / 2, ..conv };
+        assert!(!geo(wide, 576).is_sound(), "k overflows");
+    }
 
     /// Every `Im2Col` of the int8 default model (3×3 stride 1 and 2, the stem with k = 27,
     /// 1×1 with and without stride, n not a multiple of r), on random input with a non-zero

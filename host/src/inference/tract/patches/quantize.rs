@@ -73,6 +73,7 @@ impl QuantizeF32 {
 
     /// Quantizes `xs` into `ys` (bytes of the output's type, i8 or u8).
     fn run(&self, xs: &[f32], ys: &mut [u8]) {
+        assert_eq!(xs.len(), ys.len(), "quantize: one output byte per input value");
         let (lo, hi) = self.range();
         let (scale, zero_point) = (f32::from_bits(self.scale_bits), self.zero_point);
         #[cfg(target_arch = "x86_64")]
@@ -89,7 +90,10 @@ impl QuantizeF32 {
     #[cfg(target_arch = "x86_64")]
     fn run_sse2(&self, xs: &[f32], ys: &mut [u8], scale: f32) -> usize {
         use std::arch::x86_64::*;
-        let steps = xs.len() / 16;
+        let steps = xs.len().min(ys.len()) / 16;
+        // SAFETY: SSE2 is part of x86_64. Step `i` reads `xs[16i..16i+16]` (four 4-float loads
+        // from `p`) and writes `ys[16i..16i+16]` (one 16-byte store), both in bounds for
+        // `i < steps`, which counts whole 16-value steps of the shorter slice.
         unsafe {
             let (scale, limit) = (_mm_set1_ps(scale), _mm_set1_ps(4_194_304.0));
             let (rounder, rounder_bits) = (_mm_set1_ps(ROUNDER), _mm_set1_epi32(ROUNDER.to_bits() as i32));
@@ -130,6 +134,8 @@ impl EvalOp for QuantizeF32 {
         let input = &inputs[0];
         let xs = input.try_as_plain_ram()?;
         let dt = if self.unsigned { u8::datum_type() } else { i8::datum_type() };
+        // SAFETY: `run_maybe_parallel` writes every byte of the output (one per input value)
+        // before anything reads it.
         let mut output = unsafe { Tensor::uninitialized_dt(dt, input.shape())? };
         self.run_maybe_parallel(xs.as_slice::<f32>()?, output.as_bytes_mut());
         Ok(tvec!(output.into_tvalue()))
