@@ -401,25 +401,15 @@ mod tests {
         assert!(!geo(wide, 576).is_sound(), "k overflows");
     }
 
-    /// Every `Im2Col` of the int8 default model (3×3 stride 1 and 2, the stem with k = 27,
-    /// 1×1 with and without stride, n not a multiple of r), on random input with a non-zero
-    /// pad value: our op's panels are byte for byte tract's.
-    #[test]
-    fn matches_tracts_im2col_on_every_geometry_of_the_int8_model() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-int8/1/model.onnx");
-        let model = tract_onnx::onnx()
-            .model_for_path(&path)
-            .unwrap()
-            .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap();
-        let mut seen = std::collections::HashSet::new();
+    /// Runs every `Im2Col` node of `model` through tract's op and ours (serially and split
+    /// over 3 threads) on random input with a non-zero pad value and asserts the panels are
+    /// byte for byte the same; returns the geometries it compared.
+    fn assert_identical_to_tract(model: &TypedModel, what: &str) -> Vec<Geometry> {
+        let mut compared = Vec::new();
         let mut state = 0x9e3779b97f4a7c15u64;
         for node in &model.nodes {
             let Some(op) = node.op_as::<Im2Col>() else { continue };
-            let geo = geometry(&model, node, op).unwrap().expect("an int8 NCHW im2col");
-            seen.insert((geo.kh, geo.stride[0], geo.k.is_multiple_of(4), geo.n().is_multiple_of(geo.r)));
+            let geo = geometry(model, node, op).unwrap().expect("an int8 NCHW im2col");
             let shape = model.outlet_fact(node.inputs[0]).unwrap().shape.as_concrete().unwrap().to_vec();
             let data: Vec<i8> = (0..shape.iter().product::<usize>())
                 .map(|_| {
@@ -444,13 +434,160 @@ mod tests {
                 panels.to_vec()
             };
             let serial = ours.eval_out_of_plan(inputs.clone()).unwrap().unwrap();
-            assert_eq!(bytes(&theirs[0]), bytes(&serial[0]), "{}: {:?}", node.name, op);
+            assert_eq!(bytes(&theirs[0]), bytes(&serial[0]), "{what} {}: {:?}", node.name, op);
             // Split over 3 threads, panel ranges start and end mid-row.
             let parallel = tract_linalg::multithread::multithread_tract_scope(Executor::multithread(3), || {
                 ours.eval_out_of_plan(inputs.clone()).unwrap().unwrap()
             });
-            assert_eq!(bytes(&theirs[0]), bytes(&parallel[0]), "{} (3 threads)", node.name);
+            assert_eq!(bytes(&theirs[0]), bytes(&parallel[0]), "{what} {} (3 threads)", node.name);
+            compared.push(geo);
         }
+        compared
+    }
+
+    /// Every `Im2Col` of the int8 default model (3×3 stride 1 and 2, the stem with k = 27,
+    /// 1×1 with and without stride, n not a multiple of r), on random input with a non-zero
+    /// pad value: our op's panels are byte for byte tract's.
+    #[test]
+    fn matches_tracts_im2col_on_every_geometry_of_the_int8_model() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shapes-int8/1/model.onnx");
+        let model = tract_onnx::onnx()
+            .model_for_path(&path)
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, 3, 224, 224]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap();
+        let seen: std::collections::HashSet<_> = assert_identical_to_tract(&model, "shapes-int8")
+            .iter()
+            .map(|g| (g.kh, g.stride[0], g.k.is_multiple_of(4), g.n().is_multiple_of(g.r)))
+            .collect();
         assert!(seen.len() >= 4, "too few distinct geometries covered: {seen:?}");
+    }
+
+    /// One int8 convolution (`QuantizeLinear → QLinearConv → DequantizeLinear`, per-tensor
+    /// scales, as `quantize.py` writes them) of `c → 8` channels on a `c × h × w` input, as an
+    /// ONNX graph built in memory.
+    fn qconv(
+        c: usize,
+        h: usize,
+        w: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pad: usize,
+    ) -> TypedModel {
+        use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType};
+        let tensor = |name: &str, dims: &[usize], data_type: DataType, raw: Vec<u8>| pb::TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type as i32,
+            raw_data: raw,
+            ..Default::default()
+        };
+        let ints = |name: &str, values: Vec<usize>| pb::AttributeProto {
+            name: name.into(),
+            r#type: AttributeType::Ints as i32,
+            ints: values.into_iter().map(|v| v as i64).collect(),
+            ..Default::default()
+        };
+        let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        };
+        let weights: Vec<u8> = (0..8 * c * kernel[0] * kernel[1]).map(|i| (i * 29 % 251) as u8).collect();
+        let graph = pb::GraphProto {
+            node: vec![
+                node("QuantizeLinear", &["x", "xs", "xz"], "xq", vec![]),
+                node(
+                    "QLinearConv",
+                    &["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+                    "yq",
+                    vec![
+                        ints("kernel_shape", kernel.to_vec()),
+                        ints("strides", stride.to_vec()),
+                        ints("dilations", dilation.to_vec()),
+                        ints("pads", vec![pad; 4]),
+                    ],
+                ),
+                node("DequantizeLinear", &["yq", "ys", "yz"], "y", vec![]),
+            ],
+            initializer: vec![
+                tensor("xs", &[], DataType::Float, 0.05f32.to_le_bytes().to_vec()),
+                tensor("xz", &[], DataType::Int8, vec![3]),
+                tensor("w", &[8, c, kernel[0], kernel[1]], DataType::Int8, weights),
+                tensor("ws", &[], DataType::Float, 0.01f32.to_le_bytes().to_vec()),
+                tensor("wz", &[], DataType::Int8, vec![0]),
+                tensor("ys", &[], DataType::Float, 0.2f32.to_le_bytes().to_vec()),
+                tensor("yz", &[], DataType::Int8, vec![0]),
+            ],
+            input: vec![pb::ValueInfoProto {
+                name: "x".into(),
+                r#type: Some(pb::TypeProto {
+                    value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                        elem_type: DataType::Float as i32,
+                        shape: Some(pb::TensorShapeProto {
+                            dim: [1, c, h, w]
+                                .iter()
+                                .map(|&d| pb::tensor_shape_proto::Dimension {
+                                    value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d as i64)),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        }),
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            output: vec![pb::ValueInfoProto { name: "y".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        let proto = pb::ModelProto {
+            ir_version: 7,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        tract_onnx::onnx()
+            .model_for_proto_model(&proto)
+            .unwrap()
+            .with_input_fact(0, f32::fact([1, c, h, w]).into())
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+    }
+
+    /// What, then `c, h, w`, kernel, stride, dilation, padding (every side).
+    type ConvCase = (&'static str, usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], usize);
+
+    /// Geometries the default model lacks, built one convolution at a time: 1×1 (with the
+    /// dilation `quantize.py` gives it to stay on this path) at stride 1 and 2, stride 3,
+    /// dilation with k > 1, a kernel wider than its (padded) input, odd channel counts and
+    /// sizes, inputs not 224 wide. Each must match tract's own im2col byte for byte, or be one
+    /// tract does not wire through `Im2Col` at all (then there is nothing of ours to check).
+    #[test]
+    fn matches_tracts_im2col_on_synthetic_geometries() {
+        let cases: [ConvCase; 8] = [
+            ("1x1 stride 1", 16, 14, 14, [1, 1], [1, 1], [3, 3], 0),
+            ("1x1 stride 2", 16, 15, 15, [1, 1], [2, 2], [3, 3], 0),
+            ("3x3 stride 3", 8, 20, 17, [3, 3], [3, 3], [1, 1], 1),
+            ("3x3 dilation 2", 6, 19, 23, [3, 3], [1, 1], [2, 2], 2),
+            ("7x7 kernel on 5x5", 3, 5, 5, [7, 7], [1, 1], [1, 1], 3),
+            ("odd channels and sizes", 5, 13, 17, [3, 3], [1, 1], [1, 1], 1),
+            ("5x5 stride 2 on 31x45", 4, 31, 45, [5, 5], [2, 2], [1, 1], 2),
+            ("1x3 on 9x33", 7, 9, 33, [1, 3], [1, 2], [1, 1], 1),
+        ];
+        let mut compared = 0;
+        for (what, c, h, w, kernel, stride, dilation, pad) in cases {
+            let model = qconv(c, h, w, kernel, stride, dilation, pad);
+            let geometries = assert_identical_to_tract(&model, what);
+            println!("{what}: {} im2col compared", geometries.len());
+            compared += geometries.len();
+        }
+        assert!(compared >= 6, "tract wired too few of the synthetic convolutions through Im2Col: {compared}");
     }
 }
