@@ -641,6 +641,9 @@ impl Runtime {
             }
             Err(e) => Err(failure(e, &store)),
         };
+        // Output the guest left is logged now, in the call's span, not when the reaper drops
+        // the store.
+        store.data().wasi.finish_output();
         self.reaper.retire(store);
         let (value, phases) = result?;
         Ok((value.map_err(reported)?, phases))

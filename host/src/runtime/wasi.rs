@@ -35,6 +35,8 @@ pub fn default_grants() -> Grants {
 pub(super) struct WasiState {
     pub(super) ctx: WasiCtx,
     pub(super) table: ResourceTable,
+    /// The granted output streams, to flush when the call ends.
+    outputs: Vec<GuestOutput>,
 }
 
 impl WasiState {
@@ -43,13 +45,25 @@ impl WasiState {
         // The builder starts from nothing: no environment, arguments or preopened directories,
         // empty stdin, stdout and stderr discarded, no network.
         let mut builder = WasiCtxBuilder::new();
+        let mut outputs = Vec::new();
         if grants.contains(&Grant::Stdout) {
-            builder.stdout(GuestOutput::new(guest, "stdout"));
+            outputs.push(GuestOutput::new(guest, "stdout"));
+            builder.stdout(outputs[outputs.len() - 1].clone());
         }
         if grants.contains(&Grant::Stderr) {
-            builder.stderr(GuestOutput::new(guest, "stderr"));
+            outputs.push(GuestOutput::new(guest, "stderr"));
+            builder.stderr(outputs[outputs.len() - 1].clone());
         }
-        WasiState { ctx: builder.build(), table: ResourceTable::new() }
+        WasiState { ctx: builder.build(), table: ResourceTable::new(), outputs }
+    }
+
+    /// Logs what the guest's output left: an unfinished line, and how much went over the
+    /// budget. Called when the call ends, on its thread and in its span (the store itself is
+    /// dropped later, on the reaper thread).
+    pub(super) fn finish_output(&self) {
+        for output in &self.outputs {
+            output.0.lock().unwrap_or_else(|e| e.into_inner()).finish();
+        }
     }
 }
 
@@ -266,14 +280,23 @@ impl OutputLog {
 
 impl Drop for OutputLog {
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl OutputLog {
+    /// Emits the unfinished line and the count of dropped bytes, once.
+    fn finish(&mut self) {
         if !self.line.is_empty() && self.logged < OUTPUT_BUDGET_BYTES {
             self.emit();
         }
-        if self.dropped > 0 {
+        self.line.clear();
+        let dropped = std::mem::take(&mut self.dropped);
+        if dropped > 0 {
             tracing::warn!(
                 guest = %self.guest,
                 stream = self.stream,
-                dropped_bytes = self.dropped,
+                dropped_bytes = dropped,
                 budget_bytes = OUTPUT_BUDGET_BYTES,
                 "guest output over its budget was dropped"
             );
