@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Server, config_with_rules, guest, root, shapes, tessera_bin};
+use crate::support::{Server, config_with_rules, guest, guests_ran, pairs, root, shapes, tessera_bin};
 use crate::{CLASSES_SEED, assert_error, assert_still_serving, read};
 
 /// Every implementation of the reference rule set, by the guest's file name.
@@ -100,19 +100,14 @@ fn python_and_javascript_rules_decide_in_a_served_chain() {
     assert_eq!(decision["reason"], format!("\"circle\" is round at {confidence:.2}"), "{body}");
     // The response lists every guest that ran, in order, with its two phases.
     let ran = |body: &Value| -> Vec<(String, String)> {
-        body["guests"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| {
-                for phase in ["instantiate_ms", "call_ms"] {
-                    assert!(g[phase].as_f64().is_some_and(|ms| (0.0..10_000.0).contains(&ms)), "{g}");
-                }
-                (g["stage"].as_str().unwrap().to_string(), g["name"].as_str().unwrap().to_string())
-            })
-            .collect()
+        for g in body["guests"].as_array().unwrap() {
+            for phase in ["instantiate_ms", "call_ms"] {
+                assert!(g[phase].as_f64().is_some_and(|ms| (0.0..10_000.0).contains(&ms)), "{g}");
+            }
+        }
+        guests_ran(body)
     };
-    let names = |list: &[(&str, &str)]| list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    let names = pairs;
     assert_eq!(
         ran(&body),
         names(&[

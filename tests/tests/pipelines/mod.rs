@@ -3,18 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, client, config_with_rules, guest, root, shapes};
+use crate::support::{Server, client, config_with_rules, guest, guests_ran as ran, pairs, root, shapes};
 use crate::{CLASSES_SEED, assert_error, read};
-
-/// The guests a response says ran, as (stage, name).
-fn ran(body: &Value) -> Vec<(String, String)> {
-    let guests = body["guests"].as_array().unwrap_or_else(|| panic!("no guests list: {body}"));
-    guests.iter().map(|g| (g["stage"].as_str().unwrap().into(), g["name"].as_str().unwrap().into())).collect()
-}
-
-fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
-}
 
 #[test]
 fn a_request_gets_its_models_pipeline_or_the_one_it_names() {

@@ -320,6 +320,17 @@ pub fn bmp_header(w: u32, h: u32) -> Vec<u8> {
     b
 }
 
+/// The guests a classification says ran, as (stage, name), in order.
+pub fn guests_ran(body: &serde_json::Value) -> Vec<(String, String)> {
+    let guests = body["guests"].as_array().unwrap_or_else(|| panic!("no guests list: {body}"));
+    guests.iter().map(|g| (g["stage"].as_str().unwrap().into(), g["name"].as_str().unwrap().into())).collect()
+}
+
+/// `(stage, name)` pairs as [`guests_ran`] gives them.
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
 /// Writes `DIR/tessera.toml`: the repository's models, the default preprocess and postprocess
 /// guests, the shared compile cache, then `rules` (TOML of `[[guests.rules]]` entries, paths
 /// quoted by the caller); returns its path.
