@@ -167,8 +167,62 @@ fn default_wasi_grants() -> Vec<WasiGrant> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct InferenceConfig {
+    /// Who loads a new model version first, in a child process bounded by
+    /// `limits.model_load_memory_bytes` and `limits.model_load_timeout_ms`
+    /// (`inference/probe.rs`).
+    pub load_probe: LoadProbeSetting,
     pub tract: TractConfig,
     pub onnxruntime: OnnxruntimeConfig,
+}
+
+/// `[inference] load_probe`: `"auto"` (the default: the `tessera` binary probes with itself; a
+/// library embedder's host loads in-process), `"off"` (in-process only, unguarded), or the path
+/// of a `tessera` binary to probe with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum LoadProbeSetting {
+    #[default]
+    Auto,
+    Off,
+    Binary(PathBuf),
+}
+
+impl LoadProbeSetting {
+    /// What `auto` means in a program that can probe with `executable` (the `tessera` binary
+    /// passes itself).
+    pub fn resolve_auto(&mut self, executable: Option<PathBuf>) {
+        if let (LoadProbeSetting::Auto, Some(exe)) = (&*self, executable) {
+            *self = LoadProbeSetting::Binary(exe);
+        }
+    }
+
+    /// The binary that probes, if any.
+    pub fn binary(&self) -> Option<&Path> {
+        match self {
+            LoadProbeSetting::Binary(path) => Some(path),
+            LoadProbeSetting::Auto | LoadProbeSetting::Off => None,
+        }
+    }
+}
+
+impl Serialize for LoadProbeSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LoadProbeSetting::Auto => s.serialize_str("auto"),
+            LoadProbeSetting::Off => s.serialize_str("off"),
+            LoadProbeSetting::Binary(path) => s.collect_str(&path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LoadProbeSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match String::deserialize(d)?.as_str() {
+            "auto" => LoadProbeSetting::Auto,
+            "off" => LoadProbeSetting::Off,
+            "" => return Err(serde::de::Error::custom("is empty: \"auto\", \"off\" or the path of a tessera binary")),
+            path => LoadProbeSetting::Binary(PathBuf::from(path)),
+        })
+    }
 }
 
 /// `[inference.tract]`.
@@ -237,6 +291,11 @@ pub struct Limits {
     /// Connections open at once on each listener (HTTP, gRPC, each its own budget); one more is
     /// closed as soon as it is accepted.
     pub max_connections: u32,
+    /// Address space a model version's load probe may use (`[inference] load_probe`): loading
+    /// the file and running it once; past it the version fails and is never loaded.
+    pub model_load_memory_bytes: u64,
+    /// How long a load probe may take to load a version and run it once.
+    pub model_load_timeout_ms: u64,
 }
 
 /// Epoch ticks drive guest deadlines: a guest overruns its deadline by at most one tick.
@@ -334,6 +393,8 @@ impl Default for Limits {
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
             max_connections: 1_024,
+            model_load_memory_bytes: 8 << 30,
+            model_load_timeout_ms: 120_000,
         }
     }
 }
@@ -365,6 +426,9 @@ impl Config {
         if let Some(lib) = config.inference.onnxruntime.library.as_mut() {
             rebase(lib);
         }
+        if let LoadProbeSetting::Binary(exe) = &mut config.inference.load_probe {
+            rebase(exe);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -383,6 +447,8 @@ impl Config {
             ("limits.inference_queue_len", u64::from(l.inference_queue_len)),
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
             ("limits.max_connections", u64::from(l.max_connections)),
+            ("limits.model_load_memory_bytes", l.model_load_memory_bytes),
+            ("limits.model_load_timeout_ms", l.model_load_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

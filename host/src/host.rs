@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, Limits, RuleConfig};
 use crate::error::{PipelineError, Stage};
 use crate::inference::ModelIo;
+use crate::inference::probe::LoadProbe;
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
 use crate::pipeline::{
@@ -48,6 +50,7 @@ pub struct Host {
 pub struct HostBuilder {
     config: Config,
     metrics: Option<Arc<Metrics>>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl HostBuilder {
@@ -97,6 +100,13 @@ impl HostBuilder {
         self
     }
 
+    /// Model load probes still running stop when `flag` turns true (a server stopping while it
+    /// loads): their versions fail as cancelled, so the build ends within one in-process load.
+    pub fn cancel_loading(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
     /// Loads every model version and compiles every guest; fails fast on the first problem.
     pub fn build(self) -> Result<Host, BuildError> {
         let config = self.config;
@@ -116,7 +126,14 @@ impl HostBuilder {
             threads: config.inference_workers(),
             queue_len: config.limits.inference_queue_len as usize,
         };
-        let repo = Arc::new(ModelRepository::load(&config.models_dir, engine)?);
+        let probe = config.inference.load_probe.binary().map(|exe| LoadProbe {
+            executable: exe.to_path_buf(),
+            memory_bytes: config.limits.model_load_memory_bytes,
+            timeout: std::time::Duration::from_millis(config.limits.model_load_timeout_ms),
+            onnxruntime_library: config.inference.onnxruntime.library.clone(),
+            cancel: self.cancel.clone(),
+        });
+        let repo = Arc::new(ModelRepository::load_probed(&config.models_dir, engine, probe)?);
         if let Some(name) = &config.default_model
             && !repo.snapshot().models.contains_key(name)
         {

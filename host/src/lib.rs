@@ -43,6 +43,7 @@ pub use watch::{WatchError, WatchGuard};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::cpu::{clean_upper_state, upper_state_dirty};
+    pub use crate::inference::probe::{LoadProbe, ProbeArgs, ProbeReport, child_main as probe_child_main};
     pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
     pub use crate::repository::{Manifest, ModelRepository};
     pub use crate::runtime::{Runtime, SpecView, default_grants};

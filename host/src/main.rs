@@ -88,6 +88,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load a model and run it once within a memory cap, in this process, and print one JSON
+    /// line: what `serve` runs in a child process before it loads a new model version.
+    #[command(name = "probe-model", hide = true)]
+    ProbeModel {
+        model: PathBuf,
+        /// The input shape, comma-separated (1,3,224,224).
+        #[arg(long, value_delimiter = ',', required = true)]
+        shape: Vec<usize>,
+        #[arg(long, default_value = "tract")]
+        engine: String,
+        #[arg(long)]
+        memory_bytes: u64,
+        #[arg(long)]
+        parent_pid: Option<u32>,
+        #[arg(long)]
+        onnxruntime_library: Option<PathBuf>,
+    },
     /// Write the preprocess stage's tensors for IMAGES (raw little-endian f32, concatenated in
     /// order) to OUT: the exact model inputs the server computes, for training tools.
     Preprocess {
@@ -181,6 +198,10 @@ struct Overrides {
     header_read_timeout_ms: Option<u64>,
     #[arg(long, global = true)]
     max_connections: Option<u32>,
+    #[arg(long, global = true)]
+    model_load_memory_bytes: Option<u64>,
+    #[arg(long, global = true)]
+    model_load_timeout_ms: Option<u64>,
 }
 
 impl Overrides {
@@ -205,6 +226,8 @@ impl Overrides {
             shutdown_grace_ms => l.shutdown_grace_ms,
             header_read_timeout_ms => l.header_read_timeout_ms,
             max_connections => l.max_connections,
+            model_load_memory_bytes => l.model_load_memory_bytes,
+            model_load_timeout_ms => l.model_load_timeout_ms,
         );
         if self.no_compile_cache {
             c.compile_cache_dir = None;
@@ -236,11 +259,25 @@ impl Overrides {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::ProbeModel { model, shape, engine, memory_bytes, parent_pid, onnxruntime_library } = cli.command {
+        let engine = serde_json::from_value(serde_json::Value::String(engine))?;
+        let args = tessera::internals::ProbeArgs {
+            path: model,
+            input_shape: shape,
+            engine,
+            memory_bytes,
+            parent_pid,
+            onnxruntime_library,
+        };
+        std::process::exit(tessera::internals::probe_child_main(&args));
+    }
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
     cli.overrides.apply(&mut config);
+    // This binary probes model loads with itself (its hidden `probe-model`).
+    config.inference.load_probe.resolve_auto(std::env::current_exe().ok());
     match cli.command {
         Command::Serve { addr, grpc_addr, admin_addr, log_json, otlp_endpoint } => {
             if otlp_endpoint.is_some() {
@@ -355,6 +392,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::ProbeModel { .. } => unreachable!("handled before the configuration is read"),
         Command::Preprocess { out, list, manifest, mut images } => {
             if let Some(list) = list {
                 let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;

@@ -815,6 +815,110 @@ fn unreadable_model_directories_are_listed_failed_and_labels_stay_inside_them() 
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// A model file that makes its engine allocate without bound while it loads (an `Expand` of one
+/// constant to 60000 × 60000 floats, 14.4 GB, folded at load) or that takes too long to load and
+/// run once fails alone, with the bound it hit, at start and on a hot reload; the server never
+/// allocates it (each new version is first loaded in a memory- and time-bounded child process)
+/// and keeps serving the others. A server told to stop while a load runs exits at once.
+#[test]
+fn hostile_models_fail_alone_within_load_bounds_and_a_stop_during_a_load_is_prompt() {
+    let base = root().join(format!("target/test-data/hostile-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let models = base.join("models");
+    let shapes_dir = root().join("models/shapes");
+    for f in ["model.toml", "labels.txt", "1/model.onnx"] {
+        install(&shapes_dir.join(f), &models.join("shapes").join(f));
+    }
+    let fixtures = root().join("tests/fixtures/models");
+    for (name, file) in [("bomb", "expand-bomb.onnx"), ("slow", "slow.onnx")] {
+        let manifest = std::fs::read_to_string(shapes_dir.join("model.toml")).unwrap();
+        std::fs::create_dir_all(models.join(name)).unwrap();
+        std::fs::write(models.join(name).join("model.toml"), manifest).unwrap();
+        std::fs::write(models.join(name).join("labels.txt"), "a\nb\nc\n").unwrap();
+        install(&fixtures.join(file), &models.join(name).join("1/model.onnx"));
+    }
+    let models_arg = models.to_str().unwrap();
+    let image = read(&shapes(CLASSES_SEED, 1)[0].path);
+    let label = shapes(CLASSES_SEED, 1)[0].label.clone();
+
+    // slow.onnx runs for seconds (40 matmuls of 672 x 2048 x 2048): past a 1.5 s bound.
+    let server = Server::start(&[
+        "--models",
+        models_arg,
+        "--default-model",
+        "shapes",
+        "--model-load-timeout-ms",
+        "1500",
+        "--model-load-memory-bytes",
+        &(4u64 << 30).to_string(),
+    ]);
+    let listing: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let reason = |name: &str| {
+        let model = listing["models"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone();
+        assert_eq!(model["ready_versions"], serde_json::json!([]), "{model}");
+        assert_eq!(model["versions"][0]["state"], "failed", "{model}");
+        model["versions"][0]["reason"].as_str().unwrap().to_string()
+    };
+    let bomb = reason("bomb");
+    assert!(bomb.contains("failed to allocate") && bomb.contains("model_load_memory_bytes (4096 MiB)"), "{bomb}");
+    let slow = reason("slow");
+    assert!(slow.contains("limits.model_load_timeout_ms (1500 ms)"), "{slow}");
+    assert_still_serving(&server, &image, &label);
+    // The bomb never reached the server's own memory.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let peak_kib: u64 =
+        status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(peak_kib < 1 << 20, "the server's peak RSS is {peak_kib} KiB");
+
+    // The same file copied in as a new version of a serving model: that version fails, the
+    // last good one keeps serving.
+    install(&fixtures.join("expand-bomb.onnx"), &models.join("shapes/2/model.onnx"));
+    let report: Value = client().post(server.admin_url("/v1/admin/reload")).send().unwrap().json().unwrap();
+    let shapes_now = wait_for_models(&server, "version 2 to fail", |m| m["versions"].to_string().contains("failed"));
+    assert_eq!(shapes_now["ready_versions"], serde_json::json!(["1"]), "{shapes_now} after {report}");
+    assert!(shapes_now["versions"].to_string().contains("failed to allocate"), "{shapes_now}");
+    let (status, body, _) = server.classify(&image, "", &[]);
+    assert_eq!((status, body["model"]["version"].as_str()), (200, Some("1")), "{body}");
+    assert_still_serving(&server, &image, &label);
+    drop(server);
+
+    // Stopped while slow.onnx's probe runs (no time bound this time): the server exits at once
+    // and leaves no probe behind.
+    std::fs::remove_dir_all(models.join("shapes/2")).unwrap();
+    let mut child = std::process::Command::new(support::tessera_bin())
+        .current_dir(root())
+        .args(["serve", "--addr", "127.0.0.1:0", "--grpc-addr", "off", "--admin-addr", "off", "--no-watch"])
+        .args(["--models", models_arg, "--default-model", "shapes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let probing = Instant::now() + Duration::from_secs(30);
+    let probe_of_slow = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("probe-model {models_arg}/slow")])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    while !probe_of_slow() {
+        assert!(Instant::now() < probing, "slow.onnx's load probe never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = Instant::now();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let code = child.wait().unwrap();
+    let took = stopped.elapsed();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(code.success(), "{code}: {log}");
+    assert!(took < Duration::from_secs(2), "SIGTERM during a load took {took:?} to stop the server: {log}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!probe_of_slow(), "a load probe outlived its server: {log}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// The model a request without `model` gets is the configured one, else the repository's
 /// (`repository.toml`), else the only one; with several and none named, the request is told to
 /// name one. A directory whose name sorts first never takes over.

@@ -29,6 +29,7 @@ use crate::error::{ErrorKind, PipelineError, Stage};
 
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+pub mod probe;
 pub mod tract;
 #[cfg(not(feature = "onnxruntime"))]
 mod onnxruntime {

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::inference::probe::LoadProbe;
 use crate::inference::{Batching, EngineConfig, EngineKind, InferencePool};
 
 /// The longest `max_queue_delay_microseconds` accepted: past a second, a wait for a batch is a
@@ -306,6 +307,9 @@ impl Snapshot {
 pub struct ModelRepository {
     pub dir: PathBuf,
     engine: EngineConfig,
+    /// Loads each new version in a child process first (`inference::probe`); `None`: in-process
+    /// only.
+    probe: Option<LoadProbe>,
     current: ArcSwap<Snapshot>,
     /// One reload at a time; requests never take it.
     reloading: Mutex<()>,
@@ -337,9 +341,16 @@ impl ModelRepository {
     /// Loads every `<dir>/<name>/model.toml` and the versions its policy selects. Fails if no
     /// model could be loaded at all.
     pub fn load(dir: &Path, engine: EngineConfig) -> Result<Self, RepositoryError> {
+        Self::load_probed(dir, engine, None)
+    }
+
+    /// [`Self::load`], each new version first loaded and run once by `probe` in a child
+    /// process; a version whose probe fails is failed with the reason and never loaded here.
+    pub fn load_probed(dir: &Path, engine: EngineConfig, probe: Option<LoadProbe>) -> Result<Self, RepositoryError> {
         let repo = ModelRepository {
             dir: dir.to_path_buf(),
             engine,
+            probe,
             current: ArcSwap::from_pointee(Snapshot::default()),
             reloading: Mutex::new(()),
         };
@@ -459,7 +470,23 @@ impl ModelRepository {
             states: BTreeMap::new(),
             manifest_fingerprint,
         };
-        for version in model.manifest.version_policy.select(&present) {
+        // `latest` / `latest = N` mean the newest versions that load: a new version that fails
+        // (a broken or hostile file copied in) leaves the one before it serving, not the model
+        // without a version.
+        let selected = model.manifest.version_policy.select(&present);
+        let wanted = selected.len();
+        let fallback: Vec<u64> = match model.manifest.version_policy {
+            VersionPolicy::Latest | VersionPolicy::LatestN(_) => {
+                present.iter().rev().filter(|v| !selected.contains(v)).copied().collect()
+            }
+            VersionPolicy::All | VersionPolicy::Specific(_) => Vec::new(),
+        };
+        let mut fallback = fallback.into_iter();
+        let mut queue: std::collections::VecDeque<u64> = selected.into_iter().collect();
+        while let Some(version) = queue.pop_front().or_else(|| {
+            let ready = model.states.values().filter(|s| matches!(s, VersionState::Ready)).count();
+            if ready < wanted { fallback.next() } else { None }
+        }) {
             let onnx = dir.join(version.to_string()).join("model.onnx");
             let print = fingerprint(&[&onnx]);
             let previous = old.and_then(|m| m.versions.get(&version));
@@ -498,6 +525,16 @@ impl ModelRepository {
         manifest: &Manifest,
         labels: usize,
     ) -> Result<InferencePool, RepositoryError> {
+        if let Some(probe) = &self.probe {
+            let report = probe.check(onnx, shape, manifest.engine)?;
+            tracing::info!(
+                path = %self.public(&onnx.display().to_string()),
+                load_ms = report.load_ms,
+                run_ms = report.run_ms,
+                peak_rss_mib = report.peak_rss_bytes >> 20,
+                "load probe passed"
+            );
+        }
         // An engine that panics on a file (a graph it mishandles, an allocation it cannot make)
         // fails this version, with the panic's message, not the reload or the process.
         let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -133,11 +133,21 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     grpc::set_health(&health, false).await;
     let grpc_server = grpc_listener.map(|l| tokio::spawn(grpc::serve(l, state.clone(), health_service, stop_signal())));
 
+    // Turned on at shutdown: a model load probe still running is stopped, so a server told to
+    // stop while it loads exits within one in-process load instead of after every probe.
+    let cancel_loading = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = {
-        let state = state.clone();
+        let (state, cancel) = (state.clone(), cancel_loading.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let host = Host::builder().config(state.config.clone()).metrics(state.metrics.clone()).build()?;
+            let host = Host::builder()
+                .config(state.config.clone())
+                .metrics(state.metrics.clone())
+                .cancel_loading(cancel.clone())
+                .build()?;
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
             tracing::info!(
                 models = ?host.models().iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
                 default_model = host.default_model().as_deref().unwrap_or("(none: requests must name one)"),
@@ -229,6 +239,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     };
     drop(listener);
     drop(admin_listener);
+    cancel_loading.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
     grpc::set_health(&health, false).await;
     let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);
