@@ -181,3 +181,34 @@ train *ARGS: build
 bench: build
     command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
     cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench pipeline
+
+# Fuzz what Tessera parses from untrusted input (never in CI): the preprocess crate's decode
+# (native), the HTTP request path, OIP REST and gRPC messages, the seed's gRPC message, the TOML
+# files. Each TARGET runs SECONDS (default 600) on the pinned nightly, from its committed corpus
+# in fuzz/corpus/<target>/ (new inputs land in target/fuzz-corpus/, crashes in
+# fuzz/artifacts/); `./run test` replays the committed corpus on stable.
+fuzz_toolchain := "nightly-2026-05-20"
+fuzz_targets := "decode http_request oip_rest oip_grpc tessera_grpc config_files"
+
+fuzz TARGETS=fuzz_targets SECONDS="600":
+    rustup toolchain list | grep -q '^{{fuzz_toolchain}}' || rustup toolchain install {{fuzz_toolchain}} --profile minimal
+    [ -x target/tools/bin/cargo-fuzz ] || cargo install --locked cargo-fuzz@0.13.2 --root target/tools
+    for t in {{TARGETS}}; do \
+      features=$([ "$t" = decode ] || echo "--features host"); \
+      mkdir -p target/fuzz-corpus/$t; \
+      PATH="$PWD/target/tools/bin:$PATH" cargo +{{fuzz_toolchain}} fuzz run $features --target-dir target/fuzz $t \
+        target/fuzz-corpus/$t fuzz/corpus/$t -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096 -print_final_stats=1; \
+    done
+
+# The server past its capacity, open loop: the excess refused fast, the admitted on time
+# (bench/reliability/overload.py; docs/RELIABILITY.md). Never in CI.
+overload *ARGS: build
+    cargo build --release -p tessera-loadgen
+    {{python}} bench/reliability/overload.py {{ARGS}}
+
+# 30 minutes (or --minutes N) at 70 % of capacity with mixed good and bad inputs, a trapping
+# rules guest, a model version added and one removed and a guest replaced every cycle
+# (bench/reliability/soak.py; docs/RELIABILITY.md). Never in CI.
+soak *ARGS: build
+    cargo build --release -p tessera-loadgen
+    {{python}} bench/reliability/soak.py {{ARGS}}

@@ -138,7 +138,10 @@ def start_tessera(name: str, repo: Path, mode: str, grpc: bool = False) -> Serve
     the same client as the seed's systems), else through HTTP."""
     port, grpc_port = free_port(), free_port()
     argv = [str(TESSERA), "serve", "--models", str(repo), "--addr", f"127.0.0.1:{port}", "--no-watch",
-            "--inference-mode", mode, "--grpc-addr", f"127.0.0.1:{grpc_port}" if grpc else "off"]
+            "--inference-mode", mode, "--grpc-addr", f"127.0.0.1:{grpc_port}" if grpc else "off",
+            # The peers queue every client; so does Tessera here (the default sheds past 2 per
+            # core, docs/RELIABILITY.md), so that c = 16 measures the same thing for all.
+            "--max-concurrent-requests", "64"]
 
     def ready() -> bool:
         try:

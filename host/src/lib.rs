@@ -47,6 +47,8 @@ pub mod internals {
     pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
     pub use crate::repository::{Manifest, ModelRepository};
     pub use crate::runtime::{Runtime, SpecView, default_grants};
+    /// The fuzz targets' entry points (`fuzz/`), also replayed over the committed corpus by the tests.
+    pub use crate::server::fuzz;
 
     /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.
     pub mod tract {

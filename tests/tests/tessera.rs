@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `tessera` binary over HTTP on an ephemeral loopback port, and
 //! the library's embedding API. Guests and the binary are built by `just test` first.
 
+mod fuzz_replay;
 mod grpc;
 mod languages;
 mod metrics;
@@ -1235,7 +1236,16 @@ fn dynamic_batching_runs_queued_requests_together_on_onnxruntime_and_stays_off_o
         let text = std::fs::read_to_string(&toml).unwrap();
         std::fs::write(&toml, format!("{text}{extra}")).unwrap();
     }
-    let server = Server::start(&["--models", models.to_str().unwrap(), "--default-model", "shapes", "--no-rules"]);
+    // Batching needs requests in flight together: more than the default cap (2 per core + 1).
+    let server = Server::start(&[
+        "--models",
+        models.to_str().unwrap(),
+        "--default-model",
+        "shapes",
+        "--no-rules",
+        "--max-concurrent-requests",
+        "16",
+    ]);
     let cases = shapes(CLASSES_SEED, 1);
     let images: Vec<Vec<u8>> = cases.iter().map(|c| read(&c.path)).collect();
     // One at a time on tract first: what every batched answer must match.

@@ -131,6 +131,19 @@ enum Conn {
     Grpc(pb::image_recognition_service_client::ImageRecognitionServiceClient<tonic::transport::Channel>),
 }
 
+/// The longest a pooled connection may sit idle and still be reused (servers close idle
+/// keep-alive connections; Tessera after 10 s by default).
+const IDLE_REUSE: Duration = Duration::from_secs(2);
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::Http(send) => !send.is_closed(),
+            Conn::Grpc(_) => true,
+        }
+    }
+}
+
 async fn connect(target: &Target) -> anyhow::Result<Conn> {
     match target {
         Target::Http { addr, .. } => {
@@ -268,7 +281,10 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
         if rate <= 0.0 {
             bail!("--rate must be positive");
         }
-        let conns = Arc::new(Mutex::new(Vec::<Conn>::new()));
+        // Pooled connections with when they were last used: one idle for IDLE_REUSE is dropped,
+        // not reused, so the server closing idle keep-alive connections (after its
+        // header_read_timeout_ms) never races a request onto a connection it is closing.
+        let conns = Arc::new(Mutex::new(Vec::<(Conn, Instant)>::new()));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let interval = Duration::from_secs_f64(1.0 / rate);
         let mut next = start;
@@ -293,7 +309,11 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
             let (target, image, image_type) = (target.clone(), image.clone(), image_type.clone());
             let (conns, samples, in_flight) = (conns.clone(), samples.clone(), in_flight.clone());
             tasks.push(tokio::spawn(async move {
-                let pooled = conns.lock().await.pop();
+                let pooled = {
+                    let mut pool = conns.lock().await;
+                    std::iter::from_fn(|| pool.pop()).find(|(c, used)| used.elapsed() < IDLE_REUSE && c.is_open())
+                }
+                .map(|(c, _)| c);
                 let mut conn = match pooled {
                     Some(c) => c,
                     None => match connect(&target).await {
@@ -314,7 +334,7 @@ async fn run(cli: &Cli) -> anyhow::Result<Value> {
                 let keep = !matches!(&sample.outcome, Err(e) if e.starts_with("connection") || e == "client_timeout");
                 samples.lock().await.push(sample);
                 if keep {
-                    conns.lock().await.push(conn);
+                    conns.lock().await.push((conn, Instant::now()));
                 }
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             }));
@@ -439,6 +459,25 @@ fn summarize(
             Err(e) => *errors.entry(e.clone()).or_default() += 1,
         }
     }
+    // How fast each kind of failure came back (a refusal must be fast to be useful).
+    let mut error_latencies: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for s in &measured {
+        if let Err(e) = &s.outcome {
+            error_latencies.entry(e.clone()).or_default().push(s.latency.as_secs_f64() * 1e3);
+        }
+    }
+    let error_latency_ms: BTreeMap<String, Value> = error_latencies
+        .into_iter()
+        .map(|(e, mut l)| {
+            l.sort_by(f64::total_cmp);
+            let summary = json!({
+                "p50": round(percentile(&l, 50.0), 2),
+                "p99": round(percentile(&l, 99.0), 2),
+                "max": round(l.last().copied().unwrap_or(f64::NAN), 2),
+            });
+            (e, summary)
+        })
+        .collect();
     let window = (end - measure_from).as_secs_f64();
     let ok = lat.len();
     let settled: BTreeMap<String, f64> =
@@ -454,6 +493,7 @@ fn summarize(
         "requests": measured.len(),
         "ok": ok,
         "errors": errors,
+        "error_latency_ms": error_latency_ms,
         "rps": round(ok as f64 / window, 2),
         "p50_ms": round(percentile(&lat, 50.0), 1),
         "p90_ms": round(percentile(&lat, 90.0), 1),

@@ -305,6 +305,22 @@ pub fn normalize_nchw(rgb: &[u8], spec: &Spec) -> Vec<f32> {
     out
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/decode.rs`) and its corpus replay in the tests:
+/// any bytes, with the server's default limits, give a tensor of the spec's size with finite
+/// values or a refusal that blames the input, never a panic or an internal error.
+pub fn fuzz_decode(data: &[u8]) {
+    let spec = Spec { height: 224, width: 224, resize: 256, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    let limits = Limits { max_pixels: 40_000_000, max_alloc_bytes: 192 << 20 };
+    match preprocess(data, &spec, &limits) {
+        Ok(tensor) => {
+            assert_eq!(tensor.len(), 3 * 224 * 224);
+            assert!(tensor.iter().all(|v| v.is_finite()));
+        }
+        Err(Error::Internal(e)) => panic!("internal error on an input: {e}"),
+        Err(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

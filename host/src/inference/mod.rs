@@ -478,6 +478,7 @@ fn deadline_exceeded() -> PipelineError {
 }
 
 fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, parallel_jobs: usize, batching: Batching) {
+    crate::cpu::compute_thread();
     let spreads = model.spreads_when_alone();
     let mut worker = match model.clone().worker() {
         Ok(w) => w,

@@ -141,8 +141,13 @@ impl Manifest {
     pub fn from_file(toml_path: &Path) -> Result<Manifest, RepositoryError> {
         let text = std::fs::read_to_string(toml_path)
             .map_err(|source| RepositoryError::Io { path: toml_path.to_path_buf(), source })?;
+        Self::parse(&text, toml_path)
+    }
+
+    /// Parses and checks the text of the `model.toml` at `toml_path` (named in errors).
+    pub fn parse(text: &str, toml_path: &Path) -> Result<Manifest, RepositoryError> {
         let invalid = |message: String| RepositoryError::Invalid { path: toml_path.to_path_buf(), message };
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let [n, c, h, w] = manifest.input_shape;
         if n != 1 || c != 3 || h == 0 || w == 0 {
             return Err(invalid(format!("input_shape must be [1, 3, height, width], got {:?}", manifest.input_shape)));
@@ -150,8 +155,13 @@ impl Manifest {
         if manifest.resize < h.max(w) {
             return Err(invalid(format!("resize ({}) must be at least the crop size {h}x{w}", manifest.resize)));
         }
-        if manifest.std.iter().any(|s| *s <= 0.0) {
-            return Err(invalid(format!("std must be positive, got {:?}", manifest.std)));
+        // `!(s > 0)` and `is_finite`: a NaN passes every comparison and would turn each input
+        // into NaNs.
+        if manifest.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(invalid(format!("std must be positive and finite, got {:?}", manifest.std)));
+        }
+        if manifest.mean.iter().any(|m| !m.is_finite()) {
+            return Err(invalid(format!("mean must be finite, got {:?}", manifest.mean)));
         }
         if manifest.labels.is_absolute() {
             // Not echoed: listings are public, the server's paths are not.
@@ -186,7 +196,7 @@ impl Manifest {
 
 /// Whether `path` stays below the directory it is relative to, as written: relative, and no
 /// `..`, root or prefix component. (Symlinks are checked where the file is opened.)
-fn is_inside(path: &Path) -> bool {
+pub(crate) fn is_inside(path: &Path) -> bool {
     use std::path::Component;
     path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && path.components().any(|c| matches!(c, Component::Normal(_)))

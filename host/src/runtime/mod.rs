@@ -461,11 +461,12 @@ impl Runtime {
     /// component's bytes and the engine's settings), so a restart does not recompile them.
     pub fn new(limits: &Limits, cache_dir: Option<&Path>) -> Result<Self, RuntimeError> {
         let guest_memory_bytes = limits.guest_memory_bytes as usize;
-        // A request runs its stages one after another, so at most one instance per in-flight
-        // request; twice that leaves room for `tessera` tools sharing the engine. Each component
-        // instance of a Rust guest has a couple of core instances (the module plus adapter
-        // shims) but one memory.
-        let slots = limits.max_concurrent_requests.saturating_mul(2).max(4);
+        // A request runs its stages one after another, so at most one live instance per
+        // in-flight request, and stores wait for the reaper thread before their slot is free:
+        // twice the requests, and never fewer than 128 (the slots reserve address space, not
+        // memory). Each component instance of a Rust guest has a couple of core instances (the
+        // module plus adapter shims) but one memory.
+        let slots = limits.concurrent_requests().saturating_mul(2).max(128);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(4))

@@ -36,7 +36,7 @@ use crate::{Classification, ClassifyRequest};
 
 /// Generated from `proto/tessera_image_recognition.proto` by `build.rs`.
 #[allow(clippy::all)]
-mod pb {
+pub(super) mod pb {
     tonic::include_proto!("image_recognition");
 }
 
@@ -271,30 +271,38 @@ impl Recognition {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             }),
         );
-        let message = request.into_inner();
-        crate::pipeline::check_top_k(message.top_k)?;
-        if message.image_data.is_empty() {
-            return Err(PipelineError::new(
-                ErrorKind::InvalidImage,
-                Stage::Admission,
-                "the request has no image: image_data is empty",
-            ));
-        }
+        let request = classify_request(request.into_inner(), timeout, metadata)?;
         let deadline = state.deadline(start, timeout);
         let permit = state.admit()?;
-        let request = ClassifyRequest {
-            media_type: media_type(&message.image_type),
-            image: message.image_data,
-            model: Some(message.model).filter(|m| !m.is_empty()),
-            version: Some(message.model_version).filter(|v| !v.is_empty()),
-            pipeline: Some(message.pipeline).filter(|p| !p.is_empty()),
-            top_k: message.top_k,
-            timeout,
-            metadata,
-        };
         let result = service::classify(host, request, start, deadline, permit).await?;
         Ok(response(result, request_id))
     }
+}
+
+/// The seed's message as the pipeline's request, checked.
+pub(crate) fn classify_request(
+    message: pb::ImageRequest,
+    timeout: Option<Duration>,
+    metadata: Vec<(String, String)>,
+) -> Result<ClassifyRequest, PipelineError> {
+    crate::pipeline::check_top_k(message.top_k)?;
+    if message.image_data.is_empty() {
+        return Err(PipelineError::new(
+            ErrorKind::InvalidImage,
+            Stage::Admission,
+            "the request has no image: image_data is empty",
+        ));
+    }
+    Ok(ClassifyRequest {
+        media_type: media_type(&message.image_type),
+        image: message.image_data,
+        model: Some(message.model).filter(|m| !m.is_empty()),
+        version: Some(message.model_version).filter(|v| !v.is_empty()),
+        pipeline: Some(message.pipeline).filter(|p| !p.is_empty()),
+        top_k: message.top_k,
+        timeout,
+        metadata,
+    })
 }
 
 /// The client's `grpc-timeout` (`<1–8 digits><H|M|S|m|u|n>`), less the serving core's margin so

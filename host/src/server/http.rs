@@ -338,14 +338,14 @@ async fn admin_reload(
 
 /// Query parameters of `/v1/classify`.
 #[derive(Default)]
-struct ClassifyQuery {
-    top_k: Option<u32>,
+pub(super) struct ClassifyQuery {
+    pub(super) top_k: Option<u32>,
     model: Option<String>,
     version: Option<String>,
     pipeline: Option<String>,
 }
 
-fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
+pub(super) fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpError> {
     let mut q = ClassifyQuery::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
@@ -394,7 +394,7 @@ pub(super) fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Htt
 }
 
 /// How the body carries the image.
-enum Upload {
+pub(super) enum Upload {
     Raw(Option<String>),
     Multipart(String),
 }
@@ -402,7 +402,7 @@ enum Upload {
 /// Raw bodies may be unlabelled, `application/octet-stream`, a urlencoded form (what curl
 /// sends by default) or `image/*`; uploads must be `multipart/form-data` with a boundary.
 /// Anything else is 415.
-fn upload_kind(headers: &HeaderMap) -> Result<Upload, HttpError> {
+pub(super) fn upload_kind(headers: &HeaderMap) -> Result<Upload, HttpError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else { return Ok(Upload::Raw(None)) };
     let text = value.to_str().map_err(|_| {
         error(ErrorKind::UnsupportedMediaType, Stage::Admission, "the Content-Type header is not valid text")
@@ -476,6 +476,7 @@ async fn classify(
     // The body is read before a pipeline place is taken: a slow upload holds a connection,
     // never one of the `max_concurrent_requests` places.
     let metadata = metadata(&req.headers, request_id);
+    state.has_room()?;
     let bytes = read_body_by(body, max_body, deadline).await?;
     let (image, media_type) = match upload {
         Upload::Raw(media_type) => (bytes, media_type),
@@ -583,14 +584,14 @@ fn too_large(got: String, max: u64) -> HttpError {
 }
 
 /// What the rules guests may read: the request id and the `x-*` headers.
-fn metadata(headers: &HeaderMap, request_id: &str) -> Vec<(String, String)> {
+pub(super) fn metadata(headers: &HeaderMap, request_id: &str) -> Vec<(String, String)> {
     service::rules_metadata(
         request_id,
         headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
     )
 }
 
-async fn multipart_image(body: Bytes, boundary: String) -> Result<(Bytes, Option<String>), HttpError> {
+pub(super) async fn multipart_image(body: Bytes, boundary: String) -> Result<(Bytes, Option<String>), HttpError> {
     let bad = |m: String| error(ErrorKind::BadRequest, Stage::Admission, m);
     let stream = futures_util::stream::once(async move { Ok::<Bytes, Infallible>(body) });
     let mut form = multer::Multipart::new(stream, boundary);

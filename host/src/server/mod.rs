@@ -7,6 +7,7 @@
 //! accepting on every listener, let in-flight requests finish within
 //! `limits.shutdown_grace_ms`, and return.
 
+pub mod fuzz;
 mod grpc;
 mod http;
 mod oip;
@@ -106,7 +107,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = Arc::new(AppState {
         host: OnceLock::new(),
-        admission: Arc::new(Semaphore::new(config.limits.max_concurrent_requests as usize)),
+        admission: Arc::new(Semaphore::new(config.limits.concurrent_requests() as usize)),
         watch: OnceLock::new(),
         metrics: Arc::new(Metrics::new()),
         config,

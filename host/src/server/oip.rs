@@ -197,7 +197,7 @@ pub(super) struct Output {
     pub data: Data,
 }
 
-fn bad(message: impl Into<String>) -> PipelineError {
+pub(super) fn bad(message: impl Into<String>) -> PipelineError {
     PipelineError::new(ErrorKind::BadRequest, Stage::Admission, message)
 }
 
@@ -226,46 +226,7 @@ async fn infer(
         ),
     };
     let body = read_body_by(body, max_body, deadline).await?;
-    let (json_part, mut binary) = match header_len {
-        Some(n) if n > body.len() => {
-            return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())).into());
-        }
-        Some(n) => (body.slice(..n), body.slice(n..)),
-        None => (body, Bytes::new()),
-    };
-    let request: InferRequest =
-        serde_json::from_slice(&json_part).map_err(|e| bad(format!("the inference request is not valid: {e}")))?;
-    let [input] = request.inputs.as_slice() else {
-        return Err(bad(format!(
-            "send exactly one input: the model's FP32 tensor, or {IMAGE_INPUT:?} (BYTES, an encoded image); got {}",
-            request.inputs.len()
-        ))
-        .into());
-    };
-    let top_k = match request.parameters.get("top_k") {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| bad("parameters.top_k must be a whole number of at least 1"))?),
-    };
-    let data = match input.parameters.get("binary_data_size") {
-        None => input.data.clone().map(InputData::Json),
-        Some(size) => {
-            let n = size.as_u64().ok_or_else(|| bad("binary_data_size must be a byte count"))? as usize;
-            if n > binary.len() {
-                return Err(bad(format!(
-                    "input {:?} has binary_data_size {n} but {} bytes follow",
-                    input.name,
-                    binary.len()
-                ))
-                .into());
-            }
-            Some(InputData::Raw(binary.split_to(n)))
-        }
-    };
-    let input = Input { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data };
-    let pipeline = match request.parameters.get("pipeline") {
-        None => None,
-        Some(v) => Some(v.as_str().ok_or_else(|| bad("parameters.pipeline must be a string"))?.to_string()),
-    };
+    let Rest { request, input, top_k, pipeline } = parse_rest(header_len, body)?;
     let call = Call { model, version, pipeline, timeout, start, deadline, request_id, top_k };
     let (outputs, parameters, which) = run(state, host, call, input).await?;
 
@@ -286,6 +247,60 @@ async fn infer(
         }
     }
     Ok(encode_response(&which.name, &which.version, request.id.as_deref(), parameters, selected))
+}
+
+/// A REST inference request, parsed.
+pub(crate) struct Rest {
+    request: InferRequest,
+    pub input: Input,
+    pub top_k: Option<u64>,
+    pub pipeline: Option<String>,
+}
+
+/// Parses a REST inference body: JSON, followed by binary tensor data when `header_len` (the
+/// `Inference-Header-Content-Length` header) says where the JSON ends.
+pub(crate) fn parse_rest(header_len: Option<usize>, body: Bytes) -> Result<Rest, PipelineError> {
+    let (json_part, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())));
+        }
+        Some(n) => (body.slice(..n), body.slice(n..)),
+        None => (body, Bytes::new()),
+    };
+    let request: InferRequest =
+        serde_json::from_slice(&json_part).map_err(|e| bad(format!("the inference request is not valid: {e}")))?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(bad(format!(
+            "send exactly one input: the model's FP32 tensor, or {IMAGE_INPUT:?} (BYTES, an encoded image); got {}",
+            request.inputs.len()
+        )));
+    };
+    let top_k = match request.parameters.get("top_k") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| bad("parameters.top_k must be a whole number of at least 1"))?),
+    };
+    let data = match input.parameters.get("binary_data_size") {
+        None => input.data.clone().map(InputData::Json),
+        Some(size) => {
+            let n = size.as_u64().ok_or_else(|| bad("binary_data_size must be a byte count"))?;
+            match usize::try_from(n) {
+                Ok(n) if n <= binary.len() => Some(InputData::Raw(binary.split_to(n))),
+                _ => {
+                    return Err(bad(format!(
+                        "input {:?} has binary_data_size {n} but {} bytes follow",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+            }
+        }
+    };
+    let input = Input { name: input.name.clone(), datatype: input.datatype.clone(), shape: input.shape.clone(), data };
+    let pipeline = match request.parameters.get("pipeline") {
+        None => None,
+        Some(v) => Some(v.as_str().ok_or_else(|| bad("parameters.pipeline must be a string"))?.to_string()),
+    };
+    Ok(Rest { request, input, top_k, pipeline })
 }
 
 /// Where an inference call goes and its limits.
@@ -339,24 +354,8 @@ pub(super) async fn run(
                 .ok_or_else(|| bad("top_k must be a whole number of at least 1"))?,
         ),
     };
-    let elements: usize = input.shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).product();
-    match input.datatype.as_str() {
-        "BYTES" => {
-            if elements != 1 {
-                return Err(bad(format!(
-                    "{:?} (BYTES) takes one element, one encoded image; shape {:?}",
-                    input.name, input.shape
-                )));
-            }
-            let image = match input.data {
-                Some(InputData::Raw(raw)) => first_bytes_element(&raw)?,
-                Some(InputData::Json(data)) => first_string(&data)?.into_bytes(),
-                Some(InputData::Elements(mut e)) if !e.is_empty() => e.swap_remove(0),
-                _ => return Err(bad(format!("input {:?} has no BYTES data", input.name))),
-            };
-            if image.is_empty() {
-                return Err(PipelineError::new(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
-            }
+    match decode(input)? {
+        Decoded::Image(image) => {
             let permit = state.admit()?;
             let request = ClassifyRequest {
                 image,
@@ -413,6 +412,66 @@ pub(super) async fn run(
             });
             Ok((outputs, Some(parameters), c.model))
         }
+        Decoded::Tensor { shape, data } => {
+            let permit = state.admit()?;
+            let tensor = TensorRequest {
+                model: Some(call.model.to_string()),
+                version: call.version.map(String::from),
+                shape,
+                data,
+                timeout: call.timeout,
+            };
+            let out = service::infer(host, tensor, call.start, call.deadline, permit).await?;
+            Ok((
+                vec![Output { name: out.name, datatype: "FP32", shape: out.shape, data: Data::F32(out.data) }],
+                None,
+                out.model,
+            ))
+        }
+    }
+}
+
+/// An OIP input made into what Tessera runs.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// A BYTES input's one element: an encoded image, for the pipeline.
+    Image(Vec<u8>),
+    /// An FP32 tensor, for the model alone.
+    Tensor { shape: Vec<usize>, data: Vec<f32> },
+}
+
+/// Checks an input against its own shape and datatype and takes its data out. Needs no model:
+/// whether the tensor fits one is the model's answer.
+pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
+    let shape: Vec<usize> =
+        input.shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>().ok_or_else(|| {
+            bad(format!("input {:?} has a negative dimension in shape {:?}", input.name, input.shape))
+        })?;
+    // A shape's product can overflow: a count no body could carry is refused, not wrapped.
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| n.checked_mul(4).is_some())
+        .ok_or_else(|| bad(format!("input {:?} has shape {:?}: too many elements", input.name, input.shape)))?;
+    match input.datatype.as_str() {
+        "BYTES" => {
+            if elements != 1 {
+                return Err(bad(format!(
+                    "{:?} (BYTES) takes one element, one encoded image; shape {:?}",
+                    input.name, input.shape
+                )));
+            }
+            let image = match input.data {
+                Some(InputData::Raw(raw)) => first_bytes_element(&raw)?,
+                Some(InputData::Json(data)) => first_string(&data)?.into_bytes(),
+                Some(InputData::Elements(mut e)) if !e.is_empty() => e.swap_remove(0),
+                _ => return Err(bad(format!("input {:?} has no BYTES data", input.name))),
+            };
+            if image.is_empty() {
+                return Err(PipelineError::new(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
+            }
+            Ok(Decoded::Image(image))
+        }
         "FP32" => {
             let data: Vec<f32> = match input.data {
                 Some(InputData::Raw(raw)) => {
@@ -428,7 +487,7 @@ pub(super) async fn run(
                     raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
                 }
                 Some(InputData::Json(data)) => {
-                    let mut out = Vec::with_capacity(elements);
+                    let mut out = Vec::new();
                     flatten_numbers(&data, &mut out)?;
                     out
                 }
@@ -443,21 +502,7 @@ pub(super) async fn run(
                     data.len()
                 )));
             }
-            let shape = input.shape.iter().map(|&d| d.max(0) as usize).collect();
-            let permit = state.admit()?;
-            let tensor = TensorRequest {
-                model: Some(call.model.to_string()),
-                version: call.version.map(String::from),
-                shape,
-                data,
-                timeout: call.timeout,
-            };
-            let out = service::infer(host, tensor, call.start, call.deadline, permit).await?;
-            Ok((
-                vec![Output { name: out.name, datatype: "FP32", shape: out.shape, data: Data::F32(out.data) }],
-                None,
-                out.model,
-            ))
+            Ok(Decoded::Tensor { shape, data })
         }
         other => Err(bad(format!(
             "datatype {other} is not taken; send FP32 (the model's input tensor) or BYTES (an encoded image)"

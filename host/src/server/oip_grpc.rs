@@ -16,7 +16,7 @@ use crate::error::{ErrorKind, PipelineError, Stage};
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
 #[allow(clippy::all)]
-mod pb {
+pub(super) mod pb {
     tonic::include_proto!("inference");
 }
 
@@ -117,37 +117,7 @@ impl Inference {
         let timeout = grpc::grpc_timeout(request.metadata())?;
         let deadline = state.deadline(start, timeout);
         let mut r = request.into_inner();
-        let bad = |m: String| PipelineError::new(ErrorKind::BadRequest, Stage::Admission, m);
-        if r.inputs.len() != 1 {
-            return Err(bad(format!(
-                "send exactly one input: the model's FP32 tensor, or {:?} (BYTES, an encoded image); got {}",
-                oip::IMAGE_INPUT,
-                r.inputs.len()
-            )));
-        }
-        let input = r.inputs.swap_remove(0);
-        let data = if let Some(raw) = r.raw_input_contents.into_iter().next() {
-            Some(InputData::Raw(Bytes::from(raw)))
-        } else {
-            input.contents.map(|c| {
-                if c.bytes_contents.is_empty() {
-                    InputData::F32(c.fp32_contents)
-                } else {
-                    InputData::Elements(c.bytes_contents)
-                }
-            })
-        };
-        let top_k = match r.parameters.get("top_k").and_then(|p| p.parameter_choice.clone()) {
-            None => None,
-            Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(k).unwrap_or(0)),
-            Some(ParameterChoice::Uint64Param(k)) => Some(k),
-            Some(_) => return Err(bad("parameters.top_k must be an integer".into())),
-        };
-        let pipeline = match r.parameters.get("pipeline").and_then(|p| p.parameter_choice.clone()) {
-            None => None,
-            Some(ParameterChoice::StringParam(name)) => Some(name),
-            Some(_) => return Err(bad("parameters.pipeline must be a string".into())),
-        };
+        let (input, top_k, pipeline) = parse_infer(&mut r)?;
         let model = r.model_name.clone();
         let call = Call {
             model: &model,
@@ -159,7 +129,6 @@ impl Inference {
             request_id,
             top_k,
         };
-        let input = Input { name: input.name, datatype: input.datatype, shape: input.shape, data };
         let (outputs, parameters, which) = oip::run(state, host, call, input).await?;
 
         // The requested outputs in the order asked (all when none are named), as raw contents.
@@ -175,7 +144,7 @@ impl Inference {
                         .iter_mut()
                         .find(|o| o.as_ref().is_some_and(|o| o.name == *name))
                         .and_then(Option::take)
-                        .ok_or_else(|| bad(format!("no output named {name:?} for this input")))
+                        .ok_or_else(|| oip::bad(format!("no output named {name:?} for this input")))
                 })
                 .collect::<Result<_, _>>()?
         };
@@ -217,4 +186,44 @@ impl Inference {
             raw_output_contents,
         })
     }
+}
+
+/// The request's one input, `top_k` and `pipeline`, taken out of the message and checked (the
+/// outputs it asks for stay in it).
+pub(crate) fn parse_infer(
+    r: &mut pb::ModelInferRequest,
+) -> Result<(Input, Option<u64>, Option<String>), PipelineError> {
+    let bad = |m: String| PipelineError::new(ErrorKind::BadRequest, Stage::Admission, m);
+    if r.inputs.len() != 1 {
+        return Err(bad(format!(
+            "send exactly one input: the model's FP32 tensor, or {:?} (BYTES, an encoded image); got {}",
+            oip::IMAGE_INPUT,
+            r.inputs.len()
+        )));
+    }
+    let input = r.inputs.swap_remove(0);
+    let data = if let Some(raw) = std::mem::take(&mut r.raw_input_contents).into_iter().next() {
+        Some(InputData::Raw(Bytes::from(raw)))
+    } else {
+        input.contents.map(|c| {
+            if c.bytes_contents.is_empty() {
+                InputData::F32(c.fp32_contents)
+            } else {
+                InputData::Elements(c.bytes_contents)
+            }
+        })
+    };
+    let top_k = match r.parameters.get("top_k").and_then(|p| p.parameter_choice.clone()) {
+        None => None,
+        Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(k).unwrap_or(0)),
+        Some(ParameterChoice::Uint64Param(k)) => Some(k),
+        Some(_) => return Err(bad("parameters.top_k must be an integer".into())),
+    };
+    let pipeline = match r.parameters.get("pipeline").and_then(|p| p.parameter_choice.clone()) {
+        None => None,
+        Some(ParameterChoice::StringParam(name)) => Some(name),
+        Some(_) => return Err(bad("parameters.pipeline must be a string".into())),
+    };
+    let input = Input { name: input.name, datatype: input.datatype, shape: input.shape, data };
+    Ok((input, top_k, pipeline))
 }

@@ -110,17 +110,29 @@ impl AppState {
     }
 
     /// A place in the pipeline, or `Overloaded` when `limits.max_concurrent_requests` are in
-    /// flight. Checked before the request's body is read.
+    /// flight. Taken once the request's body has arrived.
     pub(super) fn admit(&self) -> Result<Permit, PipelineError> {
-        let permit = self.admission.clone().try_acquire_owned().map_err(|_| {
-            PipelineError::new(
-                ErrorKind::Overloaded,
-                Stage::Admission,
-                format!("{} requests are already in flight; retry shortly", self.config.limits.max_concurrent_requests),
-            )
-        })?;
+        let permit = self.admission.clone().try_acquire_owned().map_err(|_| self.full())?;
         self.metrics.in_flight().inc();
         Ok(Permit { _permit: permit, metrics: self.metrics.clone() })
+    }
+
+    /// `Overloaded` when no place is free right now: checked before a body is read, so that
+    /// under overload the excess is refused without reading it (the place itself is taken
+    /// after, by [`Self::admit`]: a slow upload never holds one).
+    pub(super) fn has_room(&self) -> Result<(), PipelineError> {
+        if self.admission.available_permits() == 0 { Err(self.full()) } else { Ok(()) }
+    }
+
+    fn full(&self) -> PipelineError {
+        PipelineError::new(
+            ErrorKind::Overloaded,
+            Stage::Admission,
+            format!(
+                "{} requests are already in flight (limits.max_concurrent_requests); retry shortly",
+                self.config.limits.concurrent_requests()
+            ),
+        )
     }
 
     /// Counts an answered request: `failure` is the error's code, whether it was the caller's
@@ -203,6 +215,7 @@ async fn run<T: Send + 'static>(
     // The pipeline's stage and guest spans are children of the request's.
     let span = Span::current();
     let work = tokio::task::spawn_blocking(move || {
+        crate::cpu::compute_thread();
         let result = span.in_scope(|| work(&host, &running));
         drop(permit);
         result
