@@ -1,7 +1,9 @@
 """Writes the seed corpus of the fuzz targets (fuzz/corpus/<target>/): small valid and
 nearly-valid inputs of each format, for libFuzzer to mutate and for `./run test` to replay.
 Run: .venv/bin/python fuzz/make_corpus.py (Pillow, tritonclient from requirements.txt).
-Regressions found by fuzzing are added to the same directories by hand, named after the bug."""
+Regressions are added to the same directories by hand, named `regression-*` after the bug
+(oip_rest: a shape whose element count overflowed, one that reserved 4 GB up front, a
+negative dimension; config_files: batching.toml's NaN `std`)."""
 
 import io
 import json
