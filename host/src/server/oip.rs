@@ -225,6 +225,8 @@ async fn infer(
                 .ok_or_else(|| bad(format!("{HEADER_LENGTH} must be a byte count")))?,
         ),
     };
+    // Refused before the body is read when no place is free, as /v1/classify does.
+    state.has_room()?;
     let body = read_body_by(body, max_body, deadline).await?;
     let Rest { request, input, top_k, pipeline } = parse_rest(header_len, body)?;
     let call = Call { model, version, pipeline, timeout, start, deadline, request_id, top_k };
