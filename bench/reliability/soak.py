@@ -8,8 +8,8 @@ bad-input corpus (truncated and garbage JPEGs, an empty body, a text body, image
 the decode limits: each must get its documented 4xx code), and a second model whose pipeline's
 rules guest traps on request (500 guest_trap) or accepts.
 
-Every cycle (default 60 s): resources sampled first (RSS, file descriptors, threads: the same
-point of every cycle), a new version of the default model copied in, 20 s later the old one
+Every cycle (default 60 s): resources sampled first (RSS as the median of nine readings over
+4 s, file descriptors, threads: the same point of every cycle), a new version of the default model copied in, 20 s later the old one
 removed, 20 s later the rules guest's file replaced (the watcher reloads both).
 
 Passes when: no unexpected answer (status, error code or label), every new version answered
@@ -133,13 +133,20 @@ path = "{guests / 'probe-rules.wasm'}"
 
 
 def resources(pid: int) -> dict:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    # RSS moves by tens of MiB with what is in flight at the instant (a 2000x1500 photo's decode
+    # is ~20 MiB of guest memory): the median of nine readings over 4 s is the sample.
+    readings = []
+    for i in range(9):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        readings.append(int(next(l for l in status if l.startswith("VmRSS:")).split()[1]))
+        if i < 8:
+            time.sleep(0.5)
     get = lambda key: int(next(l for l in status if l.startswith(key)).split()[1])  # noqa: E731
     fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     sockets = sum(1 for target in fds if target.startswith("socket:"))
     # Sockets follow the clients (each worker thread opens its keep-alive connection when it
     # first gets work); files, pipes and the watcher's descriptors are the server's own.
-    return {"rss_mib": round(get("VmRSS:") / 1024, 1), "threads": get("Threads:"),
+    return {"rss_mib": round(sorted(readings)[4] / 1024, 1), "threads": get("Threads:"),
             "fds": len(fds) - sockets, "sockets": sockets}
 
 
@@ -317,10 +324,17 @@ def main() -> int:
         key = str(r.get("status")) + (f" {r['code']}" if r.get("code") else "")
         counts.setdefault(r["case"], {}).setdefault(key, 0)
         counts[r["case"]][key] += 1
+    # When in the swap cycle refusals happen (0 s: a version added, 1/3: the old one removed,
+    # 2/3: the guest swapped), in tenths of the cycle: clustered after an event, or spread out.
+    refusal_phase = [0] * 10
+    for r in client.results:
+        if r.get("refused_first"):
+            refusal_phase[min(9, int(((r["at"] - start) % args.cycle_s) / args.cycle_s * 10))] += 1
     result = {
         "command": f"just soak --minutes {args.minutes:g}", "capacity_rps": cap, "offered_rps": round(rate, 1),
         "requests": len(client.results), "answers": counts,
-        "refused_then_retried": sum(1 for r in client.results if r.get("refused_first")), "versions_seen": sorted(versions, key=lambda v: int(v or 0)),
+        "refused_then_retried": sum(1 for r in client.results if r.get("refused_first")),
+        "refusals_by_tenth_of_cycle": refusal_phase, "versions_seen": sorted(versions, key=lambda v: int(v or 0)),
         "versions_added": added, "swaps": swaps, "samples": samples, "settle_s": settle_s,
         "rss_drift": round(rss_drift, 4), "latency_ms": {
             "p50": round(latencies[len(latencies) // 2], 1) if latencies else None,
@@ -333,6 +347,8 @@ def main() -> int:
           f"(503) and retried after Retry-After; versions added {added}, seen {result['versions_seen']}")
     print(f"resources per cycle (s, RSS MiB, fds, sockets, threads): "
           f"{[(s['t_s'], s['rss_mib'], s['fds'], s['sockets'], s['threads']) for s in samples]}")
+    print(f"refusals by tenth of the swap cycle (a version added at 0, removed at 3.3, guest swap at 6.7): "
+          f"{refusal_phase}")
     print(f"RSS drift after {settle_s:.0f} s: {rss_drift * 100:+.2f} %; latency p50 {result['latency_ms']['p50']} "
           f"p99 {result['latency_ms']['p99']} ms")
     for name, ok in checks.items():

@@ -532,6 +532,7 @@ impl Host {
         let mut state = SampledState {
             guest_instances: runtime.live_instances(),
             guest_memory_bytes: runtime.guest_memory_in_use(),
+            guest_warm_memories: runtime.warm_memory_slots(),
             ..Default::default()
         };
         for m in snapshot.models.values() {

@@ -1,5 +1,28 @@
 //! The `tessera` command: argument parsing only; everything else is the `tessera` library.
 
+/// The server's allocator. glibc's malloc raises its mmap threshold to the largest block freed
+/// so far, after which request bodies and inference buffers of a few MiB come from per-thread
+/// arenas, are carved up by small allocations once freed, and cannot be returned: under the
+/// soak's mixed photo sizes RSS rose 17 % from minute 5 to 30 before levelling off. Tried in
+/// 6-minute soaks (docs/RELIABILITY.md, "Soak"): a fixed mmap threshold kept RSS flat at ~75 MiB
+/// but cost 23 % of capacity (every large buffer mapped and faulted in afresh); `malloc_trim`
+/// every 5 s did not stop the growth (the freed space is fragmented, not free pages); mimalloc
+/// held it flat at ~320 MiB; jemalloc held it at 90–117 MiB at the same capacity.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main` (its `malloc_conf`, under the crate's `_rjem_`
+/// prefix): purge freed pages on background threads rather than only when the same thread
+/// allocates again, after 1 s instead of 10 s, so an idle server hands memory back too.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: Option<&'static std::ffi::c_char> = {
+    const OPTIONS: &[u8] = b"background_thread:true,dirty_decay_ms:1000\0";
+    // SAFETY: a NUL-terminated byte string that lives for the whole program; jemalloc reads it
+    // as a C string.
+    Some(unsafe { &*OPTIONS.as_ptr().cast::<std::ffi::c_char>() })
+};
+
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -137,6 +137,7 @@ pub struct Metrics {
     version_state: Family<VersionStateLabels, Gauge>,
     guest_instances: Gauge,
     guest_memory: Gauge,
+    guest_warm_memories: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -171,6 +172,7 @@ impl Metrics {
             version_state: Family::default(),
             guest_instances: Gauge::default(),
             guest_memory: Gauge::default(),
+            guest_warm_memories: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder; histograms get `_bucket`/`_sum`/`_count`.
@@ -253,6 +255,12 @@ impl Metrics {
              bounds it); sampled when scraped",
             Unit::Bytes,
             m.guest_memory.clone(),
+        );
+        registry.register(
+            "guest_pool_warm_memories",
+            "Guest linear-memory slots used before and free now, each keeping up to \
+             limits.guest_keep_resident_bytes resident; stays bounded across guest reloads; sampled when scraped",
+            m.guest_warm_memories.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -356,6 +364,7 @@ impl Metrics {
         }
         self.guest_instances.set(state.guest_instances as i64);
         self.guest_memory.set(state.guest_memory_bytes as i64);
+        self.guest_warm_memories.set(state.guest_warm_memories as i64);
     }
 }
 
@@ -370,4 +379,5 @@ pub(crate) struct SampledState {
     pub version_states: Vec<(String, u64, bool)>,
     pub guest_instances: usize,
     pub guest_memory_bytes: usize,
+    pub guest_warm_memories: u32,
 }

@@ -984,11 +984,14 @@ fn versions_and_guests_swap_under_load_without_a_failed_request() {
     std::fs::write(&toml, manifest).unwrap();
     install(&onnx, &models.join("shapes/1/model.onnx"));
     install(&guest("postprocess"), &guests.join("postprocess.wasm"));
+    // The cap is named so the pool's warm-slot bound below does not depend on this machine's cores.
     let server = Server::start(&[
         "--models",
         models.to_str().unwrap(),
         "--postprocess",
         guests.join("postprocess.wasm").to_str().unwrap(),
+        "--max-concurrent-requests",
+        "4",
     ]);
     let case = &shapes(CLASSES_SEED, 2)[0];
     let good = read(&case.path);
@@ -1050,6 +1053,24 @@ fn versions_and_guests_swap_under_load_without_a_failed_request() {
     println!("requests served per version during the swaps: {seen:?}");
     assert!(seen.contains_key("1") && seen.contains_key("2"), "{seen:?}");
     assert!(server.stderr().contains("guest components reloaded"), "{}", server.stderr());
+
+    // Reloaded guests reuse the pool slots their predecessors warmed: each reload makes new
+    // modules, and with wasmtime's default (cold slots first until 100 are warm) every one took
+    // a fresh slot, which keeps up to limits.guest_keep_resident_bytes resident after its module
+    // is gone: RSS grew with every reload. Now the warm slots stay within one spare per request
+    // (4 here) plus the slots the requests themselves used at once; 12 reloads of 3 guests would
+    // have left 36 or more.
+    for _ in 0..12 {
+        install(&guest("postprocess"), &guests.join("postprocess.wasm"));
+        let report: Value = client().post(server.admin_url("/v1/admin/reload")).send().unwrap().json().unwrap();
+        // The watcher may have seen the new file first.
+        assert!(report["guests"] == "reloaded" || report["guests"] == "unchanged", "{report}");
+        assert_eq!(server.classify(&good, "", &[]).0, 200);
+    }
+    let reloads = server.stderr().matches("guest components reloaded").count();
+    assert!(reloads >= 13, "{reloads} guest reloads logged");
+    let warm = metrics::scrape(&server)["tessera_guest_pool_warm_memories"];
+    assert!((1.0..=16.0).contains(&warm), "{warm} warm guest memory slots after 12 guest reloads");
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -476,6 +476,17 @@ impl Runtime {
             // Python and JS guests bundle several core modules, each with its own memory.
             .max_memories_per_component(8)
             .max_core_instances_per_component(64);
+        // A slot keeps its resident pages (below) after its instance is gone, and after its
+        // module is dropped too: a dropped module's slots lose only their memory image
+        // (wasmtime's `purge_module` → `remove_image`), not the heap pages kept resident. While
+        // fewer than `max_unused_warm_slots` used slots are free, wasmtime gives a module with no
+        // slot of its own a never-used one, so with its default of 100 every guest reload took
+        // fresh slots and RSS grew ~1 MiB a reload idle, ~3.5 MiB under load, for a hundred
+        // reloads (docs/RELIABILITY.md, soak). With one spare per request that can be in
+        // flight, reloaded guests reuse the slots their predecessors warmed. A module still
+        // takes its own free slot first whatever this is; served A/B at c = 4 with a Python
+        // rules guest, 100 vs this vs 0: no difference beyond noise (docs/PERFORMANCE.md).
+        pool.max_unused_warm_slots(limits.concurrent_requests());
         // By default a freed slot's memory goes back to the kernel (madvise), and the next
         // instance faults every page it touches in again: for a Python or JS guest, whose
         // interpreter touches hundreds of pages of its pre-initialised heap per call, that was
@@ -611,6 +622,12 @@ impl Runtime {
     /// Guest instances alive now (each call has its own store and instance).
     pub fn live_instances(&self) -> usize {
         self.live_stores.load(Ordering::Relaxed)
+    }
+
+    /// Linear-memory pool slots that an instance used and that are free now (each keeps up to
+    /// `limits.guest_keep_resident_bytes` resident).
+    pub fn warm_memory_slots(&self) -> u32 {
+        self.engine.pooling_allocator_metrics().map_or(0, |m| m.unused_warm_memories())
     }
 
     /// Linear memory granted to the guest instances alive now, all together.
