@@ -43,9 +43,11 @@ pub struct Config {
     /// Named pipelines (`[pipelines.<name>]`): other guests for some models, or for requests
     /// that select one with `pipeline=<name>`.
     pub pipelines: BTreeMap<String, PipelineConfig>,
-    /// Where compiled guest components are cached across restarts; absent = no disk cache.
+    /// Where compiled guest components are cached across restarts; `"off"` = no disk cache
+    /// (a read-only filesystem with precompiled `.cwasm` guests needs none).
     /// Native code loaded from it is trusted: it must be a directory owned by this user (made
     /// with mode 0700, narrowed to 0700 if others could write to it; refused otherwise).
+    #[serde(with = "dir_or_off")]
     pub compile_cache_dir: Option<PathBuf>,
     /// `adaptive` (a lone image's matrix products spread over every thread, concurrent images
     /// one thread each), `throughput` (always one image per worker thread) or `latency` (always
@@ -56,6 +58,10 @@ pub struct Config {
     pub inference: InferenceConfig,
     /// Reload models and guests when their files change (`POST /v1/admin/reload` always works).
     pub watch: bool,
+    /// 0: watch with the OS's file events (inotify). Else scan the watched directories every
+    /// this many milliseconds: for network filesystems, where another node's writes raise no
+    /// event here.
+    pub watch_poll_ms: u64,
     /// Bearer token for `/v1/admin/*` on `addr`. Absent: admin routes are served on `admin_addr`
     /// only.
     pub admin_token: Option<String>,
@@ -346,6 +352,7 @@ impl Default for Config {
             inference_mode: crate::inference::EngineMode::Adaptive,
             inference: InferenceConfig::default(),
             watch: true,
+            watch_poll_ms: 0,
             admin_token: None,
             limits: Limits::default(),
             telemetry: TelemetryConfig::default(),
@@ -382,6 +389,25 @@ pub mod addr_or_off {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
         parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `compile_cache_dir`: a directory or `"off"`.
+mod dir_or_off {
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(dir: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        match dir {
+            Some(dir) => s.collect_str(&dir.display()),
+            None => s.serialize_str(super::addr_or_off::OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok((!text.trim().eq_ignore_ascii_case(super::addr_or_off::OFF)).then(|| PathBuf::from(text)))
     }
 }
 
@@ -616,6 +642,15 @@ mod tests {
         assert_eq!(config.addr, Config::default().addr);
         assert_eq!(config.inference_mode, Config::default().inference_mode);
         assert!(config.models_dir.ends_with("models"));
+    }
+
+    #[test]
+    fn the_compile_cache_can_be_off_and_the_watcher_can_poll() {
+        let config: Config = toml::from_str("compile_cache_dir = \"off\"\nwatch_poll_ms = 2000\n").unwrap();
+        assert_eq!((config.compile_cache_dir, config.watch_poll_ms), (None, 2000));
+        let config: Config = toml::from_str("compile_cache_dir = \"cache\"\n").unwrap();
+        assert_eq!(config.compile_cache_dir, Some(PathBuf::from("cache")));
+        assert_eq!(Config::default().watch_poll_ms, 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::pipeline::{
     Classification, ClassifyRequest, ModelRef, Pipeline, Pipelines, Progress, Stages, TensorOutput, TensorRequest,
 };
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
-use crate::runtime::{self, Inspection, Runtime, RuntimeError, default_grants};
+use crate::runtime::{self, CompileTarget, Inspection, Runtime, RuntimeError, default_grants};
 use crate::watch;
 
 /// Why a host could not be built.
@@ -163,10 +163,35 @@ pub fn inspect(config: &Config, path: &std::path::Path, grants: &[crate::WasiGra
 /// `.cwasm` of native code for this build of Tessera and `config`'s engine settings, which the
 /// host then loads without compiling (from a trusted path only; see docs/guests.md). Refuses a
 /// component that would not load as a guest; returns what `inspect` says of the result.
-pub fn compile(config: &Config, input: &std::path::Path, output: &std::path::Path) -> Result<Inspection, BuildError> {
+///
+/// For another CPU or architecture (`target`), the component is first checked here (compiled
+/// for this machine), then compiled for the target; the result is not loaded here (it may need
+/// features this machine lacks, or be another architecture's code).
+pub fn compile(
+    config: &Config,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    target: &CompileTarget,
+) -> Result<Inspection, BuildError> {
+    let write = |source| RuntimeError::Read { path: output.to_path_buf(), source };
+    if !target.is_native() {
+        let report = Runtime::new(&config.limits, None)?.inspect(input, &default_grants())?;
+        if let Err(message) = &report.fits {
+            return Err(RuntimeError::Invalid {
+                path: input.to_path_buf(),
+                world: report.world.unwrap_or("guest"),
+                message: message.clone(),
+            }
+            .into());
+        }
+        let native = Runtime::with_target(&config.limits, None, target)?.precompile(input)?;
+        let partial = output.with_extension("partial");
+        std::fs::write(&partial, &native).map_err(write)?;
+        std::fs::rename(&partial, output).map_err(write)?;
+        return Ok(Inspection { path: output.to_path_buf(), bytes: native.len(), precompiled: true, ..report });
+    }
     let runtime = Runtime::new(&config.limits, None)?;
     let native = runtime.precompile(input)?;
-    let write = |source| RuntimeError::Read { path: output.to_path_buf(), source };
     // Written beside the target, checked, and renamed over it: a host loading the old file
     // never sees half of the new one, nor one that would not load.
     let partial = output.with_extension("partial");

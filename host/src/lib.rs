@@ -34,7 +34,7 @@ pub use metrics::Metrics;
 pub use pipeline::{Classification, ClassifyRequest, Decision, GuestRun, ModelRef, Prediction, TensorOutput, Timings};
 pub use repository::RepositoryError;
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
-pub use runtime::{Import, Inspection, RuntimeError};
+pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};
 pub use watch::{WatchError, WatchGuard};
 
 /// Not part of the API: the pieces the benches, the profiling example and the integration tests

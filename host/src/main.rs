@@ -92,6 +92,15 @@ enum Command {
         component: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        /// Generate code for this target triple (e.g. aarch64-unknown-linux-gnu) instead of
+        /// this machine, at its baseline CPU unless --cpu says more
+        #[arg(long)]
+        target: Option<String>,
+        /// CPU features to compile for: native (this machine's, the default without --target),
+        /// baseline, x86-64-v2, x86-64-v3, or Cranelift flags (has_avx2,has_fma). A .cwasm
+        /// loads only where every feature it was compiled with exists
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// Run a rules guest against conformance tables (TOML: a configuration and the decisions
     /// it must give; guests/conformance/RULES.md), without a server or a model. Exits 1 when a
@@ -360,9 +369,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Compile { component, output } => {
+        Command::Compile { component, output, target, cpu } => {
             let started = std::time::Instant::now();
-            let report = tessera::compile(&config, &component, &output)?;
+            let target = tessera::CompileTarget { triple: target, cpu };
+            let report = tessera::compile(&config, &component, &output, &target)?;
             println!(
                 "compiled {} ({}) into {} ({} bytes) in {} ms",
                 component.display(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher as _};
+use notify::RecursiveMode;
 
 use crate::Host;
 
@@ -19,7 +19,7 @@ pub const QUIET_MS: u64 = 300;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Box<dyn notify::Watcher + Send + Sync>,
 }
 
 /// Why watching could not start.
@@ -33,13 +33,24 @@ pub struct WatchError {
 /// Watches `host`'s model directory (recursively) and the directories of its guest files.
 pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let handler = move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
-    })
-    .map_err(|source| WatchError { path: PathBuf::new(), source })?;
+    };
     let config = host.config();
+    // inotify sees only what this kernel writes: on a network filesystem (NFS, a Kubernetes
+    // ReadWriteMany volume) a file copied in from another node raises no event, so there the
+    // directories are scanned every `watch_poll_ms` instead (notify's PollWatcher compares
+    // modification times).
+    let watcher: notify::Result<Box<dyn notify::Watcher + Send + Sync>> = match config.watch_poll_ms {
+        0 => notify::recommended_watcher(handler).map(|w| Box::new(w) as _),
+        ms => {
+            let every = notify::Config::default().with_poll_interval(Duration::from_millis(ms));
+            notify::PollWatcher::new(handler, every).map(|w| Box::new(w) as _)
+        }
+    };
+    let mut watcher = watcher.map_err(|source| WatchError { path: PathBuf::new(), source })?;
     let mut dirs = vec![(config.models_dir.clone(), RecursiveMode::Recursive)];
     for path in config.guest_paths() {
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
@@ -57,7 +68,11 @@ pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
         .name("tessera-watch".into())
         .spawn(move || debounce_loop(rx, weak))
         .expect("spawning the watch thread");
-    tracing::info!(dirs = ?dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(), "watching for model and guest changes");
+    tracing::info!(
+        dirs = ?dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(),
+        poll_ms = config.watch_poll_ms,
+        "watching for model and guest changes"
+    );
     Ok(WatchGuard { _watcher: watcher })
 }
 
