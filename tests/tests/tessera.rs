@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `tessera` binary over HTTP on an ephemeral loopback port, and
 //! the library's embedding API. Guests and the binary are built by `just test` first.
 
+mod deploy;
 mod fuzz_replay;
 mod grpc;
 mod languages;
