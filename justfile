@@ -8,6 +8,9 @@ wasm_out := "target/" + guest_target + "/release"
 guest_dir := "target/guests"
 python := ".venv/bin/python"
 wasm_tools := ".venv/bin/wasm-tools"
+# The runtime-only build an edge node runs (docs/EDGE.md): HTTP only, no gRPC, no trace exporter,
+# no compiler (guests as .cwasm only).
+runtime_only_features := "http,tract-patches"
 
 default:
     @just --list
@@ -95,14 +98,34 @@ guests-polyglot:
 build: guests
     cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
 
+# The runtime-only server, built beside the full one (same profile and target dir: only wasmtime's
+# crates and tessera are built twice) and kept as target/release/tessera-runtime-only. The last
+# build puts the full binary back at target/release/tessera; nothing is rebuilt for that.
+runtime-only: build
+    cargo build --release -p tessera --no-default-features --features {{runtime_only_features}}
+    cp target/release/tessera target/release/tessera-runtime-only
+    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
+
+# Footprint of the edge builds side by side (docs/EDGE.md; never in CI): stripped size, start to
+# ready with .cwasm guests, peak RSS serving ResNet-18 int8. The `edge` profile (LTO, size) is
+# built only here, into target/edge/.
+edge-check: runtime-only models
+    cargo build --profile edge -p tessera --no-default-features --features {{runtime_only_features}}
+    {{python}} bench/edge/check.py
+
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: build
     target/release/tessera serve {{ARGS}}
 
 # Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
-test: build
+test: build runtime-only
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
+    # The other feature sets that ship: the runtime-only server, the library alone (no servers,
+    # no compiler) as an edge agent embeds it, the C API without the compiler.
+    cargo clippy --release -p tessera --no-default-features --features {{runtime_only_features}} -- -D warnings
+    cargo clippy --release -p tessera --no-default-features --features tract-patches -- -D warnings
+    cargo clippy --release -p tessera-capi --no-default-features --features tract-patches -- -D warnings
     cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules -- -D warnings
     cargo clippy --release --target wasm32-wasip2 -p tessera-probe-wasi -- -D warnings
     cargo clippy --release -p tessera-bindgen -p tessera-rules-rust --all-targets -- -D warnings

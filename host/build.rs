@@ -1,25 +1,25 @@
 //! Compiles the gRPC contracts in `proto/` with `protox` (no system `protoc`) into tonic
 //! servers, writes their descriptor set for server reflection, and refuses to build if Tessera's
-//! `image_recognition` service stopped being wire-compatible with the seed's file.
+//! `image_recognition` service stopped being wire-compatible with the seed's file (feature
+//! `grpc`). Always: the engines' versions for the `build_info` metric.
 
+#[cfg(feature = "grpc")]
 use std::collections::HashMap;
 use std::error::Error;
 use std::path::PathBuf;
 
+#[cfg(feature = "grpc")]
 use prost::Message;
+#[cfg(feature = "grpc")]
 use prost_types::{DescriptorProto, FileDescriptorSet};
 
 /// The seed's contract, unchanged; ours (a superset of it) and KServe's Open Inference Protocol.
+#[cfg(feature = "grpc")]
 const SEED: &str = "image_recognition.proto";
+#[cfg(feature = "grpc")]
 const OURS: &[&str] = &["tessera_image_recognition.proto", "grpc_predict_v2.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
-    println!("cargo:rerun-if-changed={}", root.display());
-    let seed = protox::compile([root.join(SEED)], [&root])?;
-    let ours = protox::compile(OURS.iter().map(|f| root.join(f)), [&root])?;
-    check_wire_compatible(&seed, &ours)?;
-
     // The engines' versions for the `build_info` metric, from the lockfile (what was built).
     let lock_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
     println!("cargo:rerun-if-changed={}", lock_path.display());
@@ -28,7 +28,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         let version = locked_version(&lock, package).ok_or(format!("{package} is not in Cargo.lock"))?;
         println!("cargo:rustc-env={var}={version}");
     }
+    #[cfg(feature = "grpc")]
+    grpc()?;
+    Ok(())
+}
 
+/// The gRPC servers' code and descriptors, after the seed-compatibility check.
+#[cfg(feature = "grpc")]
+fn grpc() -> Result<(), Box<dyn Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let seed = protox::compile([root.join(SEED)], [&root])?;
+    let ours = protox::compile(OURS.iter().map(|f| root.join(f)), [&root])?;
+    check_wire_compatible(&seed, &ours)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptors.bin"), ours.encode_to_vec())?;
     tonic_prost_build::configure().build_client(false).build_server(true).compile_fds(ours)?;
@@ -47,6 +59,7 @@ fn locked_version(lock: &str, package: &str) -> Option<String> {
 /// Every message and field of the seed's file is in ours under the same name, number, type and
 /// label, and the service has the same methods with the same types: a client generated from
 /// the seed's file keeps working against our server.
+#[cfg(feature = "grpc")]
 fn check_wire_compatible(seed: &FileDescriptorSet, ours: &FileDescriptorSet) -> Result<(), String> {
     let index = |set: &FileDescriptorSet| {
         let mut messages: HashMap<String, DescriptorProto> = HashMap::new();

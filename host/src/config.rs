@@ -342,7 +342,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            grpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            // A build without gRPC listens for none unless told to (and then says it cannot).
+            grpc_addr: cfg!(feature = "grpc").then(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             models_dir: PathBuf::from("models"),
             default_model: None,

@@ -402,6 +402,7 @@ impl Host {
         self.pipeline.infer(tensor, Instant::now(), &Progress::default())
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
     pub(crate) fn infer_tracked(
         &self,
         tensor: TensorRequest,
@@ -419,6 +420,7 @@ impl Host {
 
     /// Like [`Host::classify_since`], telling `progress` which stage is running (a caller that
     /// stops waiting can say where the time went).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
     pub(crate) fn classify_tracked(
         &self,
         req: &ClassifyRequest,

@@ -9,6 +9,13 @@
 //! println!("{} {:.3}", result.label, result.confidence);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
+//!
+//! Cargo features (all on by default): `compiler` (wasmtime's Cranelift: guests as `.wasm`;
+//! without it only `.cwasm` from `tessera compile` load, and nothing is compiled on the node),
+//! `http` (the [`server`] module and the `tessera` binary), `grpc` (the gRPC listener),
+//! `otlp` (the trace exporter), `onnxruntime`, `tract-patches`. An edge agent that embeds the
+//! library takes `default-features = false, features = ["tract-patches"]`: no compiler, no
+//! hyper, no tonic (docs/EDGE.md).
 
 pub mod config;
 mod cpu;
@@ -20,6 +27,7 @@ mod pipeline;
 mod repository;
 mod rules_table;
 mod runtime;
+#[cfg(feature = "http")]
 pub mod server;
 mod watch;
 
@@ -48,6 +56,7 @@ pub mod internals {
     pub use crate::repository::{Manifest, ModelRepository};
     pub use crate::runtime::{Runtime, SpecView, default_grants};
     /// The fuzz targets' entry points (`fuzz/`), also replayed over the committed corpus by the tests.
+    #[cfg(feature = "http")]
     pub use crate::server::fuzz;
 
     /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.

@@ -144,6 +144,7 @@ impl Progress {
     }
 
     /// The stage entered last (`Admission` before the pipeline starts).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
     pub fn stage(&self) -> Stage {
         Stage::ALL[usize::from(self.0.load(Ordering::Relaxed)).min(Stage::ALL.len() - 1)]
     }

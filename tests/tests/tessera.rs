@@ -2,6 +2,7 @@
 //! the library's embedding API. Guests and the binary are built by `just test` first.
 
 mod deploy;
+mod edge;
 mod fuzz_replay;
 mod grpc;
 mod languages;

@@ -246,7 +246,7 @@ impl inference::Host for GuestState {
 /// trusted code, so a directory another user could write to would let them run code in this
 /// process. Created with mode 0700 when missing; an existing one must be a directory owned by
 /// this user, and is narrowed to 0700.
-#[cfg(unix)]
+#[cfg(all(unix, feature = "compiler"))]
 fn private_cache_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if !dir.exists() {
@@ -271,7 +271,7 @@ fn private_cache_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(not(unix))]
+#[cfg(all(not(unix), feature = "compiler"))]
 fn private_cache_dir(_dir: &Path) -> Result<(), String> {
     Ok(())
 }
@@ -435,7 +435,9 @@ pub struct CompileTarget {
 }
 
 /// x86-64 microarchitecture levels (the psABI's) as Cranelift's x86 feature flags.
+#[cfg(feature = "compiler")]
 const X86_64_V2: &[&str] = &["has_sse3", "has_ssse3", "has_sse41", "has_sse42", "has_popcnt", "has_cmpxchg16b"];
+#[cfg(feature = "compiler")]
 const X86_64_V3: &[&str] = &["has_avx", "has_avx2", "has_bmi1", "has_bmi2", "has_fma", "has_lzcnt"];
 
 impl CompileTarget {
@@ -445,6 +447,7 @@ impl CompileTarget {
     }
 
     /// The Cranelift flags `cpu` stands for.
+    #[cfg(feature = "compiler")]
     fn flags(&self) -> Result<Vec<&str>, RuntimeError> {
         let cpu = self.cpu.as_deref().unwrap_or("baseline");
         let is_x86 = self.triple.as_deref().map_or(cfg!(target_arch = "x86_64"), |t| t.starts_with("x86_64"));
@@ -470,6 +473,16 @@ impl CompileTarget {
         if self.is_native() {
             return Ok(());
         }
+        self.apply_target(config)
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn apply_target(&self, _: &mut EngineConfig) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Engine(no_compiler("compiling for another target")))
+    }
+
+    #[cfg(feature = "compiler")]
+    fn apply_target(&self, config: &mut EngineConfig) -> Result<(), RuntimeError> {
         // A named target switches off wasmtime's detection of this machine's features: with
         // no triple given, that is this machine's architecture at its baseline.
         let triple = self.triple.clone().unwrap_or_else(|| target_lexicon::HOST.to_string());
@@ -485,6 +498,16 @@ impl CompileTarget {
         }
         Ok(())
     }
+}
+
+/// What a build without the `compiler` feature says when asked to compile.
+#[cfg(not(feature = "compiler"))]
+fn no_compiler(what: &str) -> String {
+    format!(
+        "{what} needs a compiler, and this build of Tessera is runtime-only (built without the `compiler` \
+         feature): precompile guests with `tessera compile --target <triple> --cpu <level>` on a full build \
+         and give this one the .cwasm files (docs/EDGE.md)"
+    )
 }
 
 /// How a guest call failed.
@@ -586,6 +609,10 @@ impl Runtime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         target.apply(&mut config)?;
+        // Without a compiler nothing is compiled, so there is nothing to cache.
+        #[cfg(not(feature = "compiler"))]
+        let _ = cache_dir;
+        #[cfg(feature = "compiler")]
         if let Some(dir) = cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
             // wasmtime's cache insists on an absolute directory.
@@ -684,13 +711,40 @@ impl Runtime {
             let component = unsafe { Component::deserialize_file(&self.engine, path) }.map_err(invalid)?;
             return Ok((component, bytes));
         }
-        let bytes = std::fs::read(path).map_err(read)?;
-        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
+        self.compile_wasm(path, world)
+    }
+
+    /// A component given as WebAssembly, compiled (or taken from the compile cache).
+    #[cfg(feature = "compiler")]
+    fn compile_wasm(&self, path: &Path, world: &'static str) -> Result<(Component, usize), RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_path_buf(), source })?;
+        let component = Component::new(&self.engine, &bytes).map_err(|e| RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world,
+            message: format!("{e:#}"),
+        })?;
         Ok((component, bytes.len()))
+    }
+
+    #[cfg(not(feature = "compiler"))]
+    fn compile_wasm(&self, path: &Path, world: &'static str) -> Result<(Component, usize), RuntimeError> {
+        Err(RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world,
+            message: no_compiler("a guest given as WebAssembly"),
+        })
     }
 
     /// Compiles the component at `input` for this engine's configuration and returns the
     /// serialized native code (`tessera compile`).
+    #[cfg(not(feature = "compiler"))]
+    pub fn precompile(&self, _input: &Path) -> Result<Vec<u8>, RuntimeError> {
+        Err(RuntimeError::Engine(no_compiler("tessera compile")))
+    }
+
+    /// Compiles the component at `input` for this engine's configuration and returns the
+    /// serialized native code (`tessera compile`).
+    #[cfg(feature = "compiler")]
     pub fn precompile(&self, input: &Path) -> Result<Vec<u8>, RuntimeError> {
         let bytes = std::fs::read(input).map_err(|source| RuntimeError::Read { path: input.to_path_buf(), source })?;
         self.engine.precompile_component(&bytes).map_err(|e| RuntimeError::Invalid {
@@ -1104,6 +1158,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "compiler")]
     fn compile_targets_name_their_cpu_features_and_refuse_contradictions() {
         let target = |triple: Option<&str>, cpu: Option<&str>| CompileTarget {
             triple: triple.map(str::to_string),

@@ -8,10 +8,12 @@
 //! serde_json, prost, toml): the crates are fuzzed upstream, our glue is not.
 
 use std::path::Path;
+#[cfg(feature = "grpc")]
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
+#[cfg(feature = "grpc")]
 use prost::Message;
 
 use super::http::{self as h, Upload};
@@ -84,6 +86,7 @@ pub fn oip_rest(data: &[u8]) {
 }
 
 /// `inference.GRPCInferenceService/ModelInfer`: `data` is the protobuf message.
+#[cfg(feature = "grpc")]
 pub fn oip_grpc(data: &[u8]) {
     let Ok(mut message) = super::oip_grpc::pb::ModelInferRequest::decode(data) else { return };
     match super::oip_grpc::parse_infer(&mut message) {
@@ -93,6 +96,7 @@ pub fn oip_grpc(data: &[u8]) {
 }
 
 /// `image_recognition.ImageRecognitionService/Recognize`: `data` is the protobuf message.
+#[cfg(feature = "grpc")]
 pub fn tessera_grpc(data: &[u8]) {
     let Ok(message) = super::grpc::pb::ImageRequest::decode(data) else { return };
     let had_image = !message.image_data.is_empty();

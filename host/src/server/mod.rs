@@ -1,6 +1,7 @@
 //! The network edge: a hyper 1.x HTTP server and a tonic gRPC server over the library's
 //! [`Host`], sharing one serving core (`service.rs`: admission, readiness, request ids,
-//! deadlines) and one shutdown.
+//! deadlines) and one shutdown. Cargo features: `http` (this module), `grpc` (the gRPC
+//! listener: `grpc.rs`, `oip_grpc.rs`), `otlp` (the trace exporter in `telemetry.rs`).
 //!
 //! The server listens at once and loads models and guests in the background; `/readyz`
 //! answers 503 and gRPC health NOT_SERVING until they are loaded. SIGINT/SIGTERM stop
@@ -8,9 +9,11 @@
 //! `limits.shutdown_grace_ms`, and return.
 
 pub mod fuzz;
+#[cfg(feature = "grpc")]
 mod grpc;
 mod http;
 mod oip;
+#[cfg(feature = "grpc")]
 mod oip_grpc;
 mod service;
 mod telemetry;
@@ -29,6 +32,7 @@ use tokio::sync::Semaphore;
 
 use crate::{Config, Host, Metrics};
 
+#[cfg(feature = "grpc")]
 pub use grpc::code_for;
 pub use http::status_for;
 pub use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
@@ -56,6 +60,12 @@ impl Listeners {
         let http = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
         let grpc =
             match config.grpc_addr {
+                #[cfg(not(feature = "grpc"))]
+                Some(addr) => anyhow::bail!(
+                    "grpc_addr = {addr}, but this build of tessera has no gRPC server (built without the `grpc` \
+                     feature): set grpc_addr = \"off\" (--grpc-addr off) or use a full build"
+                ),
+                #[cfg(feature = "grpc")]
                 Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
                     format!("cannot listen for gRPC on {addr} (grpc_addr; \"off\" turns gRPC off)")
                 })?),
@@ -130,9 +140,15 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    grpc::set_health(&health, false).await;
-    let grpc_server = grpc_listener.map(|l| tokio::spawn(grpc::serve(l, state.clone(), health_service, stop_signal())));
+    #[cfg(feature = "grpc")]
+    let (health, grpc_server) = {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        grpc::set_health(&health, false).await;
+        let server = grpc_listener.map(|l| tokio::spawn(grpc::serve(l, state.clone(), health_service, stop_signal())));
+        (health, server)
+    };
+    #[cfg(not(feature = "grpc"))]
+    let _ = (grpc_listener, stop_signal);
 
     // Turned on at shutdown: a model load probe still running is stopped, so a server told to
     // stop while it loads exits within one in-process load instead of after every probe.
@@ -173,6 +189,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let load_failed = async {
         match loader.await {
             Ok(Ok(())) => {
+                #[cfg(feature = "grpc")]
                 grpc::set_health(&health, true).await;
                 std::future::pending::<anyhow::Error>().await
             }
@@ -242,11 +259,13 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     drop(admin_listener);
     cancel_loading.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
+    #[cfg(feature = "grpc")]
     grpc::set_health(&health, false).await;
     let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);
     tracing::info!(grace_ms = grace.as_millis() as u64, "stopped accepting; draining in-flight requests");
     let drained = async {
         graceful.shutdown().await;
+        #[cfg(feature = "grpc")]
         if let Some(server) = grpc_server {
             match server.await {
                 Ok(Ok(())) => {}

@@ -326,8 +326,10 @@ pub(super) enum InputData {
     /// JSON (REST without the binary extension).
     Json(Value),
     /// gRPC `contents.fp32_contents`.
+    #[cfg(feature = "grpc")]
     F32(Vec<f32>),
     /// gRPC `contents.bytes_contents`.
+    #[cfg(feature = "grpc")]
     Elements(Vec<Vec<u8>>),
 }
 
@@ -466,6 +468,7 @@ pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
             let image = match input.data {
                 Some(InputData::Raw(raw)) => first_bytes_element(&raw)?,
                 Some(InputData::Json(data)) => first_string(&data)?.into_bytes(),
+                #[cfg(feature = "grpc")]
                 Some(InputData::Elements(mut e)) if !e.is_empty() => e.swap_remove(0),
                 _ => return Err(bad(format!("input {:?} has no BYTES data", input.name))),
             };
@@ -493,6 +496,7 @@ pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
                     flatten_numbers(&data, &mut out)?;
                     out
                 }
+                #[cfg(feature = "grpc")]
                 Some(InputData::F32(v)) => v,
                 _ => return Err(bad(format!("input {:?} has no FP32 data", input.name))),
             };

@@ -1,20 +1,32 @@
 //! Logs and traces. Logs: `tracing` events as text or JSON lines on stderr, filtered by
 //! `TESSERA_LOG`. Traces: the spans the serving core and the pipeline open (a request, each
 //! stage, each guest call), exported over OTLP/gRPC when `[telemetry] otlp_endpoint` is set,
-//! continuing a client's W3C `traceparent` (HTTP header or gRPC metadata).
+//! continuing a client's W3C `traceparent` (HTTP header or gRPC metadata). The exporter is the
+//! cargo feature `otlp`; a build without it logs the same and refuses an `otlp_endpoint`.
 
+#[cfg(feature = "otlp")]
 use std::time::Duration;
 
+#[cfg(feature = "otlp")]
 use anyhow::Context as _;
+#[cfg(feature = "otlp")]
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
+#[cfg(feature = "otlp")]
 use opentelemetry::trace::TracerProvider as _;
+#[cfg(feature = "otlp")]
 use opentelemetry_otlp::WithExportConfig;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::Resource;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+#[cfg(feature = "otlp")]
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::filter::EnvFilter;
+#[cfg(feature = "otlp")]
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -26,16 +38,20 @@ pub(super) const TRACESTATE: &str = "tracestate";
 
 /// How long one export may take before the batch is dropped (a slow collector must not hold
 /// spans in memory without bound; the processor's queue is bounded too).
+#[cfg(feature = "otlp")]
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keeps the trace exporter running; dropping it flushes the spans still queued.
 pub struct Telemetry {
+    #[cfg(feature = "otlp")]
     provider: Option<SdkTracerProvider>,
     /// The exporter's gRPC channel lives on this runtime, apart from the server's: the server's
     /// runtime is shut down before the last spans are flushed.
+    #[cfg(feature = "otlp")]
     _runtime: Option<tokio::runtime::Runtime>,
 }
 
+#[cfg(feature = "otlp")]
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take()
@@ -55,6 +71,31 @@ pub fn init_telemetry(json: bool, config: &TelemetryConfig) -> anyhow::Result<Te
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() }.with_filter(filter);
+    init_exporter(fmt, config)
+}
+
+/// A build without the exporter: logs only.
+#[cfg(not(feature = "otlp"))]
+fn init_exporter(
+    fmt: impl Layer<tracing_subscriber::Registry> + Send + Sync,
+    config: &TelemetryConfig,
+) -> anyhow::Result<Telemetry> {
+    if config.otlp_endpoint.is_some() {
+        anyhow::bail!(
+            "telemetry.otlp_endpoint is set, but this build of tessera has no trace exporter (built without \
+             the `otlp` feature): remove the key or use a full build"
+        );
+    }
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    Ok(Telemetry {})
+}
+
+/// The OTLP exporter and the layers around it.
+#[cfg(feature = "otlp")]
+fn init_exporter(
+    fmt: impl Layer<tracing_subscriber::Registry> + Send + Sync,
+    config: &TelemetryConfig,
+) -> anyhow::Result<Telemetry> {
     let Some(endpoint) = &config.otlp_endpoint else {
         let _ = tracing_subscriber::registry().with(fmt).try_init();
         return Ok(Telemetry { provider: None, _runtime: None });
@@ -109,6 +150,7 @@ pub(super) struct TraceHeaders<'a> {
     pub(super) tracestate: Option<&'a str>,
 }
 
+#[cfg(feature = "otlp")]
 impl Extractor for TraceHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         match key {
@@ -129,6 +171,8 @@ pub(super) fn continue_trace(span: &tracing::Span, headers: TraceHeaders<'_>) {
     if headers.traceparent.is_none() {
         return;
     }
-    let parent = TraceContextPropagator::new().extract(&headers);
-    let _ = span.set_parent(parent);
+    #[cfg(feature = "otlp")]
+    let _ = span.set_parent(TraceContextPropagator::new().extract(&headers));
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, headers.tracestate);
 }

@@ -55,12 +55,17 @@ impl Server {
     /// Starts `tessera serve --addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 <args>` (no
     /// `--grpc-addr` of ours when `args` has one) and waits until `/readyz` is 200.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_bin(&tessera_bin(), args)
+    }
+
+    /// As [`Server::start`], with another build of the binary (the runtime-only one).
+    pub fn start_bin(bin: &Path, args: &[&str]) -> Server {
         let logs = root().join("target/test-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let stderr_path = logs.join(format!("server-{}-{}.log", std::process::id(), unique()));
         let grpc: &[&str] = if args.contains(&"--grpc-addr") { &[] } else { &["--grpc-addr", "127.0.0.1:0"] };
         let admin: &[&str] = if args.contains(&"--admin-addr") { &[] } else { &["--admin-addr", "127.0.0.1:0"] };
-        let mut child = Command::new(tessera_bin())
+        let mut child = Command::new(bin)
             .current_dir(root())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(grpc)

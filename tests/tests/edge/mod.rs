@@ -1,0 +1,123 @@
+//! The runtime-only build an edge node runs (`just runtime-only`: HTTP, no gRPC, no trace
+//! exporter, no compiler): it serves guests the full build precompiled for a baseline CPU,
+//! refuses WebAssembly, compiling and gRPC with the reason, and carries no Cranelift and no
+//! tonic at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Server, guest, root, shapes, tessera_bin};
+use crate::{CLASSES_SEED, read};
+
+fn runtime_only_bin() -> PathBuf {
+    let bin = root().join("target/release/tessera-runtime-only");
+    assert!(bin.is_file(), "{} is missing: run the tests with `./run test` (it builds it)", bin.display());
+    bin
+}
+
+/// Whether the file holds `needle` anywhere (a symbol, a panic location's crate path).
+fn contains(path: &Path, needle: &[u8]) -> bool {
+    std::fs::read(path).unwrap().windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs `bin serve` with `args` until it exits (at most 60 s); returns its code and stderr.
+fn serve_until_exit(bin: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin)
+        .current_dir(root())
+        .args(["serve", "--addr", "127.0.0.1:0", "--admin-addr", "off"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{} serve {args:?} did not exit", bin.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn the_runtime_only_build_serves_precompiled_guests_and_refuses_what_it_cannot_do() {
+    let bin = runtime_only_bin();
+    // What it leaves out is not in the file at all (no symbol of those crates: legacy-mangled
+    // names start `_ZN<len><crate>`); the full binary has both, so the check can fail.
+    for needle in [&b"_ZN17cranelift_codegen"[..], b"_ZN5tonic"] {
+        let name = String::from_utf8_lossy(needle);
+        assert!(contains(&tessera_bin(), needle), "the full binary has {name}");
+        assert!(!contains(&bin, needle), "the runtime-only binary carries {name}");
+    }
+
+    let dir = root().join(format!("target/test-data/runtime-only-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let cpu = if cfg!(target_arch = "x86_64") { "x86-64-v2" } else { "baseline" };
+    let mut cwasm = Vec::new();
+    for name in ["preprocess", "postprocess", "rules-threshold"] {
+        let out = dir.join(format!("{name}.cwasm"));
+        let status = Command::new(tessera_bin())
+            .args(["compile", "--no-compile-cache", "--target", &triple, "--cpu", cpu])
+            .arg(guest(name))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the full build compiles {name}");
+        cwasm.push(out);
+    }
+    let config = |preprocess: &Path| {
+        let path = dir.join(format!("{}.toml", preprocess.file_stem().unwrap().to_string_lossy()));
+        std::fs::write(
+            &path,
+            format!(
+                "models_dir = {:?}\n[guests]\npreprocess = {:?}\npostprocess = {:?}\n\
+                 [[guests.rules]]\npath = {:?}\nconfig = {{ \"min-confidence\" = \"0.5\" }}\n",
+                root().join("models"),
+                preprocess,
+                cwasm[1],
+                cwasm[2]
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // Serves: the precompiled guests load as they are, the answers are the full build's.
+    let good = config(&cwasm[0]);
+    let server =
+        Server::start_bin(&bin, &["--config", good.to_str().unwrap(), "--grpc-addr", "off", "--admin-addr", "off"]);
+    assert!(server.stderr().contains("precompiled=true"), "{}", server.stderr());
+    for case in shapes(CLASSES_SEED, 2).iter().take(3) {
+        let (status, body, _) = server.classify(&read(&case.path), "", &[]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["label"], case.label.as_str(), "{body}");
+        assert_eq!(body["decision"]["rule"], "rules-threshold", "{body}");
+    }
+    let (status, body, _) = server.classify(b"not an image", "", &[]);
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_image")), "{body}");
+    drop(server);
+
+    // A guest given as WebAssembly: the server stops at load, saying why and what to do.
+    let wasm = config(&guest("preprocess"));
+    let (code, stderr) = serve_until_exit(&bin, &["--config", wasm.to_str().unwrap(), "--grpc-addr", "off"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("runtime-only") && stderr.contains("tessera compile"), "{stderr}");
+    // gRPC asked of a build without it.
+    let (code, stderr) = serve_until_exit(&bin, &["--config", good.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("no gRPC server") && stderr.contains("grpc_addr"), "{stderr}");
+    // Compiling.
+    let out =
+        Command::new(&bin).arg("compile").arg(guest("preprocess")).arg("-o").arg(dir.join("x.cwasm")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("runtime-only"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
