@@ -3,6 +3,7 @@
 
 mod deploy;
 mod edge;
+mod embedding;
 mod fuzz_replay;
 mod grpc;
 mod languages;
