@@ -3,25 +3,8 @@
 //! a baseline CPU, not this machine's), and every manifest passes its schema and agrees with
 //! what that server answers (tests/tools/validate_deploy.py).
 
-use crate::support::{Server, client, guest, root, shapes};
+use crate::support::{Server, client, precompile_for_baseline, root, shapes};
 use crate::{CLASSES_SEED, read};
-
-/// `tessera compile --target <this architecture> --cpu <baseline level>`, as the Dockerfile runs it.
-fn precompile_for_baseline(name: &str, out: &std::path::Path) -> std::path::PathBuf {
-    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    let cpu = if cfg!(target_arch = "x86_64") { "x86-64-v2" } else { "baseline" };
-    let cwasm = out.join(format!("{name}.cwasm"));
-    let status = std::process::Command::new(crate::support::tessera_bin())
-        .current_dir(root())
-        .args(["compile", "--no-compile-cache", "--target", &triple, "--cpu", cpu])
-        .arg(guest(name))
-        .arg("-o")
-        .arg(&cwasm)
-        .status()
-        .unwrap();
-    assert!(status.success(), "tessera compile --target {triple} --cpu {cpu} {name}");
-    cwasm
-}
 
 #[test]
 fn the_container_config_serves_baseline_precompiled_guests_and_the_manifests_agree_with_it() {

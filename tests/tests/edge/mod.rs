@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, guest, root, shapes, tessera_bin};
+use crate::support::{Server, guest, precompile_for_baseline, root, shapes, tessera_bin};
 use crate::{CLASSES_SEED, read};
 
 fn runtime_only_bin() -> PathBuf {
@@ -58,21 +58,10 @@ fn the_runtime_only_build_serves_precompiled_guests_and_refuses_what_it_cannot_d
     let dir = root().join(format!("target/test-data/runtime-only-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    let cpu = if cfg!(target_arch = "x86_64") { "x86-64-v2" } else { "baseline" };
-    let mut cwasm = Vec::new();
-    for name in ["preprocess", "postprocess", "rules-threshold"] {
-        let out = dir.join(format!("{name}.cwasm"));
-        let status = Command::new(tessera_bin())
-            .args(["compile", "--no-compile-cache", "--target", &triple, "--cpu", cpu])
-            .arg(guest(name))
-            .arg("-o")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success(), "the full build compiles {name}");
-        cwasm.push(out);
-    }
+    let cwasm: Vec<PathBuf> = ["preprocess", "postprocess", "rules-threshold"]
+        .iter()
+        .map(|name| precompile_for_baseline(name, &dir))
+        .collect();
     let config = |preprocess: &Path| {
         let path = dir.join(format!("{}.toml", preprocess.file_stem().unwrap().to_string_lossy()));
         std::fs::write(

@@ -263,6 +263,24 @@ pub fn shapes(seed: u64, per_class: usize) -> Vec<Case> {
         .collect()
 }
 
+/// `tessera compile --target <this architecture> --cpu <baseline level>` of guest `name` into
+/// `out/<name>.cwasm`, as the Dockerfile runs it: code a smaller CPU than this one can run.
+pub fn precompile_for_baseline(name: &str, out: &std::path::Path) -> std::path::PathBuf {
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let cpu = if cfg!(target_arch = "x86_64") { "x86-64-v2" } else { "baseline" };
+    let cwasm = out.join(format!("{name}.cwasm"));
+    let status = Command::new(tessera_bin())
+        .current_dir(root())
+        .args(["compile", "--no-compile-cache", "--target", &triple, "--cpu", cpu])
+        .arg(guest(name))
+        .arg("-o")
+        .arg(&cwasm)
+        .status()
+        .unwrap();
+    assert!(status.success(), "tessera compile --target {triple} --cpu {cpu} {name}");
+    cwasm
+}
+
 /// A PNG of `w × h` pixels of a busy pattern (so it does not compress to nothing).
 pub fn png(w: u32, h: u32) -> Vec<u8> {
     encoded(w, h, image::ImageFormat::Png)
