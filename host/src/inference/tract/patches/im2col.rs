@@ -286,6 +286,8 @@ fn interleave_panels(g: &Geometry, kg: usize, [a, b, c, d]: [&[i8]; 4], out: &mu
 /// `2·dst.len() − 1` values at least.
 fn gather_stride2(src: &[i8], dst: &mut [i8]) {
     assert!(dst.is_empty() || src.len() > 2 * (dst.len() - 1), "gather_stride2: src too short");
+    // Where the SIMD loop stopped; it runs only on x86_64.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     while i + 16 <= dst.len() && 2 * i + 32 <= src.len() {
@@ -312,6 +314,8 @@ fn gather_stride2(src: &[i8], dst: &mut [i8]) {
 fn interleave4(a: &[i8], b: &[i8], c: &[i8], d: &[i8], dst: &mut [u8]) {
     let n = a.len();
     assert!(b.len() == n && c.len() == n && d.len() == n && dst.len() >= 4 * n, "interleave4: lengths");
+    // Where the SIMD loop stopped; it runs only on x86_64.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     while i + 16 <= n {

@@ -218,7 +218,8 @@ impl ConvShape {
     }
 
     /// Where row `kk` of the im2col matrix (kernel tap (channel, ki, kj)) reads, for our
-    /// gathers.
+    /// gathers (x86_64's GEMMs: `sgemm`, `qgemm_conv`).
+    #[cfg(target_arch = "x86_64")]
     pub fn tap(&self, kk: usize) -> Tap {
         let (channel, tap) = (kk / (self.kh * self.kw), kk % (self.kh * self.kw));
         let dy = ((tap / self.kw) * self.dilation[0]) as isize - self.pad_before[0] as isize;
@@ -232,6 +233,7 @@ impl ConvShape {
 
 /// One kernel tap's reads (see [`ConvShape::tap`]): output position (oy, ox) reads input row
 /// `oy·stride_y + dy`, column `ox·stride_x + dx` of `channel`.
+#[cfg(target_arch = "x86_64")]
 pub struct Tap {
     pub channel: usize,
     pub dy: isize,
