@@ -267,6 +267,14 @@ pub struct Limits {
     pub deadline_ms: u64,
     /// Linear memory one guest instance may grow to, all its memories together.
     pub guest_memory_bytes: u64,
+    /// Address space reserved for each guest memory in wasmtime's pool (256 or more of them,
+    /// each followed by a 32 MiB guard). The default, 4 GiB, lets guest code skip bounds
+    /// checks, but the pool then reserves about 1 TiB, more than an aarch64 board with a
+    /// 39-bit address space (512 GiB, e.g. Raspberry Pi OS kernels) has: there, set it to
+    /// `guest_memory_bytes` (guest code then checks bounds). At least `guest_memory_bytes`;
+    /// a .cwasm loads only where it was compiled with the same value (`tessera compile
+    /// --config`).
+    pub guest_memory_reservation_bytes: u64,
     /// Linear memory every guest instance alive may hold together (a process-wide budget);
     /// a guest that would go past it fails its request with 503 `overloaded`.
     pub guest_memory_total_bytes: u64,
@@ -441,6 +449,7 @@ impl Default for Limits {
             max_decode_alloc_bytes: 192 << 20,
             deadline_ms: 2_000,
             guest_memory_bytes: 256 << 20,
+            guest_memory_reservation_bytes: 4 << 30,
             guest_memory_total_bytes: 2 << 30,
             guest_keep_resident_bytes: 1 << 20,
             guest_output_bytes: 4 << 20,
@@ -516,6 +525,16 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.guest_memory_bytes",
                 problem: format!("is {} but a 32-bit guest memory cannot exceed 4 GiB", l.guest_memory_bytes),
+            });
+        }
+        if l.guest_memory_reservation_bytes < l.guest_memory_bytes || l.guest_memory_reservation_bytes > 4 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "limits.guest_memory_reservation_bytes",
+                problem: format!(
+                    "is {} but must be between limits.guest_memory_bytes ({}) and 4 GiB: a memory never \
+                     moves out of its reservation, and a 32-bit one needs no more",
+                    l.guest_memory_reservation_bytes, l.guest_memory_bytes
+                ),
             });
         }
         if l.guest_memory_total_bytes < l.guest_memory_bytes {
@@ -632,6 +651,16 @@ mod tests {
         let mut c = Config::default();
         c.limits.deadline_ms = 0;
         assert!(c.validate().unwrap_err().to_string().contains("limits.deadline_ms"));
+        // The reservation holds a whole guest memory and no more than a 32-bit one can use.
+        let reservation = |bytes: u64| {
+            let mut c = Config::default();
+            c.limits.guest_memory_reservation_bytes = bytes;
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert!(reservation(c.limits.guest_memory_bytes).is_ok());
+        for bad in [c.limits.guest_memory_bytes - 1, (4 << 30) + 1] {
+            assert!(reservation(bad).unwrap_err().contains("limits.guest_memory_reservation_bytes"), "{bad}");
+        }
     }
 
     #[test]

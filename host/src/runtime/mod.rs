@@ -607,6 +607,10 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // The pool reserves `total_memories` slots of this plus wasmtime's guard (32 MiB)
+            // up front; below 4 GiB Cranelift emits bounds checks, so it is a compile setting
+            // too (a .cwasm records it and loads only under the same value).
+            .memory_reservation(limits.guest_memory_reservation_bytes)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         target.apply(&mut config)?;
         // Without a compiler nothing is compiled, so there is nothing to cache.
@@ -625,7 +629,19 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Engine(format!("compile cache at {}: {e:#}", dir.display())))?;
             config.cache(Some(cache));
         }
-        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| {
+            // The usual cause on a small machine is the pool's address space: say how much and
+            // which setting shrinks it.
+            let reserved = u64::from(slots.saturating_mul(2)) * (limits.guest_memory_reservation_bytes + (32 << 20));
+            RuntimeError::Engine(format!(
+                "{e:#} (the guest pool needs {} GiB of address space: {} memories of \
+                 limits.guest_memory_reservation_bytes = {} plus a 32 MiB guard each; lower that setting where \
+                 a process has less, as on 39-bit aarch64 kernels: docs/EDGE.md)",
+                reserved >> 30,
+                slots.saturating_mul(2),
+                limits.guest_memory_reservation_bytes
+            ))
+        })?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime {
             engine,

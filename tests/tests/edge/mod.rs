@@ -110,3 +110,113 @@ fn the_runtime_only_build_serves_precompiled_guests_and_refuses_what_it_cannot_d
     assert!(!out.status.success() && stderr.contains("runtime-only"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An x86_64 machine precompiles guests for an aarch64 board, and the reverse (Cranelift's x86-64
+/// and arm64 backends are in every build that compiles): the file is native code for that
+/// machine, and a build here refuses to load it, naming the architecture, rather than run it.
+#[test]
+fn guests_precompiled_for_the_other_architecture_are_its_code_and_refused_here() {
+    let (other, elf_machine) = if cfg!(target_arch = "x86_64") { ("aarch64", 183u16) } else { ("x86_64", 62) };
+    let triple = format!("{other}-unknown-linux-gnu");
+    let dir = root().join(format!("target/test-data/cross-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cwasm = dir.join("preprocess.cwasm");
+    let out = Command::new(tessera_bin())
+        .current_dir(root())
+        .args(["compile", "--no-compile-cache", "--target", &triple])
+        .arg(guest("preprocess"))
+        .arg("-o")
+        .arg(&cwasm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "compile --target {triple}: {}", String::from_utf8_lossy(&out.stderr));
+    // An ELF file (wasmtime's .cwasm) whose e_machine is the other architecture's.
+    let bytes = std::fs::read(&cwasm).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), elf_machine, "e_machine of a .cwasm for {triple}");
+
+    let out = Command::new(tessera_bin()).current_dir(root()).arg("inspect").arg(&cwasm).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a .cwasm for {triple} loaded here: {stderr}");
+    assert!(stderr.contains("preprocess.cwasm") && stderr.contains(other), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An aarch64 board whose kernel gives a process 39 bits of address space (512 GiB, as Raspberry
+/// Pi OS's does) cannot reserve the default guest pool (about 1 TiB: 256 memories of 4 GiB);
+/// simulated here with RLIMIT_AS. The start fails naming the setting; with
+/// `guest_memory_reservation_bytes = guest_memory_bytes` the same machine classifies, and guests
+/// precompiled for it must be compiled with that config, as a .cwasm of the default is refused.
+#[test]
+fn a_39_bit_address_space_takes_the_small_guest_pool() {
+    let dir = root().join(format!("target/test-data/small-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let case = shapes(CLASSES_SEED, 1).into_iter().next().unwrap();
+    let classify = |config: &Path| {
+        let out = Command::new("prlimit")
+            .arg(format!("--as={}", 512u64 << 30))
+            .arg("--")
+            .arg(tessera_bin())
+            .current_dir(root())
+            .args(["classify", "--no-compile-cache", "--no-watch", "--config"])
+            .arg(config)
+            .arg(&case.path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A config with the default guests, `preprocess` instead of the default one if given.
+    let write = |name: &str, limits: &str, preprocess: Option<&Path>| {
+        let path = dir.join(name);
+        let preprocess = preprocess.map_or_else(|| guest("preprocess"), Path::to_path_buf);
+        let text = format!(
+            "models_dir = {:?}\n{limits}[guests]\npreprocess = {preprocess:?}\npostprocess = {:?}\n\
+             [[guests.rules]]\npath = {:?}\n",
+            root().join("models"),
+            guest("postprocess"),
+            guest("rules-threshold")
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let small_limits = "[limits]\nguest_memory_reservation_bytes = 268435456\n";
+
+    let (ok, _, stderr) = classify(&write("default.toml", "", None));
+    assert!(!ok, "the default pool fit in 512 GiB of address space");
+    assert!(
+        stderr.contains("limits.guest_memory_reservation_bytes") && stderr.contains("GiB of address space"),
+        "{stderr}"
+    );
+
+    let small = write("small.toml", small_limits, None);
+    let (ok, stdout, stderr) = classify(&small);
+    assert!(ok, "{stderr}");
+    let body: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(body["label"], case.label.as_str(), "{body}");
+
+    // Precompiled guests carry the reservation they were compiled for.
+    let compile = |config: Option<&Path>, out: &Path| {
+        let mut command = Command::new(tessera_bin());
+        command.current_dir(root()).args(["compile", "--no-compile-cache"]);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let done = command.arg(guest("preprocess")).arg("-o").arg(out).output().unwrap();
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    };
+    let for_default = dir.join("default.cwasm");
+    compile(None, &for_default);
+    let (ok, _, stderr) = classify(&write("default-cwasm.toml", small_limits, Some(&for_default)));
+    assert!(!ok && stderr.contains("default.cwasm") && stderr.contains("memory reservation"), "{stderr}");
+    let for_small = dir.join("small.cwasm");
+    compile(Some(&small), &for_small);
+    let (ok, stdout, stderr) = classify(&write("small-cwasm.toml", small_limits, Some(&for_small)));
+    assert!(ok, "{stderr}");
+    let body: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(body["label"], case.label.as_str(), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
