@@ -109,9 +109,18 @@ runtime-only: build
 # Footprint of the edge builds side by side (docs/EDGE.md; never in CI): stripped size, start to
 # ready with .cwasm guests, peak RSS serving ResNet-18 int8. The `edge` profile (LTO, size) is
 # built only here, into target/edge/.
-edge-check: runtime-only models
+edge-check: runtime-only models && edge-aarch64
     cargo build --profile edge -p tessera --no-default-features --features {{runtime_only_features}}
     {{python}} bench/edge/check.py
+
+# The runtime-only server cross-built for aarch64 and run under qemu-user against the x86_64 build
+# (docs/EDGE.md, "aarch64"; never in CI): classify and logits on both, our tract unit tests under
+# qemu. `./run edge-aarch64` installs the cross gcc, the rustup target and qemu-user 10.
+edge-aarch64: build
+    cargo build --release --target aarch64-unknown-linux-gnu -p tessera --no-default-features --features {{runtime_only_features}}
+    # The code behind `cfg(not(target_arch = "x86_64"))` is linted nowhere else.
+    cargo clippy --release --target aarch64-unknown-linux-gnu -p tessera --no-default-features --features {{runtime_only_features}} --lib --bins --tests -- -D warnings
+    {{python}} bench/edge/aarch64.py
 
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: build
