@@ -25,10 +25,8 @@ RLIMIT_AS), so that bound is not exercised here. Writes docs/edge/aarch64.json.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check import free_port, wait_ready  # noqa: E402 (bench/edge/check.py, beside this file)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "target" / "edge-aarch64"
@@ -62,12 +63,6 @@ VA_39_BIT = 512 << 30
 SMALL_RESERVATION = 256 << 20
 # Generous: qemu emulates every instruction; the models are small but tract's kernels are SIMD.
 DEADLINE_MS = 600_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def probe_wrapper(name: str, qemu: list[str]) -> Path:
@@ -181,17 +176,11 @@ class Server:
         self.proc = subprocess.Popen(command + ["serve", "--config", str(config), "--addr", f"127.0.0.1:{self.port}",
                                                 "--grpc-addr", "off", "--admin-addr", "off"],
                                      stdout=subprocess.DEVNULL, stderr=self.log)
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.perf_counter() - started > 600:
-                self.stop()
-                raise RuntimeError(f"{name} did not become ready; see {self.log.name}")
-            time.sleep(0.05)
+        try:
+            wait_ready(self.proc, self.port, started + 600, 0.05, f"{name} (see {self.log.name})")
+        except BaseException:
+            self.stop()
+            raise
         self.ready_s = time.perf_counter() - started
 
     def infer(self, model: str, x: np.ndarray) -> np.ndarray:

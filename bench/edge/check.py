@@ -102,6 +102,20 @@ def vm_hwm_mib(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
+def wait_ready(proc: subprocess.Popen, port: int, deadline: float, poll_s: float, what: str) -> None:
+    """Polls `/readyz` on `port` until 200; raises if `proc` exits or `deadline` (perf_counter) passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.perf_counter() > deadline:
+            raise RuntimeError(f"{what} did not become ready")
+        time.sleep(poll_s)
+
+
 def start(name: str, config: Path) -> tuple[subprocess.Popen, int, float, object]:
     """Starts `name` serving `config`; returns it, its port, seconds to ready and its log."""
     port = free_port()
@@ -111,17 +125,7 @@ def start(name: str, config: Path) -> tuple[subprocess.Popen, int, float, object
                              "--grpc-addr", "off", "--admin-addr", "off"],
                             stdout=subprocess.DEVNULL, stderr=log)
     try:
-        deadline = started + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.perf_counter() > deadline:
-                raise RuntimeError(f"{name} did not become ready; see {WORK / (name + '.log')}")
-            time.sleep(0.002)
+        wait_ready(proc, port, started + 60, 0.002, f"{name} (see {WORK / (name + '.log')})")
     except BaseException:
         stop(proc, log)
         raise
