@@ -113,6 +113,11 @@ edge-check: runtime-only models && edge-aarch64
     cargo build --profile edge -p tessera --no-default-features --features {{runtime_only_features}}
     {{python}} bench/edge/check.py
 
+# What the small guest pool (a 39-bit address space's) costs guest code, served A/B against the
+# default (docs/EDGE.md).
+edge-pool: build
+    {{python}} bench/edge/pool.py
+
 # The runtime-only server cross-built for aarch64 and run under qemu-user against the x86_64 build
 # (docs/EDGE.md, "aarch64"; never in CI): classify and logits on both, our tract unit tests under
 # qemu. `./run edge-aarch64` installs the cross gcc, the rustup target and qemu-user 10.

@@ -1167,9 +1167,6 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::path::Path;
-
-    use tract_onnx::prelude::Tensor;
 
     use super::*;
 
@@ -1247,7 +1244,8 @@ mod tests {
             eprintln!("this CPU cannot report its upper vector state (no AVX or XGETBV(1)); nothing to guard");
             return;
         };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        use tract_onnx::prelude::Tensor;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         // One of tract's hand-written asm kernels, called directly: our models' convolutions
         // now all run on our own kernels (compiled Rust, which cleans up after itself), but
         // tract's matmuls, einsums and a user's other ops still run these.
