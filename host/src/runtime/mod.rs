@@ -570,10 +570,11 @@ impl Runtime {
         // memory). Each component instance of a Rust guest has a couple of core instances (the
         // module plus adapter shims) but one memory.
         let slots = limits.concurrent_requests().saturating_mul(2).max(128);
+        let memories = slots.saturating_mul(2);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
             .total_core_instances(slots.saturating_mul(4))
-            .total_memories(slots.saturating_mul(2))
+            .total_memories(memories)
             .total_tables(slots.saturating_mul(4))
             .max_memory_size(guest_memory_bytes)
             // Python and JS guests bundle several core modules, each with its own memory.
@@ -632,13 +633,13 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| {
             // The usual cause on a small machine is the pool's address space: say how much and
             // which setting shrinks it.
-            let reserved = u64::from(slots.saturating_mul(2)) * (limits.guest_memory_reservation_bytes + (32 << 20));
+            let reserved = u64::from(memories).saturating_mul(limits.guest_memory_reservation_bytes + (32 << 20));
             RuntimeError::Engine(format!(
                 "{e:#} (the guest pool needs {} GiB of address space: {} memories of \
                  limits.guest_memory_reservation_bytes = {} plus a 32 MiB guard each; lower that setting where \
                  a process has less, as on 39-bit aarch64 kernels: docs/EDGE.md)",
                 reserved >> 30,
-                slots.saturating_mul(2),
+                memories,
                 limits.guest_memory_reservation_bytes
             ))
         })?;
