@@ -177,19 +177,19 @@ edge-aarch64: build
     cargo clippy --release --target aarch64-unknown-linux-gnu -p tessera --no-default-features --features {{runtime_only_features}} --lib --bins --tests -- -D warnings
     {{python}} bench/edge/aarch64.py
 
+# Builds only what serving needs: the three default guests and the `tessera` binary.
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
-# Builds only what that needs: the three default guests and the `tessera` binary.
 serve *ARGS: guests-default
     cargo build --release -p tessera --bin tessera
     target/release/tessera serve {{ARGS}}
 
-# Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
 # Every crate of ours is built once per feature set that ships, linted while it builds (lint_env):
 # the host workspace with all its targets, the runtime-only server, the library alone and the C API
 # without the compiler (one build: capi builds the library with those features), the wasm32 guests
 # and the wasip2 probe. The Python and JavaScript guests build beside the host. Each host build
 # lists its units in target/build-units/; tests/tools/build_units.py fails when one of them
 # compiled a dependency the full build already has (see host/Cargo.toml).
+# Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
 test:
     #!/usr/bin/env bash
     set -euo pipefail
