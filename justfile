@@ -189,7 +189,8 @@ serve *ARGS: guests-default
 # and the wasip2 probe. The Python and JavaScript guests build beside the host. Each host build
 # lists its units in target/build-units/; tests/tools/build_units.py fails when one of them
 # compiled a dependency the full build already has (see host/Cargo.toml).
-# Every check: formatting, lints, unit and end-to-end tests (the e2e tests run the release binary).
+# Every check: formatting, the import picture (tests/tools/imports.py), lints, unit and
+# end-to-end tests (the e2e tests run the release binary).
 test:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -197,6 +198,8 @@ test:
     step() { printf '\n== %s  [%s]\n' "$1" "$(date +%T)"; }
     step fmt
     cargo fmt --all -- --check
+    step "imports: no circle, no arrow back up (ARCHITECTURE.md's layers)"
+    {{python}} tests/tools/imports.py host/src ARCHITECTURE.md
     step "wasm32 guests"
     just guests-rust "{{guest_pkgs}}"
     just guests-wasi

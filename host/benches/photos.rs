@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tessera::Config;
-use tessera::internals::{self, Runtime, SpecView};
+use tessera::internals::{self, Runtime};
 
 /// Runs per system and image: `ROUNDS` rounds of `BLOCK` consecutive runs each.
 const ROUNDS: usize = 5;
@@ -64,7 +64,7 @@ fn main() {
     let guest =
         runtime.load_preprocess(&root.join("target/guests/preprocess.wasm"), internals::default_grants()).unwrap();
     let manifest = tessera::internals::Manifest::from_file(&root.join("models/shapes/model.toml")).unwrap();
-    let spec = SpecView::new("shapes", 1, &manifest, 8);
+    let spec = manifest.spec_view("shapes", 1, 8);
     let native_spec = tessera_preprocess::Spec {
         height: 224,
         width: 224,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tessera::EngineMode;
 use tessera::internals::EngineConfig;
 use tessera::internals::ModelRepository;
-use tessera::internals::{self, Runtime, SpecView};
+use tessera::internals::{self, Runtime};
 use tessera::{Config, Host};
 
 const ITERATIONS: usize = 200;
@@ -134,7 +134,7 @@ fn main() {
     let repo = ModelRepository::load(&config.models_dir, engine).unwrap();
     let model = repo.snapshot().get("shapes").unwrap().clone();
     let version = model.resolve(None).unwrap();
-    let spec = SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32);
+    let spec = model.manifest.spec_view(&model.name, version.version, model.labels.len() as u32);
     let far = || Instant::now() + Duration::from_secs(10);
     let (mut pi, mut pc, mut qi, mut qc) = (vec![], vec![], vec![], vec![]);
     let logits = vec![0.5f32; model.labels.len()];

@@ -154,7 +154,11 @@ impl HostBuilder {
 /// Says how the component at `path` would load as a guest granted `grants` (`tessera inspect`):
 /// the world it fits, what becomes of each import, its exports. Uses `config`'s limits and
 /// compile cache.
-pub fn inspect(config: &Config, path: &std::path::Path, grants: &[crate::WasiGrant]) -> Result<Inspection, BuildError> {
+pub fn inspect(
+    config: &Config,
+    path: &std::path::Path,
+    grants: &[crate::config::WasiGrant],
+) -> Result<Inspection, BuildError> {
     let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
     Ok(runtime.inspect(path, &grants.iter().copied().collect())?)
 }
@@ -352,7 +356,7 @@ impl Preprocessor {
 
     /// The model input for one encoded image.
     pub fn run(&self, image: &[u8]) -> Result<Vec<f32>, PipelineError> {
-        let spec = runtime::SpecView::new("preprocess", 0, &self.manifest, 0);
+        let spec = self.manifest.spec_view("preprocess", 0, 0);
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.deadline_ms);
         self.runtime
             .preprocess(&self.guest, image, None, &spec, &self.limits, deadline)
@@ -539,7 +543,13 @@ impl Host {
     /// Starts watching the model directory and guest files, reloading on changes (debounced).
     /// Watching stops when the returned guard is dropped.
     pub fn watch(self: &Arc<Self>) -> Result<watch::WatchGuard, watch::WatchError> {
-        watch::watch(self)
+        let host = Arc::downgrade(self);
+        watch::watch(self.config(), move || {
+            let Some(host) = host.upgrade() else { return false };
+            let report = host.reload();
+            tracing::info!(?report, "reloaded after file changes");
+            true
+        })
     }
 
     pub fn config(&self) -> &Config {

@@ -29,6 +29,7 @@ mod rules_table;
 mod runtime;
 #[cfg(feature = "http")]
 pub mod server;
+mod stage_io;
 mod watch;
 
 pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
@@ -39,10 +40,11 @@ pub use host::{
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
-pub use pipeline::{Classification, ClassifyRequest, Decision, GuestRun, ModelRef, Prediction, TensorOutput, Timings};
+pub use pipeline::{Classification, ClassifyRequest, GuestRun, ModelRef, TensorOutput, Timings};
 pub use repository::RepositoryError;
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};
+pub use stage_io::{Decision, Prediction};
 pub use watch::{WatchError, WatchGuard};
 
 /// Not part of the API: the pieces the benches, the profiling example and the integration tests
@@ -54,10 +56,11 @@ pub mod internals {
     pub use crate::inference::probe::{LoadProbe, ProbeArgs, ProbeReport, child_main as probe_child_main};
     pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
     pub use crate::repository::{Manifest, ModelRepository};
-    pub use crate::runtime::{Runtime, SpecView, default_grants};
+    pub use crate::runtime::{Runtime, default_grants};
     /// The fuzz targets' entry points (`fuzz/`), also replayed over the committed corpus by the tests.
     #[cfg(feature = "http")]
     pub use crate::server::fuzz;
+    pub use crate::stage_io::SpecView;
 
     /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.
     pub mod tract {

@@ -19,9 +19,8 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
 use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
-use crate::runtime::{
-    GuestFailure, GuestInference, Phases, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime, SpecView,
-};
+use crate::runtime::{GuestFailure, GuestInference, Phases, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime};
+use crate::stage_io::{Decision, Prediction, SpecView};
 
 /// `top_k` when a request does not say.
 pub const DEFAULT_TOP_K: u32 = 5;
@@ -77,26 +76,6 @@ pub struct GuestRun {
 
 /// The guests a request ran, in order.
 type GuestRuns = std::cell::RefCell<Vec<GuestRun>>;
-
-/// A scored class.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Prediction {
-    pub index: u32,
-    pub label: String,
-    pub score: f32,
-}
-
-/// The rules' decision: one rules guest's, or the chain's, with the rule that gave it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Decision {
-    pub accepted: bool,
-    pub reason: String,
-    pub category: Option<String>,
-    pub tags: Vec<String>,
-    /// The guest that decided: the first to reject, else the last to accept; `None` when no
-    /// rules are configured.
-    pub rule: Option<String>,
-}
 
 /// A classification: the model's top-1, the top-k, the rules' decision and where time went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -542,7 +521,7 @@ fn check_shape(model: &str, expected: &[usize], got: &[usize], stage: Stage) -> 
 }
 
 fn spec_view<'a>(model: &'a Model, version: &ModelVersion) -> SpecView<'a> {
-    SpecView::new(&model.name, version.version, &model.manifest, model.labels.len() as u32)
+    model.manifest.spec_view(&model.name, version.version, model.labels.len() as u32)
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, WasiGrant};
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::pipeline::Prediction;
+use crate::host::BuildError;
 use crate::runtime::{GuestFailure, GuestInference, Runtime};
-use crate::{BuildError, Config, WasiGrant};
+use crate::stage_io::Prediction;
 
 /// A conformance table as written.
 #[derive(Debug, Deserialize)]

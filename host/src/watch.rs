@@ -7,12 +7,11 @@
 //! the next event; the old version keeps serving meanwhile.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use notify::RecursiveMode;
 
-use crate::Host;
+use crate::config::Config;
 
 /// Quiet time after the last file event before reloading.
 pub const QUIET_MS: u64 = 300;
@@ -30,15 +29,17 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
-/// Watches `host`'s model directory (recursively) and the directories of its guest files.
-pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
+/// Watches `config`'s model directory (recursively) and the directories of its guest files, and
+/// calls `reload` once they have been quiet for `QUIET_MS` after a change. `reload` returns false
+/// when there is nothing left to reload (the host is gone), which ends the watching thread. A
+/// callback rather than the `Host`: the host starts the watcher, so the watcher knows no host.
+pub fn watch(config: &Config, reload: impl Fn() -> bool + Send + 'static) -> Result<WatchGuard, WatchError> {
     let (tx, rx) = crossbeam_channel::unbounded::<()>();
     let handler = move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
     };
-    let config = host.config();
     // inotify sees only what this kernel writes: on a network filesystem (NFS, a Kubernetes
     // ReadWriteMany volume) a file copied in from another node raises no event, so there the
     // directories are scanned every `watch_poll_ms` instead (notify's PollWatcher compares
@@ -63,10 +64,9 @@ pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
     for (dir, mode) in &dirs {
         watcher.watch(dir, *mode).map_err(|source| WatchError { path: dir.clone(), source })?;
     }
-    let weak: Weak<Host> = Arc::downgrade(host);
     std::thread::Builder::new()
         .name("tessera-watch".into())
-        .spawn(move || debounce_loop(rx, weak))
+        .spawn(move || debounce_loop(rx, reload))
         .expect("spawning the watch thread");
     tracing::info!(
         dirs = ?dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>(),
@@ -76,16 +76,16 @@ pub fn watch(host: &Arc<Host>) -> Result<WatchGuard, WatchError> {
     Ok(WatchGuard { _watcher: watcher })
 }
 
-fn debounce_loop(events: crossbeam_channel::Receiver<()>, host: Weak<Host>) {
+fn debounce_loop(events: crossbeam_channel::Receiver<()>, reload: impl Fn() -> bool) {
     let quiet = Duration::from_millis(QUIET_MS);
     // Ends when the watcher (the sender) is dropped.
     while events.recv().is_ok() {
         while events.recv_timeout(quiet).is_ok() {}
-        let Some(host) = host.upgrade() else { return };
         // A panic while reloading (versions' loads are already caught one by one) must not end
         // the watching: the next change is reloaded again.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.reload())) {
-            Ok(report) => tracing::info!(?report, "reloaded after file changes"),
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&reload)) {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(panic) => tracing::error!(
                 panic = crate::error::panic_message(&*panic),
                 "reload panicked; the previous models and guests keep serving"

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::inference::probe::LoadProbe;
 use crate::inference::{Batching, EngineConfig, EngineKind, InferencePool};
+use crate::stage_io::SpecView;
 
 /// The longest `max_queue_delay_microseconds` accepted: past a second, a wait for a batch is a
 /// misconfiguration, not a trade-off.
@@ -137,6 +138,20 @@ pub enum RepositoryError {
 }
 
 impl Manifest {
+    /// What the guests are told of this model: its name and version, input shape, resize and
+    /// normalization, and how many labels it has.
+    pub fn spec_view<'a>(&self, name: &'a str, version: u64, labels_count: u32) -> SpecView<'a> {
+        SpecView {
+            name,
+            version,
+            input_shape: self.input_shape,
+            mean: self.mean,
+            std: self.std,
+            resize: self.resize,
+            labels_count,
+        }
+    }
+
     /// Reads and checks a `model.toml`, naming the file and field at fault.
     pub fn from_file(toml_path: &Path) -> Result<Manifest, RepositoryError> {
         let text = std::fs::read_to_string(toml_path)

@@ -21,7 +21,7 @@ use wasmtime::{
 
 use crate::config::{EPOCH_TICK_MS, Limits};
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::pipeline::{Decision, Prediction};
+use crate::stage_io::{Decision, Prediction, SpecView};
 use bindings::{inference, postprocessor, preprocessor, rules, types};
 pub use wasi::{Grants, default_grants};
 
@@ -978,33 +978,16 @@ impl Runtime {
     }
 }
 
-/// Inputs a model spec gives the guests.
-#[derive(Debug, Clone)]
-pub struct SpecView<'a> {
-    pub name: &'a str,
-    pub version: u64,
-    pub input_shape: [u32; 4],
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub resize: u32,
-    pub labels_count: u32,
-}
-
-impl<'a> SpecView<'a> {
-    pub fn new(name: &'a str, version: u64, m: &crate::repository::Manifest, labels_count: u32) -> Self {
-        SpecView { name, version, input_shape: m.input_shape, mean: m.mean, std: m.std, resize: m.resize, labels_count }
-    }
-
-    fn to_wit(&self) -> types::ModelSpec {
-        types::ModelSpec {
-            name: self.name.to_string(),
-            version: self.version.to_string(),
-            input_shape: self.input_shape.to_vec(),
-            mean: self.mean.to_vec(),
-            std: self.std.to_vec(),
-            resize: self.resize,
-            labels_count: self.labels_count,
-        }
+/// The model spec as the guests' WIT `model-spec`.
+fn spec_to_wit(spec: &SpecView<'_>) -> types::ModelSpec {
+    types::ModelSpec {
+        name: spec.name.to_string(),
+        version: spec.version.to_string(),
+        input_shape: spec.input_shape.to_vec(),
+        mean: spec.mean.to_vec(),
+        std: spec.std.to_vec(),
+        resize: spec.resize,
+        labels_count: spec.labels_count,
     }
 }
 
@@ -1094,7 +1077,7 @@ impl Runtime {
         let (tensor, phases) = self.run_guest(
             store,
             |s| guest.pre.instantiate(s),
-            |i, s| i.call_preprocess(s, &img, &spec.to_wit(), decode),
+            |i, s| i.call_preprocess(s, &img, &spec_to_wit(spec), decode),
         )?;
         let expected: Vec<u32> = spec.input_shape.to_vec();
         if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
@@ -1126,7 +1109,7 @@ impl Runtime {
         let (preds, phases) = self.run_guest(
             store,
             |s| guest.pre.instantiate(s),
-            |i, s| i.call_postprocess(s, &tensor, &spec.to_wit(), labels, top_k),
+            |i, s| i.call_postprocess(s, &tensor, &spec_to_wit(spec), labels, top_k),
         )?;
         // A guest may return more than it was asked for; the response carries `top_k` at most.
         let preds = preds.into_iter().take(top_k as usize);

@@ -79,7 +79,7 @@ pub fn oip_rest(data: &[u8]) {
             Err(_) => return,
         },
     };
-    match oip::parse_rest(header_len, Bytes::copy_from_slice(body)) {
+    match oip::rest::parse_rest(header_len, Bytes::copy_from_slice(body)) {
         Ok(rest) => decoded(oip::decode(rest.input)),
         Err(e) => client_kind(&e),
     }
@@ -88,8 +88,8 @@ pub fn oip_rest(data: &[u8]) {
 /// `inference.GRPCInferenceService/ModelInfer`: `data` is the protobuf message.
 #[cfg(feature = "grpc")]
 pub fn oip_grpc(data: &[u8]) {
-    let Ok(mut message) = super::oip_grpc::pb::ModelInferRequest::decode(data) else { return };
-    match super::oip_grpc::parse_infer(&mut message) {
+    let Ok(mut message) = super::oip::grpc::pb::ModelInferRequest::decode(data) else { return };
+    match super::oip::grpc::parse_infer(&mut message) {
         Ok((input, _, _)) => decoded(oip::decode(input)),
         Err(e) => client_kind(&e),
     }
@@ -125,7 +125,7 @@ pub fn config_files(data: &[u8]) {
         Err(e) => assert!(e.to_string().contains("fuzz/model.toml"), "{e}"),
     }
     let _ = toml::from_str::<crate::repository::RepositoryManifest>(text);
-    if let Ok(config) = toml::from_str::<crate::Config>(text) {
+    if let Ok(config) = toml::from_str::<crate::config::Config>(text) {
         let _ = config.validate();
     }
 }

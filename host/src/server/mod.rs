@@ -1,7 +1,7 @@
 //! The network edge: a hyper 1.x HTTP server and a tonic gRPC server over the library's
 //! [`Host`], sharing one serving core (`service.rs`: admission, readiness, request ids,
 //! deadlines) and one shutdown. Cargo features: `http` (this module), `grpc` (the gRPC
-//! listener: `grpc.rs`, `oip_grpc.rs`), `otlp` (the trace exporter in `telemetry.rs`).
+//! listener: `grpc/`, `oip/grpc.rs`), `otlp` (the trace exporter in `telemetry.rs`).
 //!
 //! The server listens at once and loads models and guests in the background; `/readyz`
 //! answers 503 and gRPC health NOT_SERVING until they are loaded. SIGINT/SIGTERM stop
@@ -13,8 +13,7 @@ pub mod fuzz;
 mod grpc;
 mod http;
 mod oip;
-#[cfg(feature = "grpc")]
-mod oip_grpc;
+mod router;
 mod service;
 mod telemetry;
 
@@ -30,7 +29,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::{Config, Host, Metrics};
+use crate::config::Config;
+use crate::host::{BuildError, Host};
+use crate::metrics::Metrics;
 
 #[cfg(feature = "grpc")]
 pub use grpc::code_for;
@@ -143,8 +144,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     #[cfg(feature = "grpc")]
     let (health, grpc_server) = {
         let (health, health_service) = tonic_health::server::health_reporter();
-        grpc::set_health(&health, false).await;
-        let server = grpc_listener.map(|l| tokio::spawn(grpc::serve(l, state.clone(), health_service, stop_signal())));
+        router::set_health(&health, false).await;
+        let server =
+            grpc_listener.map(|l| tokio::spawn(router::serve_grpc(l, state.clone(), health_service, stop_signal())));
         (health, server)
     };
     #[cfg(not(feature = "grpc"))]
@@ -183,14 +185,14 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
                 }
             }
             let _ = state.host.set(host);
-            Ok::<(), crate::BuildError>(())
+            Ok::<(), BuildError>(())
         })
     };
     let load_failed = async {
         match loader.await {
             Ok(Ok(())) => {
                 #[cfg(feature = "grpc")]
-                grpc::set_health(&health, true).await;
+                router::set_health(&health, true).await;
                 std::future::pending::<anyhow::Error>().await
             }
             Ok(Err(e)) => anyhow::Error::new(e).context("cannot load models and guests"),
@@ -241,7 +243,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |req| http::handle(state.clone(), req, peer, kind));
+                let service = hyper::service::service_fn(move |req| router::handle(state.clone(), req, peer, kind));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -260,7 +262,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     cancel_loading.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
     #[cfg(feature = "grpc")]
-    grpc::set_health(&health, false).await;
+    router::set_health(&health, false).await;
     let grace = Duration::from_millis(state.config.limits.shutdown_grace_ms);
     tracing::info!(grace_ms = grace.as_millis() as u64, "stopped accepting; draining in-flight requests");
     let drained = async {

@@ -13,9 +13,10 @@ use tracing::field::Empty;
 use super::AppState;
 use super::telemetry::{self, TraceHeaders};
 use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::host::Host;
 use crate::metrics::{Metrics, Protocol};
 use crate::pipeline::{self, Progress, TensorRequest};
-use crate::{Classification, ClassifyRequest, Host, TensorOutput};
+use crate::pipeline::{Classification, ClassifyRequest, TensorOutput};
 
 /// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
 /// or generated, and returned with the answer.

@@ -31,8 +31,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::ConvShape;
 use super::depthwise::{Output, Requantize, Values};
+use super::{ConvShape, Epilogue};
 
 /// The f32 slice of `values`; `run` lets 8-bit values reach only the depthwise path.
 fn f32_values(values: Values<'_>) -> &[f32] {
@@ -505,16 +505,6 @@ impl GemmConv {
             _ => self.band(f32_values(input), epilogue, dst, 0..g.oh, 0..g.c_out),
         }
     }
-}
-
-/// What each output band starts from and ends with, around the GEMM:
-/// `clamp(bias + residual + W · cols)`.
-pub(super) struct Epilogue<'a> {
-    /// One value per output channel.
-    pub bias: Option<&'a [f32]>,
-    /// The output's layout, `c_out × n`.
-    pub residual: Option<&'a [f32]>,
-    pub clamp: Option<(f32, f32)>,
 }
 
 /// The output buffer, shared by the threads that each write their own band of it.

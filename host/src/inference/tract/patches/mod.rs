@@ -164,6 +164,16 @@ impl QuantParams {
     }
 }
 
+/// What each output band of an fp32 convolution (`gemm_conv`, and `sgemm`, its AVX-512 kernel)
+/// starts from and ends with, around the GEMM: `clamp(bias + residual + W · cols)`.
+pub(super) struct Epilogue<'a> {
+    /// One value per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// The output's layout, `c_out × n`.
+    pub residual: Option<&'a [f32]>,
+    pub clamp: Option<(f32, f32)>,
+}
+
 /// A 2-D convolution's spatial geometry, all concrete: what both of our im2col gathers (int8
 /// panels, f32 matrix) work from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

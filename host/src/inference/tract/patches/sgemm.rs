@@ -27,8 +27,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::ConvShape;
-use super::gemm_conv::Epilogue;
+use super::{ConvShape, Epilogue};
 
 /// Output rows (channels) per kernel tile: one broadcast weight each.
 pub const MR: usize = 8;

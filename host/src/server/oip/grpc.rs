@@ -1,7 +1,7 @@
 //! KServe Open Inference Protocol v2 over gRPC: `inference.GRPCInferenceService` (our
 //! `proto/grpc_predict_v2.proto`, written from the published protocol) on the gRPC port, so
 //! tritonclient[grpc] and KServe clients work unchanged. The same inputs and outputs as the REST
-//! routes (`oip.rs` runs both); tensors come back in `raw_output_contents`, as Triton sends them.
+//! routes (the core in `mod.rs` runs both); tensors come back in `raw_output_contents`, as Triton sends them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,17 +10,17 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::oip::{self, Call, Input, InputData};
-use super::{AppState, grpc};
+use super::{self as oip, Call, Input, InputData};
 use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::server::{AppState, grpc};
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
 #[allow(clippy::all)]
-pub(super) mod pb {
+pub(in crate::server) mod pb {
     tonic::include_proto!("inference");
 }
 
-pub(super) use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+pub(in crate::server) use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use pb::infer_parameter::ParameterChoice;
 use pb::model_infer_response::InferOutputTensor;
 
@@ -28,8 +28,8 @@ use pb::model_infer_response::InferOutputTensor;
 const MODEL_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
 
 /// The `GRPCInferenceService` implementation.
-pub(super) struct Inference {
-    pub(super) state: Arc<AppState>,
+pub(in crate::server) struct Inference {
+    pub(in crate::server) state: Arc<AppState>,
 }
 
 fn version(v: &str) -> Option<&str> {

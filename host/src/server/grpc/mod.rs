@@ -1,38 +1,26 @@
-//! gRPC: the seed's `image_recognition.ImageRecognitionService/Recognize`, `grpc.health.v1` and
-//! server reflection, served with tonic on `grpc_addr`.
+//! gRPC: the seed's `image_recognition.ImageRecognitionService/Recognize` (served with tonic on
+//! `grpc_addr` beside the OIP's service, health and reflection: `router.rs`), and the gRPC
+//! plumbing both gRPC services share: request spans, answers and metrics, `grpc-timeout`, error
+//! statuses.
 //!
 //! The service is generated from `proto/tessera_image_recognition.proto`, the seed's file with
 //! extra fields under new numbers (`build.rs` checks it stays wire-compatible), so a client
-//! generated from the seed's unchanged file works. Like `http.rs`, this only converts: metadata
+//! generated from the seed's unchanged file works. Like `http/`, this only converts: metadata
 //! and the message become a [`ClassifyRequest`] for the serving core (`service.rs`), and a
 //! [`PipelineError`] becomes a status (see [`code_for`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::server::NamedService;
-use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, Request, Response, Status};
-use tonic_health::ServingStatus;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::server::HealthReporter;
 use tracing::{Instrument, Span};
 
-use super::oip_grpc::{GrpcInferenceServiceServer, Inference};
 use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
 use crate::metrics::Protocol;
-use crate::{Classification, ClassifyRequest};
+use crate::pipeline::{Classification, ClassifyRequest};
 
 /// Generated from `proto/tessera_image_recognition.proto` by `build.rs`.
 #[allow(clippy::all)]
@@ -65,120 +53,6 @@ pub fn code_for(kind: ErrorKind) -> Code {
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::NotReady => Code::Unavailable,
     }
-}
-
-/// Serves the gRPC services on `listener` until `shutdown` resolves, then waits for the
-/// calls in flight (the caller bounds that wait).
-pub(super) async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    health: HealthServer<impl Health>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    // tonic's default is 4 MiB; images up to the HTTP body limit are accepted here too.
-    let max_message = usize::try_from(state.config.limits.max_body_bytes).unwrap_or(usize::MAX);
-    let max_connections = state.config.limits.max_connections;
-    let recognition =
-        ImageRecognitionServiceServer::new(Recognition { state: state.clone() }).max_decoding_message_size(max_message);
-    let inference = GrpcInferenceServiceServer::new(Inference { state })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(DESCRIPTORS)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // v1 for current tools, v1alpha for the ones most clients still ship (grpcio-reflection).
-    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
-    let incoming = capped(TcpIncoming::from(listener).with_nodelay(Some(true)), max_connections);
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(recognition)
-        .add_service(inference)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    Ok(())
-}
-
-/// `incoming` with at most `max` connections open at once: one more is closed as soon as it is
-/// accepted (as on the HTTP listener, which has its own `max`), so a flood of idle sockets cannot
-/// take the file descriptors and memory that the calls in flight need.
-fn capped(
-    incoming: TcpIncoming,
-    max: u32,
-) -> impl futures_util::Stream<Item = std::io::Result<CappedStream>> + Send + 'static {
-    let permits = Arc::new(Semaphore::new(max as usize));
-    incoming.filter_map(move |accepted| {
-        let next = match accepted {
-            Ok(stream) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(Ok(CappedStream { stream, _permit: permit })),
-                Err(_) => {
-                    tracing::warn!(peer = ?stream.peer_addr().ok(), max_connections = max, "gRPC connection refused: at max_connections");
-                    None
-                }
-            },
-            Err(e) => Some(Err(e)),
-        };
-        std::future::ready(next)
-    })
-}
-
-/// An accepted gRPC connection holding its place under `max_connections` until it closes.
-/// (tonic has no connection limit of its own; `concurrency_limit_per_connection` bounds calls.)
-pub(super) struct CappedStream {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for CappedStream {
-    type ConnectInfo = <TcpStream as Connected>::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for CappedStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CappedStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// `grpc.health.v1`: the whole server ("") and each service are SERVING once models and guests
-/// are loaded and until shutdown begins, NOT_SERVING otherwise.
-pub(super) async fn set_health(health: &HealthReporter, serving: bool) {
-    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
-    health.set_service_status("", status).await;
-    health.set_service_status(<ImageRecognitionServiceServer<Recognition> as NamedService>::NAME, status).await;
-    health.set_service_status(<GrpcInferenceServiceServer<Inference> as NamedService>::NAME, status).await;
 }
 
 /// The method's label in the metrics.

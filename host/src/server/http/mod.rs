@@ -1,12 +1,13 @@
-//! HTTP routes: `POST /v1/classify`, `GET /v1/models[/{name}]`, `/healthz`, `/readyz`, `/metrics`,
-//! `POST /v1/admin/reload`, the OIP v2 routes (`oip.rs`), and `GET /`, a page to try it.
+//! Tessera's HTTP API: `POST /v1/classify`, `GET /v1/models[/{name}]`, `/v1/pipelines`,
+//! `/healthz`, `/readyz`, `/metrics`, `POST /v1/admin/reload` and `GET /`, a page to try it
+//! (`router.rs` sends each request here or to the OIP routes), and the HTTP plumbing both HTTP
+//! APIs share: error answers, body limits and reading, the deadline header.
 //!
-//! This is the one place that converts between HTTP and the serving core (`service.rs`):
-//! query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`] becomes a status
-//! and a JSON body.
+//! This is the one place that converts between Tessera's HTTP API and the serving core
+//! (`service.rs`): query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`]
+//! becomes a status and a JSON body.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,13 +19,10 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use tracing::{Instrument, Span};
-
-use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, Listener, service};
 use crate::error::{ErrorKind, PipelineError, Stage};
-use crate::metrics::Protocol;
-use crate::{Classification, ClassifyRequest};
+use crate::host::Host;
+use crate::pipeline::{Classification, ClassifyRequest};
 
 pub(super) type Body = Full<Bytes>;
 
@@ -48,60 +46,8 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
     }
 }
 
-/// Paths polled by probes and scrapers: logged at debug, not traced.
-const PROBES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"];
-
-pub(super) async fn handle(
-    state: Arc<AppState>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    listener: Listener,
-) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
-    let request_id = request_id(req.headers());
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let probe = PROBES.contains(&path.as_str());
-    let endpoint = endpoint(&path);
-    let span = if probe {
-        Span::none()
-    } else {
-        let headers = req.headers();
-        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-        let trace = TraceHeaders { traceparent: header(TRACEPARENT), tracestate: header(TRACESTATE) };
-        service::request_span(Protocol::http, &format!("{method} {endpoint}"), &request_id, trace)
-    };
-    let response = route(&state, req, listener, start, &request_id).instrument(span.clone()).await;
-    let failure =
-        response.as_ref().err().map(|e| (e.code, e.status.is_client_error(), e.stage.unwrap_or(Stage::Admission)));
-    state.count(Protocol::http, endpoint, start, failure);
-    if let Err(e) = &response {
-        service::end_request_span(
-            &span,
-            e.status.as_u16().into(),
-            Some((e.code, e.status.is_client_error(), &e.message)),
-        );
-    }
-    let oip = path == "/v2" || path.starts_with("/v2/");
-    let mut response =
-        response.unwrap_or_else(|e| if oip { super::oip::error_response(e) } else { e.into_response(&request_id) });
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, v);
-    }
-    let status = response.status().as_u16();
-    span.record("status", status);
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    if probe {
-        tracing::debug!(%method, %path, status, ms, request_id, "probe");
-    } else if response.status().is_server_error() {
-        tracing::warn!(%method, %path, status, ms, request_id, %peer, "request failed");
-    } else {
-        tracing::info!(%method, %path, status, ms, request_id, "request");
-    }
-    Ok(response)
-}
-
-/// Answers one request on `listener`.
-async fn route(
+/// Answers a request for Tessera's own HTTP API (everything but `/v2`) on `listener`.
+pub(in crate::server) async fn route(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     listener: Listener,
@@ -110,23 +56,9 @@ async fn route(
 ) -> Result<Response<Body>, HttpError> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     match (&method, path.as_str()) {
-        // The admin listener serves the admin routes and probes, nothing else.
-        (_, p) if listener == Listener::Admin && !matches!(p, "/v1/admin/reload" | "/healthz" | "/readyz") => {
-            Err(HttpError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("the admin listener serves /v1/admin/* only; {path} is on the main address"),
-            ))
-        }
         (&Method::POST, "/v1/classify") => {
             let (parts, mut body) = req.into_parts();
             let result = classify(state, &parts, &mut body, start, request_id).await;
-            discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
-            result
-        }
-        (_, p) if p == "/v2" || p.starts_with("/v2/") => {
-            let (parts, mut body) = req.into_parts();
-            let result = super::oip::handle(state, &parts, &mut body, start, request_id).await;
             discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
             result
         }
@@ -166,7 +98,7 @@ impl HttpError {
         HttpError { status, code, message: message.into(), stage: None }
     }
 
-    fn into_response(self, request_id: &str) -> Response<Body> {
+    pub(in crate::server) fn into_response(self, request_id: &str) -> Response<Body> {
         let body = json!({"error": {
             "code": self.code,
             "message": self.message,
@@ -204,7 +136,7 @@ pub(super) fn json_response(status: StatusCode, body: &impl Serialize) -> Respon
         .expect("a valid static response")
 }
 
-fn request_id(headers: &HeaderMap) -> String {
+pub(in crate::server) fn request_id(headers: &HeaderMap) -> String {
     service::request_id(headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
 }
 
@@ -235,7 +167,7 @@ fn readyz(state: &AppState) -> Response<Body> {
 }
 
 /// The route's label in the metrics (a bounded set: unknown paths are `other`).
-fn endpoint(path: &str) -> &'static str {
+pub(in crate::server) fn endpoint(path: &str) -> &'static str {
     match path {
         "/" => "/",
         "/v1/classify" => "/v1/classify",
@@ -269,7 +201,7 @@ fn metrics(state: &AppState) -> Response<Body> {
         .expect("a valid static response")
 }
 
-fn ready_host(state: &AppState) -> Result<&Arc<crate::Host>, HttpError> {
+fn ready_host(state: &AppState) -> Result<&Arc<Host>, HttpError> {
     Ok(state.ready_host()?)
 }
 
@@ -550,7 +482,7 @@ const DISCARD_FOR: Duration = Duration::from_secs(5);
 /// bounded amount (twice the body limit, for at most [`DISCARD_FOR`]) while the answer goes out;
 /// a body declared larger than that, or one the client holds back behind
 /// `Expect: 100-continue` (reading it would invite it), is dropped at once.
-fn discard_unread(mut body: Incoming, headers: &HeaderMap, max_body: u64) {
+pub(in crate::server) fn discard_unread(mut body: Incoming, headers: &HeaderMap, max_body: u64) {
     use hyper::body::Body as _;
     let budget = max_body.saturating_mul(2);
     let held_back = headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
