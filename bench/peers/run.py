@@ -306,11 +306,14 @@ def main() -> None:
                 plan.append((name, label, lambda r=repo, s=label: start_tessera(s, r, "adaptive"), batch_cells))
     results = {"quick": args.quick, "seconds_per_cell": secs, "cells": [], "systems": {}, "agreement": {}}
     only = {k for k in args.only.split(",") if k}
+    run = 0
     if only:
         results = json.loads((OUT / "results.json").read_text())
+        tag_legacy_runs(results)
         results["cells"] = [c for c in results["cells"] if f"{c['model']}/{c['system']}" not in only]
         plan = [p for p in plan if f"{p[0]}/{p[1]}" in only]
         results.setdefault("rerun", []).extend(sorted(only))
+        run = 1 + max((c["run"] for c in results["cells"]), default=0)
     for model, name, start, cells in plan:
         print(f"{model} / {name}", flush=True)
         server = start()
@@ -321,7 +324,7 @@ def main() -> None:
             for kind, x, img in cells:
                 cell = load(server, images[img], secs, concurrency=x if kind == "closed" else None,
                             rate=x if kind == "open" else None)
-                cell.update(model=model, system=name, image=img)
+                cell.update(model=model, system=name, image=img, run=run)
                 results["cells"].append(cell)
                 first = first or cell.get("timings_ms_first")
             results["systems"][key] = {"ready_s": round(server.ready_s, 2), "timings_ms_first": first}
@@ -368,29 +371,56 @@ def write_batching(results: dict) -> None:
     print("\n".join(lines))
 
 
+def tag_legacy_runs(results: dict) -> None:
+    """Gives cells written before cells carried their run a `run`: 0 for the full run, then one per
+    `--only` run merged afterwards, in order. `rerun` holds each of those runs' keys sorted, one run
+    after the other, so a run starts wherever the sorted order breaks; a key's cells come from the
+    last run that named it."""
+    if all("run" in c for c in results["cells"]):
+        return
+    runs: list[list[str]] = []
+    for key in results.get("rerun", []):
+        if not runs or key <= runs[-1][-1]:
+            runs.append([])
+        runs[-1].append(key)
+    last = {key: i + 1 for i, keys in enumerate(runs) for key in keys}
+    for c in results["cells"]:
+        c.setdefault("run", last.get(f"{c['model']}/{c['system']}", 0))
+
+
 def write_summary(results: dict) -> None:
+    tag_legacy_runs(results)
     cells = results["cells"]
 
     def errors(cell) -> str:
         return ", ".join(f"{k} ×{v}" for k, v in cell["errors"].items()) or "0"
 
     def ref(cell, system):
+        """The reference system's cell under the same load in the same run: a ratio never pairs
+        figures of two runs."""
         for c in cells:
-            if (c["model"], c["image"], c["mode"], c["concurrency"], c["rate"], c["system"]) == (
-                    cell["model"], cell["image"], cell["mode"], cell["concurrency"], cell["rate"], system):
+            if (c["model"], c["image"], c["mode"], c["concurrency"], c["rate"], c["system"], c["run"]) == (
+                    cell["model"], cell["image"], cell["mode"], cell["concurrency"], cell["rate"], system,
+                    cell["run"]):
                 return c
         return None
 
     lines = [f"# bench-peers results ({'quick' if results['quick'] else 'full'} run, "
              f"{results['seconds_per_cell']:.0f} s per cell)", ""]
-    if results.get("rerun"):
-        rerun = sorted(set(results["rerun"]))
-        lines += [f"Run again afterwards, after a change, and merged here: {', '.join(rerun)}.", ""]
+    runs = sorted({c["run"] for c in cells})
+    if runs != [0]:
+        lines += ["The rows come from more than one run: `run` 0 is the full run, each higher number a run of "
+                  "some systems merged afterwards (`--only`), after a change (a run whose rows were all "
+                  "replaced by a later one is not listed):", ""]
+        for r in runs:
+            keys = sorted({f"{c['model']}/{c['system']}" for c in cells if c["run"] == r})
+            lines.append(f"- run {r}: {', '.join(keys)}")
+        lines.append("")
     lines += [
-             "Ratios are to the same cell of `seed-torch` / `seed-ort` in this run (rps: higher is better; "
-             "p50: lower is better).", "",
-             "| model | image | load | system | rps | p50 ms | p90 ms | p99 ms | errors | CPU s/img | peak RSS MiB "
-             "| rps / torch | rps / ort | p50 / ort |", "|" + "---|" * 14]
+             "Ratios are to the cell of `seed-torch` / `seed-ort` under the same load **in the same run**; "
+             "– where that run did not run the reference (rps: higher is better; p50: lower is better).", "",
+             "| model | image | load | system | run | rps | p50 ms | p90 ms | p99 ms | errors | CPU s/img | "
+             "peak RSS MiB | rps / torch | rps / ort | p50 / ort |", "|" + "---|" * 15]
     for c in cells:
         load = f"c={c['concurrency']}" if c["mode"] == "closed" else f"{c['rate']:g} rps open"
         torch, ort = ref(c, "seed-torch"), ref(c, "seed-ort")
@@ -398,7 +428,7 @@ def write_summary(results: dict) -> None:
         def ratio(a, b, key):
             return f"{a[key] / b[key]:.2f}×" if b and b[key] and a[key] == a[key] else "–"
 
-        lines.append(f"| {c['model']} | {c['image']} | {load} | {c['system']} | {c['rps']} | {c['p50_ms']} | "
+        lines.append(f"| {c['model']} | {c['image']} | {load} | {c['system']} | {c['run']} | {c['rps']} | {c['p50_ms']} | "
                      f"{c['p90_ms']} | {c['p99_ms']} | {errors(c)} | {c['cpu_s_per_image']} | "
                      f"{c['server_peak_rss_mib']} | {ratio(c, torch, 'rps')} | {ratio(c, ort, 'rps')} | "
                      f"{ratio(c, ort, 'p50_ms')} |")
