@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::CLASSES_SEED;
-use crate::support::{config_with_rules, guest, root, shapes};
+use crate::support::{config_with_rules, guest, png, root, shapes};
+use crate::{CLASSES_SEED, read};
 
 fn run(program: &Path, config: &Path, image: &Path) -> Output {
     Command::new(program).arg(config).arg(image).output().unwrap()
@@ -96,4 +96,33 @@ fn the_c_and_rust_examples_classify_as_the_server_does_and_report_errors_by_code
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("config: ") && stderr.contains("broken.toml"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_library_runs_the_same_pipeline_without_http() {
+    let host = tessera::Host::builder()
+        .models(root().join("models"))
+        .compile_cache_dir(Some(root().join("target/cache/components")))
+        .preprocess(guest("preprocess"))
+        .postprocess(guest("postprocess"))
+        .rules(vec![tessera::RuleConfig {
+            config: [("min-confidence".to_string(), "0.99999".to_string()), ("allow".to_string(), "star".to_string())]
+                .into(),
+            ..tessera::RuleConfig::new(guest("rules-threshold"))
+        }])
+        .build()
+        .unwrap();
+    for case in shapes(CLASSES_SEED, 2).iter().take(8) {
+        let result = host.classify(&read(&case.path)).unwrap();
+        assert_eq!(result.label, case.label);
+        // The strict rule rejects as a business outcome, not an error.
+        if !result.decision.accepted {
+            assert!(result.decision.category.is_some());
+        }
+    }
+    let err = host.classify(b"nope").unwrap_err();
+    assert_eq!(err.kind, tessera::ErrorKind::InvalidImage);
+    assert_eq!(err.stage, tessera::Stage::Preprocess);
+    let req = tessera::ClassifyRequest { image: png(64, 64), model: Some("missing".into()), ..Default::default() };
+    assert_eq!(host.classify_request(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
 }
