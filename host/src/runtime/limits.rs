@@ -1,0 +1,124 @@
+//! Memory limits: each store's cap on its instance's linear memory and tables (`MemoryLimiter`),
+//! and the process-wide budget every live guest instance reserves from (`MemoryBudget`); `LiveStore`
+//! counts the stores alive.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use wasmtime::ResourceLimiter;
+
+/// Counts a store as alive from its creation until it is dropped.
+pub(super) struct LiveStore(Arc<AtomicUsize>);
+
+impl LiveStore {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveStore(count.clone())
+    }
+}
+
+impl Drop for LiveStore {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Caps the linear memory of a store's instance, all its memories together (a Python or JS
+/// component has several), and remembers that it refused one, so a guest that dies from an
+/// allocation failure is reported as out of memory rather than as a generic trap. (wasmtime's
+/// `StoreLimits` caps each memory alone and does not record the refusal.)
+pub(super) struct MemoryLimiter {
+    max_bytes: usize,
+    /// The bytes of every memory the store has, as this limiter allowed them to grow (wasmtime
+    /// asks it for each memory's initial size too, from 0).
+    used: usize,
+    /// The process-wide budget `used` is reserved from, and handed back to when the store
+    /// (and so this limiter) is dropped.
+    pub(super) budget: Arc<MemoryBudget>,
+    pub(super) refused: Option<Refusal>,
+}
+
+/// Which limit refused a memory growth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Refusal {
+    /// `limits.guest_memory_bytes`: the guest's own.
+    Guest,
+    /// `limits.guest_memory_total_bytes`: every live guest's together; the request is not at
+    /// fault, the host is busy.
+    Budget,
+}
+
+impl MemoryLimiter {
+    pub(super) fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> Self {
+        MemoryLimiter { max_bytes, used: 0, budget, refused: None }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.release(self.used);
+    }
+}
+
+/// `limits.guest_memory_total_bytes`: the linear memory every live guest instance holds,
+/// together, so that many concurrent large decodes cannot take more than that from the host
+/// (each is also capped alone). Counted as the limiters grant it, not as pages are touched.
+#[derive(Debug)]
+pub(crate) struct MemoryBudget {
+    pub(super) total: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(total: usize) -> Self {
+        MemoryBudget { total, used: AtomicUsize::new(0) }
+    }
+
+    /// Takes `bytes` from the budget if that many are left.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&after| after <= self.total)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Bytes granted to live guests now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum wasmtime refuses the growth whatever we answer: count
+        // nothing (wasmtime calls this for each memory's initial size too, from 0, in
+        // vm/memory.rs, so `used` covers every memory).
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let growth = desired.saturating_sub(current);
+        let total = self.used.saturating_add(growth);
+        if total > self.max_bytes {
+            self.refused = Some(Refusal::Guest);
+            return Ok(false);
+        }
+        if !self.budget.reserve(growth) {
+            self.refused = Some(Refusal::Budget);
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Table elements (function references) one guest instance may hold.
+pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;

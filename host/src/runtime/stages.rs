@@ -1,0 +1,185 @@
+//! The typed guest stages: loading a preprocess, postprocess or rules component for its world,
+//! and calling it with the crate's types (converted to and from WIT here).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bindings::{postprocessor, preprocessor, rules, types};
+use super::error::{GuestFailure, RuntimeError};
+use super::inference_import::GuestInference;
+use super::wasi::Grants;
+use super::{GuestState, Runtime};
+use crate::config::Limits;
+use crate::error::ErrorKind;
+use crate::stage_io::{Decision, Prediction, SpecView};
+
+/// The model spec as the guests' WIT `model-spec`.
+pub(super) fn spec_to_wit(spec: &SpecView<'_>) -> types::ModelSpec {
+    types::ModelSpec {
+        name: spec.name.to_string(),
+        version: spec.version.to_string(),
+        input_shape: spec.input_shape.to_vec(),
+        mean: spec.mean.to_vec(),
+        std: spec.std.to_vec(),
+        resize: spec.resize,
+        labels_count: spec.labels_count,
+    }
+}
+
+/// Where a guest call's time went: instantiating the component from its `InstancePre`, and
+/// the exported function itself (including lifting and lowering its arguments).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    pub instantiate: Duration,
+    pub call: Duration,
+}
+
+/// The preprocess stage: a `preprocessor` component ready to instantiate.
+#[derive(Clone)]
+pub struct PreprocessGuest {
+    pub name: String,
+    grants: Grants,
+    pre: preprocessor::PreprocessorPre<GuestState>,
+}
+
+/// The postprocess stage.
+#[derive(Clone)]
+pub struct PostprocessGuest {
+    pub name: String,
+    grants: Grants,
+    pre: postprocessor::PostprocessorPre<GuestState>,
+}
+
+/// One rules stage with its configuration.
+#[derive(Clone)]
+pub struct RulesGuest {
+    pub name: String,
+    grants: Grants,
+    config: Vec<(String, String)>,
+    pre: rules::RulesPre<GuestState>,
+}
+
+impl RulesGuest {
+    /// The same compiled guest with another configuration (a second place in a chain).
+    pub fn with_config(&self, config: Vec<(String, String)>) -> Self {
+        RulesGuest { config, ..self.clone() }
+    }
+}
+
+pub(super) fn guest_name(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("guest").to_string()
+}
+
+impl Runtime {
+    pub fn load_preprocess(&self, path: &Path, grants: Grants) -> Result<PreprocessGuest, RuntimeError> {
+        let pre = self.compile(path, "preprocessor", &grants, preprocessor::PreprocessorPre::new)?;
+        Ok(PreprocessGuest { name: guest_name(path), grants, pre })
+    }
+
+    pub fn load_postprocess(&self, path: &Path, grants: Grants) -> Result<PostprocessGuest, RuntimeError> {
+        let pre = self.compile(path, "postprocessor", &grants, postprocessor::PostprocessorPre::new)?;
+        Ok(PostprocessGuest { name: guest_name(path), grants, pre })
+    }
+
+    pub fn load_rules(
+        &self,
+        path: &Path,
+        config: Vec<(String, String)>,
+        grants: Grants,
+    ) -> Result<RulesGuest, RuntimeError> {
+        let pre = self.compile(path, "rules", &grants, rules::RulesPre::new)?;
+        Ok(RulesGuest { name: guest_name(path), grants, config, pre })
+    }
+
+    /// Decodes and normalizes `image` into the model's input tensor data; also reports how
+    /// long instantiation and the call took.
+    pub fn preprocess(
+        &self,
+        guest: &PreprocessGuest,
+        image: &[u8],
+        media_type: Option<&str>,
+        spec: &SpecView<'_>,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<(Vec<f32>, Phases), GuestFailure> {
+        // The result is the model's input tensor, whatever the output cap.
+        let tensor_bytes = spec.input_shape.iter().map(|&d| d as usize).product::<usize>() * 4 + 4096;
+        let store =
+            self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes.max(tensor_bytes))?;
+        let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
+        let decode =
+            types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
+        let (tensor, phases) = self.run_guest(
+            store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_preprocess(s, &img, &spec_to_wit(spec), decode),
+        )?;
+        let expected: Vec<u32> = spec.input_shape.to_vec();
+        if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
+            return Err(GuestFailure::Reported(
+                ErrorKind::GuestFailed,
+                format!(
+                    "guest {} returned shape {:?} with {} values; the model takes {expected:?}",
+                    guest.name,
+                    tensor.shape,
+                    tensor.data.len()
+                ),
+            ));
+        }
+        Ok((tensor.data, phases))
+    }
+
+    /// Softmax, top-k and labels; also reports how long instantiation and the call took.
+    pub fn postprocess(
+        &self,
+        guest: &PostprocessGuest,
+        logits: Vec<f32>,
+        spec: &SpecView<'_>,
+        labels: &[String],
+        top_k: u32,
+        deadline: Instant,
+    ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
+        let store = self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes)?;
+        let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
+        let (preds, phases) = self.run_guest(
+            store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_postprocess(s, &tensor, &spec_to_wit(spec), labels, top_k),
+        )?;
+        // A guest may return more than it was asked for; the response carries `top_k` at most.
+        let preds = preds.into_iter().take(top_k as usize);
+        Ok((preds.map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
+    }
+
+    /// One rule's decision (`rule` names the guest). Rules may call back into inference through
+    /// `inference`; also reports how long instantiation and the call took.
+    pub fn decide(
+        &self,
+        guest: &RulesGuest,
+        preds: &[Prediction],
+        metadata: &[(String, String)],
+        inference: Arc<dyn GuestInference>,
+        deadline: Instant,
+    ) -> Result<(Decision, Phases), GuestFailure> {
+        let store = self.store(deadline, Some(inference), &guest.name, &guest.grants, self.guest_output_bytes)?;
+        let wit_preds: Vec<types::Prediction> = preds
+            .iter()
+            .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
+            .collect();
+        let metadata = metadata.to_vec();
+        let (d, phases) = self.run_guest(
+            store,
+            |s| guest.pre.instantiate(s),
+            |i, s| i.call_decide(s, &wit_preds, &metadata, &guest.config),
+        )?;
+        let decision = Decision {
+            accepted: d.accepted,
+            reason: d.reason,
+            category: d.category,
+            tags: d.tags,
+            rule: Some(guest.name.clone()),
+        };
+        Ok((decision, phases))
+    }
+}
