@@ -292,6 +292,14 @@ bench-protocols: build
     cargo build --release -p tessera-loadgen
     {{python}} bench/protocols.py
 
+# This build's server against BASELINE (another tessera binary, e.g. built from the commit before a
+# refactor): the served default model over HTTP, c=1 and c=4, alternated (bench/ab.py; ROUNDS=5,
+# DUR=8). Not `build`: the A/B needs only the binary and the load generator.
+bench-ab BASELINE:
+    cargo build --release -p tessera --bin tessera
+    cargo build --release -p tessera-loadgen
+    BASELINE={{BASELINE}} {{python}} bench/ab.py
+
 # What exporting traces costs a request: one server exporting every span over OTLP to a
 # collector in the script, one not, alternated (bench/telemetry.py; see docs/PERFORMANCE.md).
 bench-telemetry: build

@@ -19,9 +19,16 @@ const SEED: &str = "image_recognition.proto";
 #[cfg(feature = "grpc")]
 const OURS: &[&str] = &["tessera_image_recognition.proto", "grpc_predict_v2.proto"];
 
+/// This package's directory, read when the script runs: cargo's hash of a path package does not
+/// include where it is, so two checkouts sharing a target directory share this script's binary,
+/// and a path compiled into it (`env!`) would be the other checkout's.
+fn manifest_dir() -> Result<PathBuf, Box<dyn Error>> {
+    Ok(PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?))
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     // The engines' versions for the `build_info` metric, from the lockfile (what was built).
-    let lock_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    let lock_path = manifest_dir()?.join("../Cargo.lock");
     println!("cargo:rerun-if-changed={}", lock_path.display());
     let lock = std::fs::read_to_string(&lock_path)?;
     for (package, var) in [("wasmtime", "TESSERA_WASMTIME_VERSION"), ("tract-onnx", "TESSERA_TRACT_VERSION")] {
@@ -36,7 +43,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 /// The gRPC servers' code and descriptors, after the seed-compatibility check.
 #[cfg(feature = "grpc")]
 fn grpc() -> Result<(), Box<dyn Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let root = manifest_dir()?.join("../proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let seed = protox::compile([root.join(SEED)], [&root])?;
     let ours = protox::compile(OURS.iter().map(|f| root.join(f)), [&root])?;
