@@ -1,0 +1,104 @@
+//! `[guests]` and `[pipelines.<name>]`: which components run each stage, the rules chain with each
+//! guest's own configuration, and the WASI each guest is granted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The pipeline's guest components (`.wasm` component files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestsConfig {
+    pub preprocess: PathBuf,
+    pub postprocess: PathBuf,
+    /// Business rules, run in order; the first rejection ends the chain.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[pipelines.<name>]`: a pipeline besides the default one. A guest it does not name is the
+/// default pipeline's (`[guests]`); `rules = []` runs no rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub preprocess: Option<PathBuf>,
+    pub postprocess: Option<PathBuf>,
+    pub rules: Option<Vec<RuleConfig>>,
+    /// Models whose requests get this pipeline when they select none. A model is in at most
+    /// one pipeline's list; the others get the default pipeline.
+    pub models: Vec<String>,
+}
+
+/// The name of the pipeline `[guests]` configures.
+pub const DEFAULT_PIPELINE: &str = "default";
+
+/// One rules guest and the configuration it receives on every call.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// What the guest may use of WASI beyond the nothing every guest gets (docs/API.md);
+    /// absent: `["clocks", "random"]`, the minimum a language runtime needs.
+    #[serde(default = "default_wasi_grants")]
+    pub wasi: Vec<WasiGrant>,
+}
+
+/// A WASI capability config may grant a guest. Every guest is linked with an empty environment
+/// and argument list, empty stdin, stdout and stderr that go nowhere, and a filesystem with no
+/// directory; any other WASI import traps when called, naming itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WasiGrant {
+    /// `wasi:clocks` (wall and monotonic): most language runtimes read a clock at start-up.
+    Clocks,
+    /// `wasi:random` (secure and insecure): hash seeds, Python's and JS's start-up.
+    Random,
+    /// The guest's stdout, line by line into the host's log (at most 16 KiB a call).
+    Stdout,
+    /// The guest's stderr, the same way.
+    Stderr,
+}
+
+impl RuleConfig {
+    /// The guest at `path` with no configuration and the default grants.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RuleConfig { path: path.into(), config: BTreeMap::new(), wasi: default_wasi_grants() }
+    }
+}
+
+impl std::str::FromStr for WasiGrant {
+    type Err = String;
+
+    /// `clocks`, `random`, `stdout` or `stderr`, as in config.
+    fn from_str(text: &str) -> Result<Self, String> {
+        serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
+            .map_err(|_| format!("{text:?} is not a WASI grant: clocks, random, stdout or stderr"))
+    }
+}
+
+/// The grants of a guest whose config names none.
+pub const DEFAULT_WASI_GRANTS: [WasiGrant; 2] = [WasiGrant::Clocks, WasiGrant::Random];
+
+fn default_wasi_grants() -> Vec<WasiGrant> {
+    DEFAULT_WASI_GRANTS.to_vec()
+}
+
+/// Where `just guests` puts the components it builds.
+pub const DEFAULT_GUEST_DIR: &str = "target/guests";
+
+impl Default for GuestsConfig {
+    fn default() -> Self {
+        let dir = Path::new(DEFAULT_GUEST_DIR);
+        GuestsConfig {
+            preprocess: dir.join("preprocess.wasm"),
+            postprocess: dir.join("postprocess.wasm"),
+            rules: vec![RuleConfig {
+                path: dir.join("rules-threshold.wasm"),
+                config: BTreeMap::from([("min-confidence".to_string(), "0.5".to_string())]),
+                wasi: default_wasi_grants(),
+            }],
+        }
+    }
+}
