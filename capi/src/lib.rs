@@ -21,7 +21,7 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use tessera::{Classification, ClassifyRequest, Config, ErrorKind, Host, PipelineError};
+use tessera::{Classification, ClassifyRequest, Config, ErrorKind, Host, RequestError};
 
 /// Why a call failed; 0 is success. Codes 10 and up are the library's error kinds, named as in
 /// the HTTP API's `error.code`.
@@ -102,8 +102,8 @@ impl TesseraStatus {
 /// A failure on its way out: the code and the message for `*error`.
 struct Failure(TesseraStatus, String);
 
-impl From<PipelineError> for Failure {
-    fn from(e: PipelineError) -> Self {
+impl From<RequestError> for Failure {
+    fn from(e: RequestError) -> Self {
         Failure(e.kind.into(), e.to_string())
     }
 }

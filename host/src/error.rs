@@ -1,4 +1,5 @@
-//! The pipeline's typed errors: what failed, in which stage, and whose fault it was.
+//! Why a request failed ([`RequestError`]): what failed, in which stage, and whose fault it was.
+//! Every way into Tessera (HTTP, gRPC, OIP, the library, the C API) answers with it.
 //!
 //! The HTTP and gRPC layers turn these into status codes (see `server::status_for`, `server::code_for`); the
 //! library never speaks HTTP.
@@ -117,19 +118,19 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// A failed request: the kind, the stage it failed in, and a message a person can act on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub struct PipelineError {
+pub struct RequestError {
     pub kind: ErrorKind,
     pub stage: Stage,
     pub message: String,
 }
 
-impl PipelineError {
+impl RequestError {
     pub fn new(kind: ErrorKind, stage: Stage, message: impl Into<String>) -> Self {
-        PipelineError { kind, stage, message: message.into() }
+        RequestError { kind, stage, message: message.into() }
     }
 }
 
-impl fmt::Display for PipelineError {
+impl fmt::Display for RequestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} in {}: {}", self.kind.code(), self.stage.as_str(), self.message)
     }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Limits, RuleConfig};
-use crate::error::{PipelineError, Stage};
+use crate::error::{RequestError, Stage};
 use crate::inference::ModelIo;
 use crate::inference::probe::LoadProbe;
 use crate::inference::{self, EngineConfig};
@@ -355,7 +355,7 @@ impl Preprocessor {
     }
 
     /// The model input for one encoded image.
-    pub fn run(&self, image: &[u8]) -> Result<Vec<f32>, PipelineError> {
+    pub fn run(&self, image: &[u8]) -> Result<Vec<f32>, RequestError> {
         let spec = self.manifest.spec_view("preprocess", 0, 0);
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.deadline_ms);
         self.runtime
@@ -371,18 +371,18 @@ impl Host {
     }
 
     /// Classifies an encoded image with the default model and settings.
-    pub fn classify(&self, image: &[u8]) -> Result<Classification, PipelineError> {
+    pub fn classify(&self, image: &[u8]) -> Result<Classification, RequestError> {
         self.classify_request(&ClassifyRequest { image: image.to_vec(), ..Default::default() })
     }
 
     /// Classifies with every option of [`ClassifyRequest`]. Blocks the calling thread.
-    pub fn classify_request(&self, req: &ClassifyRequest) -> Result<Classification, PipelineError> {
+    pub fn classify_request(&self, req: &ClassifyRequest) -> Result<Classification, RequestError> {
         self.pipeline.classify(req, Instant::now(), &Progress::default())
     }
 
     /// Like [`Host::classify_request`], with the deadline counted from `start` (when the
     /// request arrived, before its body was read).
-    pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, PipelineError> {
+    pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, RequestError> {
         self.pipeline.classify(req, start, &Progress::default())
     }
 
@@ -395,7 +395,7 @@ impl Host {
         shape: &[usize],
         input: Vec<f32>,
         timeout: Option<Duration>,
-    ) -> Result<TensorOutput, PipelineError> {
+    ) -> Result<TensorOutput, RequestError> {
         let tensor = TensorRequest {
             model: model.map(String::from),
             version: version.map(String::from),
@@ -412,12 +412,12 @@ impl Host {
         tensor: TensorRequest,
         start: Instant,
         progress: &Progress,
-    ) -> Result<TensorOutput, PipelineError> {
+    ) -> Result<TensorOutput, RequestError> {
         self.pipeline.infer(tensor, start, progress)
     }
 
     /// What a model version takes and gives, as its engine sees it.
-    pub fn model_io(&self, model: Option<&str>, version: Option<&str>) -> Result<(ModelRef, ModelIo), PipelineError> {
+    pub fn model_io(&self, model: Option<&str>, version: Option<&str>) -> Result<(ModelRef, ModelIo), RequestError> {
         let (m, v) = self.pipeline.resolve(model, version)?;
         Ok((ModelRef { name: m.name.clone(), version: v.version.to_string() }, v.pool.io().clone()))
     }
@@ -430,12 +430,12 @@ impl Host {
         req: &ClassifyRequest,
         start: Instant,
         progress: &Progress,
-    ) -> Result<Classification, PipelineError> {
+    ) -> Result<Classification, RequestError> {
         self.pipeline.classify(req, start, progress)
     }
 
     /// The input tensor the model would get for `image` (preprocess stage only).
-    pub fn preprocess(&self, image: &[u8], model: Option<&str>) -> Result<Vec<f32>, PipelineError> {
+    pub fn preprocess(&self, image: &[u8], model: Option<&str>) -> Result<Vec<f32>, RequestError> {
         self.pipeline.preprocess(image, model, self.pipeline.deadline(Instant::now(), None))
     }
 

@@ -33,7 +33,10 @@ mod stage_io;
 mod watch;
 
 pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
-pub use error::{ErrorKind, PipelineError, Stage};
+pub use error::{ErrorKind, RequestError, Stage};
+/// The error a request fails with, under its old name (it was never only the pipeline's).
+#[deprecated(since = "0.1.0", note = "renamed `RequestError`")]
+pub type PipelineError = RequestError;
 pub use host::{
     BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, UnloadableModel,
     VersionStatus, compile, inspect,

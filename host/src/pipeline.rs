@@ -14,7 +14,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use crate::config::{DEFAULT_PIPELINE, Limits};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
@@ -151,11 +151,11 @@ pub struct Pipelines {
 impl Pipelines {
     /// The pipeline a request selected, else the one configured for its model, else the
     /// default.
-    pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Stages>, PipelineError> {
+    pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Stages>, RequestError> {
         let name = requested.or_else(|| self.by_model.get(model).map(String::as_str)).unwrap_or(DEFAULT_PIPELINE);
         self.by_name.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            PipelineError::new(
+            RequestError::new(
                 ErrorKind::PipelineNotFound,
                 Stage::Admission,
                 format!("no pipeline named {name:?}; configured: {}", known.join(", ")),
@@ -190,9 +190,9 @@ pub fn deadline(limits: &Limits, start: Instant, timeout: Option<Duration>) -> I
 
 /// Refuses a `top_k` of 0 (the protocols check it before admission, the pipeline again for
 /// library callers).
-pub fn check_top_k(top_k: Option<u32>) -> Result<(), PipelineError> {
+pub fn check_top_k(top_k: Option<u32>) -> Result<(), RequestError> {
     match top_k {
-        Some(0) => Err(PipelineError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1")),
+        Some(0) => Err(RequestError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1")),
         _ => Ok(()),
     }
 }
@@ -208,12 +208,12 @@ impl Pipeline {
         &self,
         model: Option<&str>,
         version: Option<&str>,
-    ) -> Result<(Arc<Model>, Arc<ModelVersion>), PipelineError> {
+    ) -> Result<(Arc<Model>, Arc<ModelVersion>), RequestError> {
         let snapshot = self.repo.snapshot();
         let name = match model {
             Some(name) => name.to_string(),
             None => self.default_in(&snapshot).ok_or_else(|| {
-                PipelineError::new(
+                RequestError::new(
                     ErrorKind::BadRequest,
                     Stage::Admission,
                     format!(
@@ -252,7 +252,7 @@ impl Pipeline {
         req: &ClassifyRequest,
         start: Instant,
         progress: &Progress,
-    ) -> Result<Classification, PipelineError> {
+    ) -> Result<Classification, RequestError> {
         let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
         let result = self.classify_with(req, start, &model, &version, progress);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
@@ -278,7 +278,7 @@ impl Pipeline {
         model: &Model,
         version: &ModelVersion,
         progress: &Progress,
-    ) -> Result<Classification, PipelineError> {
+    ) -> Result<Classification, RequestError> {
         let deadline = self.deadline(start, req.timeout);
         let classes = model.labels.len() as u32;
         check_top_k(req.top_k)?;
@@ -307,7 +307,7 @@ impl Pipeline {
             })
         })?;
         let first = top.first().cloned().ok_or_else(|| {
-            PipelineError::new(
+            RequestError::new(
                 ErrorKind::GuestFailed,
                 Stage::Postprocess,
                 format!("guest {} returned no prediction", stage.name),
@@ -337,7 +337,7 @@ impl Pipeline {
         guest: &str,
         ran: &GuestRuns,
         call: impl FnOnce() -> Result<(T, Phases), GuestFailure>,
-    ) -> Result<T, PipelineError> {
+    ) -> Result<T, RequestError> {
         let span = tracing::info_span!(
             "guest",
             otel.name = format!("guest {guest}"),
@@ -377,7 +377,7 @@ impl Pipeline {
         tensor: TensorRequest,
         start: Instant,
         progress: &Progress,
-    ) -> Result<TensorOutput, PipelineError> {
+    ) -> Result<TensorOutput, RequestError> {
         let (model, version) = self.resolve(tensor.model.as_deref(), tensor.version.as_deref())?;
         let deadline = self.deadline(start, tensor.timeout);
         check_shape(&model.name, version.pool.input_shape(), &tensor.shape, Stage::Admission)?;
@@ -402,7 +402,7 @@ impl Pipeline {
     /// Runs only the preprocess stage for the default (or named) model, with the model's
     /// pipeline: the exact tensor the model would see. Used by training tools so training and
     /// serving cannot drift.
-    pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+    pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
         let (model, version) = self.resolve(model, None)?;
         let stages = self.pipelines.load().select(None, &model.name)?.clone();
         self.preprocess_with(&stages, &spec_view(&model, &version), image, None, deadline, &GuestRuns::default())
@@ -416,7 +416,7 @@ impl Pipeline {
         media_type: Option<&str>,
         deadline: Instant,
         ran: &GuestRuns,
-    ) -> Result<Vec<f32>, PipelineError> {
+    ) -> Result<Vec<f32>, RequestError> {
         let stage = &stages.preprocess;
         self.guest(Stage::Preprocess, &stage.name, ran, || {
             self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline)
@@ -430,7 +430,7 @@ impl Pipeline {
         metadata: &[(String, String)],
         deadline: Instant,
         ran: &GuestRuns,
-    ) -> Result<Decision, PipelineError> {
+    ) -> Result<Decision, RequestError> {
         let mut decision = Decision {
             accepted: true,
             reason: "no rules configured".into(),
@@ -461,7 +461,7 @@ impl GuestInference for ModelRepository {
         shape: &[u32],
         input: Vec<f32>,
         deadline: Instant,
-    ) -> Result<Vec<f32>, PipelineError> {
+    ) -> Result<Vec<f32>, RequestError> {
         let snapshot = self.snapshot();
         let version = snapshot.get(model)?.resolve(version)?;
         let span = tracing::info_span!("guest inference", model, version = version.version, error.type = Empty);
@@ -478,8 +478,8 @@ fn in_stage<T>(
     progress: &Progress,
     stage: Stage,
     timing: &mut f64,
-    work: impl FnOnce() -> Result<T, PipelineError>,
-) -> Result<T, PipelineError> {
+    work: impl FnOnce() -> Result<T, RequestError>,
+) -> Result<T, RequestError> {
     progress.enter(stage);
     let span = tracing::info_span!(
         "stage",
@@ -501,7 +501,7 @@ fn in_stage<T>(
 
 /// Marks `span` as failed with `e`: its code, and for system errors (not the caller's) an
 /// error status with the message.
-fn record_error(span: &Span, e: &PipelineError) {
+fn record_error(span: &Span, e: &RequestError) {
     span.record("error.type", e.kind.code());
     if !e.kind.is_business() {
         span.record("otel.status_code", "error").record("otel.status_description", e.message.as_str());
@@ -509,9 +509,9 @@ fn record_error(span: &Span, e: &PipelineError) {
 }
 
 /// Refuses a tensor whose shape is not the model's input shape.
-fn check_shape(model: &str, expected: &[usize], got: &[usize], stage: Stage) -> Result<(), PipelineError> {
+fn check_shape(model: &str, expected: &[usize], got: &[usize], stage: Stage) -> Result<(), RequestError> {
     if got != expected {
-        return Err(PipelineError::new(
+        return Err(RequestError::new(
             ErrorKind::BadRequest,
             stage,
             format!("model {model:?} takes shape {expected:?}, got {got:?}"),

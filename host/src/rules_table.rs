@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, WasiGrant};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::BuildError;
 use crate::runtime::{GuestFailure, GuestInference, Runtime};
 use crate::stage_io::Prediction;
@@ -98,8 +98,8 @@ impl GuestInference for NoModels {
         _: &[u32],
         _: Vec<f32>,
         _: Instant,
-    ) -> Result<Vec<f32>, PipelineError> {
-        Err(PipelineError::new(ErrorKind::ModelNotFound, Stage::Rules, format!("no model {model:?} in test-rules")))
+    ) -> Result<Vec<f32>, RequestError> {
+        Err(RequestError::new(ErrorKind::ModelNotFound, Stage::Rules, format!("no model {model:?} in test-rules")))
     }
 }
 

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{BatchStats, Batching, EngineConfig, EngineKind, LoadError, LoadedModel, ModelIo};
 use super::{onnxruntime, tract};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 
 /// A loaded, optimized model and the workers that run it.
 pub struct InferencePool {
@@ -70,7 +70,7 @@ impl Load {
 struct Job {
     input: Vec<f32>,
     deadline: Instant,
-    reply: Sender<Result<Vec<f32>, PipelineError>>,
+    reply: Sender<Result<Vec<f32>, RequestError>>,
 }
 
 impl InferencePool {
@@ -172,7 +172,7 @@ impl InferencePool {
     }
 
     /// Runs one input, waiting at most until `deadline`. Blocks: call it off async workers.
-    pub fn infer(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+    pub fn infer(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
         self.admit(deadline)?.infer(input, deadline)
     }
 
@@ -186,7 +186,7 @@ impl InferencePool {
     /// much as the inference of a small model). `Overloaded` when the jobs already accepted,
     /// at the measured time per job, would keep this one past `deadline`; `DeadlineExceeded`
     /// when none are waiting and the job alone would overrun it.
-    pub fn admit(&self, deadline: Instant) -> Result<Admission<'_>, PipelineError> {
+    pub fn admit(&self, deadline: Instant) -> Result<Admission<'_>, RequestError> {
         let ahead = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
         let admission = Admission { pool: self, counted: true };
         if let Some(finish) = self.load.estimated_finish(Instant::now(), ahead, self.parallel_jobs)
@@ -197,7 +197,7 @@ impl InferencePool {
                 // Nothing to wait for: the deadline is shorter than the work itself, and
                 // retrying would not help.
                 let left_ms = deadline.saturating_duration_since(Instant::now()).as_secs_f64() * 1e3;
-                return Err(PipelineError::new(
+                return Err(RequestError::new(
                     ErrorKind::DeadlineExceeded,
                     Stage::Inference,
                     format!(
@@ -206,7 +206,7 @@ impl InferencePool {
                     ),
                 ));
             }
-            return Err(PipelineError::new(
+            return Err(RequestError::new(
                 ErrorKind::Overloaded,
                 Stage::Inference,
                 format!(
@@ -231,11 +231,11 @@ pub struct Admission<'a> {
 
 impl Admission<'_> {
     /// Runs `input` in the place taken, waiting at most until `deadline`. Blocks.
-    pub fn infer(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, PipelineError> {
+    pub fn infer(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
         let pool = self.pool;
         let expected: usize = pool.input_shape.iter().product();
         if input.len() != expected {
-            return Err(PipelineError::new(
+            return Err(RequestError::new(
                 ErrorKind::Internal,
                 Stage::Inference,
                 format!("input has {} values but the model takes {:?} = {expected}", input.len(), pool.input_shape),
@@ -250,14 +250,14 @@ impl Admission<'_> {
         match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(PipelineError::new(
+                return Err(RequestError::new(
                     ErrorKind::Overloaded,
                     Stage::Inference,
                     "the inference queue is full; retry shortly",
                 ));
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(PipelineError::new(
+                return Err(RequestError::new(
                     ErrorKind::Internal,
                     Stage::Inference,
                     "the inference workers have stopped",
@@ -267,7 +267,7 @@ impl Admission<'_> {
         match answer.recv_deadline(deadline) {
             Ok(result) => result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(deadline_exceeded()),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(PipelineError::new(
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(RequestError::new(
                 ErrorKind::Internal,
                 Stage::Inference,
                 "an inference worker stopped while running this request",
@@ -294,8 +294,8 @@ impl Drop for InferencePool {
     }
 }
 
-fn deadline_exceeded() -> PipelineError {
-    PipelineError::new(
+fn deadline_exceeded() -> RequestError {
+    RequestError::new(
         ErrorKind::DeadlineExceeded,
         Stage::Inference,
         "the request deadline passed before inference finished",
@@ -313,7 +313,7 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
         }
     };
     let alone = || load.in_flight.load(Ordering::Relaxed) <= 1;
-    let answer = |job: Job, result: Result<Vec<f32>, PipelineError>| {
+    let answer = |job: Job, result: Result<Vec<f32>, RequestError>| {
         load.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = job.reply.send(result);
     };
@@ -375,12 +375,12 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
             Ok(outputs) => {
                 let message = format!("the engine answered {} outputs for a batch of {}", outputs.len(), batch.len());
                 for job in batch {
-                    answer(job, Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
+                    answer(job, Err(RequestError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
                 }
             }
             Err(message) => {
                 for job in batch {
-                    answer(job, Err(PipelineError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
+                    answer(job, Err(RequestError::new(ErrorKind::Internal, Stage::Inference, message.clone())));
                 }
             }
         }

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::inference::probe::LoadProbe;
 use crate::inference::{EngineConfig, InferencePool};
 
@@ -70,11 +70,11 @@ pub struct Model {
 impl Model {
     /// The version a request gets: the pinned one, else the manifest's default, else the newest
     /// ready one.
-    pub fn resolve(&self, version: Option<&str>) -> Result<Arc<ModelVersion>, PipelineError> {
-        let not_found = |msg: String| PipelineError::new(ErrorKind::ModelNotFound, Stage::Admission, msg);
+    pub fn resolve(&self, version: Option<&str>) -> Result<Arc<ModelVersion>, RequestError> {
+        let not_found = |msg: String| RequestError::new(ErrorKind::ModelNotFound, Stage::Admission, msg);
         let wanted = match version {
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
-                PipelineError::new(
+                RequestError::new(
                     ErrorKind::BadRequest,
                     Stage::Admission,
                     format!("version {v:?} is not a version number; versions are integers like 1"),
@@ -111,9 +111,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn get(&self, name: &str) -> Result<&Arc<Model>, PipelineError> {
+    pub fn get(&self, name: &str) -> Result<&Arc<Model>, RequestError> {
         self.models.get(name).ok_or_else(|| {
-            PipelineError::new(
+            RequestError::new(
                 ErrorKind::ModelNotFound,
                 Stage::Admission,
                 format!("no model named {name:?}; available: {:?}", self.models.keys().collect::<Vec<_>>()),

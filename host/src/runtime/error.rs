@@ -1,6 +1,6 @@
 //! How setting up the runtime or a guest fails (`RuntimeError`), and how a guest call fails
 //! (`GuestFailure`: trap, memory, deadline, an error the guest reported), made into the crate's
-//! `PipelineError` at the stage that ran it.
+//! `RequestError` at the stage that ran it.
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use super::bindings::types;
 use super::inference_import::TooManyInferCalls;
 use super::limits::Refusal;
 use super::wasi::{self};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 
 /// Why the runtime or a guest could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum GuestFailure {
 
 impl GuestFailure {
     /// The pipeline error for a failure in `stage` of guest `name`.
-    pub fn into_pipeline(self, stage: Stage, name: &str) -> PipelineError {
+    pub fn into_pipeline(self, stage: Stage, name: &str) -> RequestError {
         let (kind, message) = match self {
             GuestFailure::Reported(kind, m) => (kind, m),
             GuestFailure::Trap(m) => (ErrorKind::GuestTrap, format!("guest {name} trapped: {m}")),
@@ -65,7 +65,7 @@ impl GuestFailure {
             }
             GuestFailure::Overloaded(m) => (ErrorKind::Overloaded, format!("no guest instance slot free: {m}")),
         };
-        PipelineError::new(kind, stage, message)
+        RequestError::new(kind, stage, message)
     }
 }
 

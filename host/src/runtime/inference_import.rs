@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::GuestState;
 use super::bindings::{inference, types};
-use crate::error::{ErrorKind, PipelineError};
+use crate::error::{ErrorKind, RequestError};
 
 /// What a guest's `inference` import reaches. The runtime defines it and the pipeline implements
 /// it over the model repository, so the runtime knows nothing of models or versions.
@@ -21,7 +21,7 @@ pub trait GuestInference: Send + Sync {
         shape: &[u32],
         input: Vec<f32>,
         deadline: Instant,
-    ) -> Result<Vec<f32>, PipelineError>;
+    ) -> Result<Vec<f32>, RequestError>;
 }
 
 /// What a guest's calls to the host `inference` interface may reach, within the request's

@@ -18,7 +18,7 @@ use prost::Message;
 
 use super::http::{self as h, Upload};
 use super::oip::{self, Decoded};
-use crate::error::PipelineError;
+use crate::error::RequestError;
 
 /// The longest a fuzz input may make one parse wait on itself (multipart over an in-memory
 /// body never waits).
@@ -130,7 +130,7 @@ pub fn config_files(data: &[u8]) {
     }
 }
 
-fn decoded(result: Result<Decoded, PipelineError>) {
+fn decoded(result: Result<Decoded, RequestError>) {
     match result {
         Ok(Decoded::Image(image)) => assert!(!image.is_empty()),
         Ok(Decoded::Tensor { shape, data }) => assert_eq!(shape.iter().product::<usize>(), data.len()),
@@ -138,7 +138,7 @@ fn decoded(result: Result<Decoded, PipelineError>) {
     }
 }
 
-fn client_kind(e: &PipelineError) {
+fn client_kind(e: &RequestError) {
     let status = super::status_for(e.kind);
     assert!(status.is_client_error(), "{status}: {e}");
 }

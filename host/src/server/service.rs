@@ -1,7 +1,7 @@
 //! The serving core every protocol shares: readiness, request ids, the request's deadline,
 //! admission, and running a classification off the async threads. A protocol module (HTTP
 //! today) only turns its wire format into a [`ClassifyRequest`] and the answer, or the
-//! [`PipelineError`], back into its own; nothing here knows a status code or a header.
+//! [`RequestError`], back into its own; nothing here knows a status code or a header.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use tracing::field::Empty;
 
 use super::AppState;
 use super::telemetry::{self, TraceHeaders};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
 use crate::metrics::{Metrics, Protocol};
 use crate::pipeline::{self, Progress, TensorRequest};
@@ -94,9 +94,9 @@ pub(super) fn end_request_span(span: &Span, status: i64, failure: Option<(&'stat
 
 impl AppState {
     /// The loaded host, or `NotReady` while models and guests load.
-    pub(super) fn ready_host(&self) -> Result<&Arc<Host>, PipelineError> {
+    pub(super) fn ready_host(&self) -> Result<&Arc<Host>, RequestError> {
         self.host.get().ok_or_else(|| {
-            PipelineError::new(
+            RequestError::new(
                 ErrorKind::NotReady,
                 Stage::Admission,
                 "models and guests are still loading; retry shortly",
@@ -112,7 +112,7 @@ impl AppState {
 
     /// A place in the pipeline, or `Overloaded` when `limits.max_concurrent_requests` are in
     /// flight. Taken once the request's body has arrived.
-    pub(super) fn admit(&self) -> Result<Permit, PipelineError> {
+    pub(super) fn admit(&self) -> Result<Permit, RequestError> {
         let permit = self.admission.clone().try_acquire_owned().map_err(|_| self.full())?;
         self.metrics.in_flight().inc();
         Ok(Permit { _permit: permit, metrics: self.metrics.clone() })
@@ -121,12 +121,12 @@ impl AppState {
     /// `Overloaded` when no place is free right now: checked before a body is read, so that
     /// under overload the excess is refused without reading it (the place itself is taken
     /// after, by [`Self::admit`]: a slow upload never holds one).
-    pub(super) fn has_room(&self) -> Result<(), PipelineError> {
+    pub(super) fn has_room(&self) -> Result<(), RequestError> {
         if self.admission.available_permits() == 0 { Err(self.full()) } else { Ok(()) }
     }
 
-    fn full(&self) -> PipelineError {
-        PipelineError::new(
+    fn full(&self) -> RequestError {
+        RequestError::new(
             ErrorKind::Overloaded,
             Stage::Admission,
             format!(
@@ -172,7 +172,7 @@ pub(super) async fn classify(
     start: Instant,
     deadline: Instant,
     permit: Permit,
-) -> Result<Classification, PipelineError> {
+) -> Result<Classification, RequestError> {
     run(host, deadline, permit, move |host, progress| {
         let result = host.classify_tracked(&request, start, progress);
         if result.as_ref().is_ok_and(|c| !c.decision.accepted) {
@@ -190,7 +190,7 @@ pub(super) async fn infer(
     start: Instant,
     deadline: Instant,
     permit: Permit,
-) -> Result<TensorOutput, PipelineError> {
+) -> Result<TensorOutput, RequestError> {
     run(host, deadline, permit, move |host, progress| host.infer_tracked(tensor, start, progress)).await
 }
 
@@ -200,12 +200,12 @@ async fn run<T: Send + 'static>(
     host: Arc<Host>,
     deadline: Instant,
     permit: Permit,
-    work: impl FnOnce(&Host, &Progress) -> Result<T, PipelineError> + Send + 'static,
-) -> Result<T, PipelineError> {
+    work: impl FnOnce(&Host, &Progress) -> Result<T, RequestError> + Send + 'static,
+) -> Result<T, RequestError> {
     if Instant::now() >= deadline {
         // Nothing can run in no time: answer now, before the protocol's own timer does (tonic
         // answers a bare CANCELLED when `grpc-timeout` runs out first).
-        return Err(PipelineError::new(
+        return Err(RequestError::new(
             ErrorKind::DeadlineExceeded,
             Stage::Admission,
             "the deadline left no time to run anything; allow more time",
@@ -226,14 +226,14 @@ async fn run<T: Send + 'static>(
             // The pipeline stops itself at the deadline (epoch traps, inference deadline
             // checks); this is the net for work that cannot be interrupted (one inference run).
             let stage = progress.stage();
-            Err(PipelineError::new(
+            Err(RequestError::new(
                 ErrorKind::DeadlineExceeded,
                 stage,
                 format!("the request deadline passed while the {} stage was running", stage.as_str()),
             ))
         }
         Ok(Err(join)) => {
-            Err(PipelineError::new(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")))
+            Err(RequestError::new(ErrorKind::Internal, Stage::Admission, format!("the pipeline task failed: {join}")))
         }
         Ok(Ok(result)) => result,
     }

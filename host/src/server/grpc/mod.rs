@@ -7,7 +7,7 @@
 //! extra fields under new numbers (`build.rs` checks it stays wire-compatible), so a client
 //! generated from the seed's unchanged file works. Like `http/`, this only converts: metadata
 //! and the message become a [`ClassifyRequest`] for the serving core (`service.rs`), and a
-//! [`PipelineError`] becomes a status (see [`code_for`]).
+//! [`RequestError`] becomes a status (see [`code_for`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use tracing::{Instrument, Span};
 
 use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, service};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::metrics::Protocol;
 use crate::pipeline::{Classification, ClassifyRequest};
 
@@ -92,7 +92,7 @@ pub(super) fn answer<T>(
     start: Instant,
     request_id: &str,
     span: &Span,
-    result: Result<T, PipelineError>,
+    result: Result<T, RequestError>,
 ) -> Result<Response<T>, Status> {
     let failure = result.as_ref().err().map(|e| (e.kind.code(), e.kind.is_business(), e.stage));
     state.count(Protocol::grpc, method, start, failure);
@@ -134,7 +134,7 @@ impl Recognition {
         request: Request<pb::ImageRequest>,
         start: Instant,
         request_id: &str,
-    ) -> Result<pb::RecognitionResponse, PipelineError> {
+    ) -> Result<pb::RecognitionResponse, RequestError> {
         let state = &self.state;
         let host = state.ready_host()?.clone();
         let timeout = grpc_timeout(request.metadata())?;
@@ -158,10 +158,10 @@ pub(crate) fn classify_request(
     message: pb::ImageRequest,
     timeout: Option<Duration>,
     metadata: Vec<(String, String)>,
-) -> Result<ClassifyRequest, PipelineError> {
+) -> Result<ClassifyRequest, RequestError> {
     crate::pipeline::check_top_k(message.top_k)?;
     if message.image_data.is_empty() {
-        return Err(PipelineError::new(
+        return Err(RequestError::new(
             ErrorKind::InvalidImage,
             Stage::Admission,
             "the request has no image: image_data is empty",
@@ -182,10 +182,10 @@ pub(crate) fn classify_request(
 /// The client's `grpc-timeout` (`<1–8 digits><H|M|S|m|u|n>`), less the serving core's margin so
 /// that our own answer, naming the stage that ran out of time, reaches the client before its
 /// deadline (and before tonic's timer, which would answer a bare CANCELLED).
-pub(super) fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, PipelineError> {
+pub(super) fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, RequestError> {
     let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
     let bad = || {
-        PipelineError::new(
+        RequestError::new(
             ErrorKind::BadRequest,
             Stage::Admission,
             "grpc-timeout must be 1-8 digits and a unit (H, M, S, m, u, n)",
@@ -265,7 +265,7 @@ fn response(c: Classification, request_id: &str) -> pb::RecognitionResponse {
 }
 
 /// A status carrying the error's message, code and stage.
-pub(super) fn status(e: &PipelineError) -> Status {
+pub(super) fn status(e: &RequestError) -> Status {
     let mut status = Status::new(code_for(e.kind), e.message.clone());
     status.metadata_mut().insert(ERROR_CODE_KEY, MetadataValue::from_static(e.kind.code()));
     status.metadata_mut().insert(ERROR_STAGE_KEY, MetadataValue::from_static(e.stage.as_str()));

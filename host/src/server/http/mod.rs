@@ -4,7 +4,7 @@
 //! APIs share: error answers, body limits and reading, the deadline header.
 //!
 //! This is the one place that converts between Tessera's HTTP API and the serving core
-//! (`service.rs`): query, headers and body become a [`ClassifyRequest`]; a [`PipelineError`]
+//! (`service.rs`): query, headers and body become a [`ClassifyRequest`]; a [`RequestError`]
 //! becomes a status and a JSON body.
 
 use std::convert::Infallible;
@@ -20,7 +20,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{AppState, Listener, service};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
 use crate::pipeline::{Classification, ClassifyRequest};
 
@@ -117,14 +117,14 @@ impl HttpError {
     }
 }
 
-impl From<PipelineError> for HttpError {
-    fn from(e: PipelineError) -> Self {
+impl From<RequestError> for HttpError {
+    fn from(e: RequestError) -> Self {
         HttpError { status: status_for(e.kind), code: e.kind.code(), message: e.message, stage: Some(e.stage) }
     }
 }
 
 pub(super) fn error(kind: ErrorKind, stage: Stage, message: impl Into<String>) -> HttpError {
-    PipelineError::new(kind, stage, message).into()
+    RequestError::new(kind, stage, message).into()
 }
 
 pub(super) fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{self as oip, Call, Input, InputData};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::server::{AppState, grpc};
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
@@ -111,7 +111,7 @@ impl Inference {
         request: Request<pb::ModelInferRequest>,
         start: Instant,
         request_id: &str,
-    ) -> Result<pb::ModelInferResponse, PipelineError> {
+    ) -> Result<pb::ModelInferResponse, RequestError> {
         let state = &self.state;
         let host = state.ready_host()?.clone();
         let timeout = grpc::grpc_timeout(request.metadata())?;
@@ -190,10 +190,8 @@ impl Inference {
 
 /// The request's one input, `top_k` and `pipeline`, taken out of the message and checked (the
 /// outputs it asks for stay in it).
-pub(crate) fn parse_infer(
-    r: &mut pb::ModelInferRequest,
-) -> Result<(Input, Option<u64>, Option<String>), PipelineError> {
-    let bad = |m: String| PipelineError::new(ErrorKind::BadRequest, Stage::Admission, m);
+pub(crate) fn parse_infer(r: &mut pb::ModelInferRequest) -> Result<(Input, Option<u64>, Option<String>), RequestError> {
+    let bad = |m: String| RequestError::new(ErrorKind::BadRequest, Stage::Admission, m);
     if r.inputs.len() != 1 {
         return Err(bad(format!(
             "send exactly one input: the model's FP32 tensor, or {:?} (BYTES, an encoded image); got {}",

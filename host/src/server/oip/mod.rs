@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{AppState, service};
-use crate::error::{ErrorKind, PipelineError, Stage};
+use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
 use crate::inference::EngineKind;
 use crate::pipeline::{ClassifyRequest, ModelRef, TensorRequest};
@@ -44,7 +44,7 @@ pub(super) struct ModelMeta {
 
 /// A model version's metadata: its FP32 input first, then our `image` input; its FP32 output
 /// first, then the pipeline's outputs.
-pub(super) fn model_metadata(host: &Host, model: &str, version: Option<&str>) -> Result<ModelMeta, PipelineError> {
+pub(super) fn model_metadata(host: &Host, model: &str, version: Option<&str>) -> Result<ModelMeta, RequestError> {
     let (which, io) = host.model_io(Some(model), version)?;
     let status = host.models().into_iter().find(|m| m.name == which.name);
     let versions = status.as_ref().map(|m| m.ready_versions.clone()).unwrap_or_default();
@@ -99,8 +99,8 @@ pub(super) struct Output {
     pub data: Data,
 }
 
-pub(super) fn bad(message: impl Into<String>) -> PipelineError {
-    PipelineError::new(ErrorKind::BadRequest, Stage::Admission, message)
+pub(super) fn bad(message: impl Into<String>) -> RequestError {
+    RequestError::new(ErrorKind::BadRequest, Stage::Admission, message)
 }
 
 /// Where an inference call goes and its limits.
@@ -146,7 +146,7 @@ pub(super) async fn run(
     host: Arc<Host>,
     call: Call<'_>,
     input: Input,
-) -> Result<(Vec<Output>, Option<Value>, ModelRef), PipelineError> {
+) -> Result<(Vec<Output>, Option<Value>, ModelRef), RequestError> {
     let top_k = match call.top_k {
         None => None,
         Some(k) => Some(
@@ -244,7 +244,7 @@ pub(crate) enum Decoded {
 
 /// Checks an input against its own shape and datatype and takes its data out. Needs no model:
 /// whether the tensor fits one is the model's answer.
-pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
+pub(crate) fn decode(input: Input) -> Result<Decoded, RequestError> {
     let shape: Vec<usize> =
         input.shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>().ok_or_else(|| {
             bad(format!("input {:?} has a negative dimension in shape {:?}", input.name, input.shape))
@@ -271,7 +271,7 @@ pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
                 _ => return Err(bad(format!("input {:?} has no BYTES data", input.name))),
             };
             if image.is_empty() {
-                return Err(PipelineError::new(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
+                return Err(RequestError::new(ErrorKind::InvalidImage, Stage::Admission, "the image input is empty"));
             }
             Ok(Decoded::Image(image))
         }
@@ -316,7 +316,7 @@ pub(crate) fn decode(input: Input) -> Result<Decoded, PipelineError> {
 
 /// The first element of a binary BYTES tensor (each element: a little-endian u32 length, then
 /// the bytes).
-fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, PipelineError> {
+fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, RequestError> {
     let len = raw.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
     match len {
         Some(len) if raw.len() >= 4 + len => Ok(raw[4..4 + len].to_vec()),
@@ -325,7 +325,7 @@ fn first_bytes_element(raw: &[u8]) -> Result<Vec<u8>, PipelineError> {
 }
 
 /// The first string of a JSON BYTES tensor (flat or nested).
-fn first_string(data: &Value) -> Result<String, PipelineError> {
+fn first_string(data: &Value) -> Result<String, RequestError> {
     match data {
         Value::String(s) => Ok(s.clone()),
         Value::Array(items) if !items.is_empty() => first_string(&items[0]),
@@ -334,7 +334,7 @@ fn first_string(data: &Value) -> Result<String, PipelineError> {
 }
 
 /// The numbers of a JSON tensor, flat or nested, in row-major order.
-fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), PipelineError> {
+fn flatten_numbers(data: &Value, out: &mut Vec<f32>) -> Result<(), RequestError> {
     match data {
         Value::Number(n) => {
             out.push(n.as_f64().ok_or_else(|| bad("an FP32 value is not a number"))? as f32);

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Call, Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, model_metadata, run};
-use crate::error::PipelineError;
+use crate::error::RequestError;
 use crate::host::Host;
 use crate::server::AppState;
 use crate::server::http::{Body, HttpError, json_response, parse_timeout, read_body_by};
@@ -177,7 +177,7 @@ pub(crate) struct Rest {
 
 /// Parses a REST inference body: JSON, followed by binary tensor data when `header_len` (the
 /// `Inference-Header-Content-Length` header) says where the JSON ends.
-pub(crate) fn parse_rest(header_len: Option<usize>, body: Bytes) -> Result<Rest, PipelineError> {
+pub(crate) fn parse_rest(header_len: Option<usize>, body: Bytes) -> Result<Rest, RequestError> {
     let (json_part, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(bad(format!("{HEADER_LENGTH} is {n} but the body has {} bytes", body.len())));
