@@ -2,13 +2,16 @@
 """The picture of the imports between the modules of a crate, and the check that it has no circle
 and no arrow back up.
 
-    imports.py SRC_DIR LAYERS_MD [--dot OUT.dot] [--allow FILE]
+    imports.py SRC_DIR LAYERS_MD [--files] [--dot OUT.dot]
 
-Every `.rs` file under SRC_DIR is a node, named by its module path (`server::http`; `lib` for the
-crate root). An edge A -> B is any `crate::`, `super::` or `self::` path in A's code (outside
-comments, strings and `#[cfg(test)]` modules) that names B or something in B: the longest module
-prefix of the path is the target, so `crate::runtime::Runtime` points at `runtime` (its mod.rs),
-and a name the crate root re-exports (`crate::Host`) points at `lib`, the facade.
+Every `.rs` file under SRC_DIR but `main.rs` (the binary, a crate of its own) is a node, named by
+its module path (`server::http`; `lib` for the crate root). An edge A -> B is any `crate::`,
+`super::` or `self::` path in A's code, or one that starts with the name of A's own child module
+(`http::route` in server/mod.rs), outside comments, strings and `#[cfg(test)]` modules, that names
+B or something in B: the longest module prefix of the path is the target, so
+`crate::runtime::Runtime` points at `runtime` (its mod.rs), and a name the crate root re-exports
+(`crate::Host`) points at `lib`, the facade. `--files` prints every edge with the paths behind it;
+`--dot` writes the top-level picture for Graphviz.
 
 LAYERS_MD (ARCHITECTURE.md) holds the layers between the markers `<!-- layers -->` and
 `<!-- /layers -->`, one line per layer from the bottom up, each a list of top-level modules:
@@ -19,11 +22,14 @@ LAYERS_MD (ARCHITECTURE.md) holds the layers between the markers `<!-- layers --
 A module may import its own layer and the layers below, never one above (an arrow back up), and
 the files may form no circle, neither between top-level modules nor between the files of one
 folder. A file naming an item of its own folder's mod.rs (`super::ConvShape`: the interface the
-folder's files share) is allowed and is not part of the circle check. Exits 1 naming every circle and every arrow back up.
+folder's files share) is allowed and is not part of the circle check. Exits 1 naming every circle
+and every arrow back up.
 
-A hand-written script rather than `cargo modules`: that tool needs rust-analyzer's whole analysis
-(minutes on this crate, a nightly-pinned install), and a circle here is a question about paths in
-the source, which a tokenizer answers in a second.
+A hand-written script rather than `cargo modules`: that would be one more tool compiled from source
+on every CI machine (it links rust-analyzer's crates), while a circle here is a question about
+paths in the source, which a tokenizer answers in under a second. What it cannot see: a path
+spelled through a `use` alias of a module (`use super::http as h; h::x`) counts as the alias's
+target only where the `use` names it.
 """
 from __future__ import annotations
 
