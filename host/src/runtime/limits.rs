@@ -122,3 +122,39 @@ impl ResourceLimiter for MemoryLimiter {
 
 /// Table elements (function references) one guest instance may hold.
 pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_a_store() {
+        let mut limiter = MemoryLimiter::new(100, Arc::new(MemoryBudget::new(1000)));
+        assert!(limiter.memory_growing(0, 40, None).unwrap(), "first memory's initial size");
+        assert!(limiter.memory_growing(0, 40, None).unwrap(), "second memory's initial size");
+        assert!(limiter.memory_growing(40, 60, None).unwrap(), "grows within the cap: 100 in all");
+        assert_eq!(limiter.refused, None);
+        assert!(!limiter.memory_growing(40, 60, Some(50)).unwrap(), "past the memory's own maximum");
+        assert_eq!(limiter.refused, None, "that refusal is the module's, not the cap's");
+        assert!(!limiter.memory_growing(40, 41, None).unwrap(), "101 in all is refused");
+        assert_eq!(limiter.refused, Some(Refusal::Guest));
+    }
+
+    #[test]
+    fn the_process_budget_counts_every_live_store_and_gets_its_bytes_back() {
+        let budget = Arc::new(MemoryBudget::new(150));
+        let mut first = MemoryLimiter::new(100, budget.clone());
+        let mut second = MemoryLimiter::new(100, budget.clone());
+        assert!(first.memory_growing(0, 100, None).unwrap());
+        assert!(second.memory_growing(0, 50, None).unwrap(), "150 in all");
+        assert!(!second.memory_growing(50, 51, None).unwrap(), "within its own cap, past the budget");
+        assert_eq!(second.refused, Some(Refusal::Budget));
+        assert_eq!(budget.used(), 150, "a refused growth takes nothing");
+        drop(first);
+        assert_eq!(budget.used(), 50, "a dropped store hands its memory back");
+        let mut third = MemoryLimiter::new(100, budget.clone());
+        assert!(third.memory_growing(0, 100, None).unwrap());
+        drop((second, third));
+        assert_eq!(budget.used(), 0);
+    }
+}

@@ -396,70 +396,8 @@ mod tests {
     use std::cell::Cell;
     use std::time::Duration;
 
-    use wasmtime::ResourceLimiter;
-
-    use super::limits::Refusal;
     use super::*;
     use crate::stage_io::SpecView;
-
-    #[test]
-    #[cfg(feature = "compiler")]
-    fn compile_targets_name_their_cpu_features_and_refuse_contradictions() {
-        let target = |triple: Option<&str>, cpu: Option<&str>| CompileTarget {
-            triple: triple.map(str::to_string),
-            cpu: cpu.map(str::to_string),
-        };
-        assert!(target(None, None).is_native() && target(None, Some("native")).is_native());
-        assert!(!target(None, Some("baseline")).is_native());
-        let x86 = Some("x86_64-unknown-linux-gnu");
-        assert_eq!(target(x86, None).flags().unwrap(), Vec::<&str>::new(), "a triple alone is its baseline");
-        let v3_target = target(x86, Some("x86-64-v3"));
-        let v3 = v3_target.flags().unwrap();
-        assert!(v3.contains(&"has_sse42") && v3.contains(&"has_avx2") && v3.contains(&"has_fma"), "{v3:?}");
-        assert_eq!(target(x86, Some("has_avx2, has_fma")).flags().unwrap(), ["has_avx2", "has_fma"]);
-        let arm = Some("aarch64-unknown-linux-gnu");
-        assert!(target(arm, Some("x86-64-v2")).flags().unwrap_err().to_string().contains("not x86-64"));
-        assert!(target(x86, Some("native")).flags().unwrap_err().to_string().contains("cannot be combined"));
-        // An engine for this architecture at a named level builds; a flag Cranelift does not
-        // know fails the engine, naming it.
-        if cfg!(target_arch = "x86_64") {
-            let limits = Limits::default();
-            assert!(Runtime::with_target(&limits, None, &target(x86, Some("x86-64-v2"))).is_ok());
-            let err = Runtime::with_target(&limits, None, &target(x86, Some("has_warp_drive"))).err().unwrap();
-            assert!(err.to_string().contains("has_warp_drive"), "{err}");
-        }
-    }
-
-    #[test]
-    fn the_memory_cap_counts_every_memory_of_a_store() {
-        let mut limiter = MemoryLimiter::new(100, Arc::new(MemoryBudget::new(1000)));
-        assert!(limiter.memory_growing(0, 40, None).unwrap(), "first memory's initial size");
-        assert!(limiter.memory_growing(0, 40, None).unwrap(), "second memory's initial size");
-        assert!(limiter.memory_growing(40, 60, None).unwrap(), "grows within the cap: 100 in all");
-        assert_eq!(limiter.refused, None);
-        assert!(!limiter.memory_growing(40, 60, Some(50)).unwrap(), "past the memory's own maximum");
-        assert_eq!(limiter.refused, None, "that refusal is the module's, not the cap's");
-        assert!(!limiter.memory_growing(40, 41, None).unwrap(), "101 in all is refused");
-        assert_eq!(limiter.refused, Some(Refusal::Guest));
-    }
-
-    #[test]
-    fn the_process_budget_counts_every_live_store_and_gets_its_bytes_back() {
-        let budget = Arc::new(MemoryBudget::new(150));
-        let mut first = MemoryLimiter::new(100, budget.clone());
-        let mut second = MemoryLimiter::new(100, budget.clone());
-        assert!(first.memory_growing(0, 100, None).unwrap());
-        assert!(second.memory_growing(0, 50, None).unwrap(), "150 in all");
-        assert!(!second.memory_growing(50, 51, None).unwrap(), "within its own cap, past the budget");
-        assert_eq!(second.refused, Some(Refusal::Budget));
-        assert_eq!(budget.used(), 150, "a refused growth takes nothing");
-        drop(first);
-        assert_eq!(budget.used(), 50, "a dropped store hands its memory back");
-        let mut third = MemoryLimiter::new(100, budget.clone());
-        assert!(third.memory_growing(0, 100, None).unwrap());
-        drop((second, third));
-        assert_eq!(budget.used(), 0);
-    }
 
     thread_local! {
         /// What `run_guest` saw of the upper vector state just before entering the guest.

@@ -97,3 +97,38 @@ pub(super) fn no_compiler(what: &str) -> String {
          and give this one the .cwasm files (docs/EDGE.md)"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::runtime::Runtime;
+
+    #[test]
+    #[cfg(feature = "compiler")]
+    fn compile_targets_name_their_cpu_features_and_refuse_contradictions() {
+        let target = |triple: Option<&str>, cpu: Option<&str>| CompileTarget {
+            triple: triple.map(str::to_string),
+            cpu: cpu.map(str::to_string),
+        };
+        assert!(target(None, None).is_native() && target(None, Some("native")).is_native());
+        assert!(!target(None, Some("baseline")).is_native());
+        let x86 = Some("x86_64-unknown-linux-gnu");
+        assert_eq!(target(x86, None).flags().unwrap(), Vec::<&str>::new(), "a triple alone is its baseline");
+        let v3_target = target(x86, Some("x86-64-v3"));
+        let v3 = v3_target.flags().unwrap();
+        assert!(v3.contains(&"has_sse42") && v3.contains(&"has_avx2") && v3.contains(&"has_fma"), "{v3:?}");
+        assert_eq!(target(x86, Some("has_avx2, has_fma")).flags().unwrap(), ["has_avx2", "has_fma"]);
+        let arm = Some("aarch64-unknown-linux-gnu");
+        assert!(target(arm, Some("x86-64-v2")).flags().unwrap_err().to_string().contains("not x86-64"));
+        assert!(target(x86, Some("native")).flags().unwrap_err().to_string().contains("cannot be combined"));
+        // An engine for this architecture at a named level builds; a flag Cranelift does not
+        // know fails the engine, naming it.
+        if cfg!(target_arch = "x86_64") {
+            let limits = Limits::default();
+            assert!(Runtime::with_target(&limits, None, &target(x86, Some("x86-64-v2"))).is_ok());
+            let err = Runtime::with_target(&limits, None, &target(x86, Some("has_warp_drive"))).err().unwrap();
+            assert!(err.to_string().contains("has_warp_drive"), "{err}");
+        }
+    }
+}
