@@ -234,19 +234,17 @@ unsafe fn host_ref<'a>(host: *const TesseraHost) -> Result<&'a Host, Failure> {
 
 /// # Safety
 /// `image` is valid for reads of `len` bytes unless `len` is 0.
-unsafe fn request(model: *const c_char, image: *const u8, len: usize) -> Result<ClassifyRequest, Failure> {
+unsafe fn request(host: &Host, model: *const c_char, image: *const u8, len: usize) -> Result<ClassifyRequest, Failure> {
     let bytes: &[u8] = match (image.is_null(), len) {
         (_, 0) => &[],
         (true, _) => return Err(Failure(TesseraStatus::InvalidArgument, "image is null".into())),
         // SAFETY: non-null and valid for `len` bytes by the caller's contract.
         (false, _) => unsafe { std::slice::from_raw_parts(image, len) },
     };
-    Ok(ClassifyRequest {
-        image: bytes.to_vec(),
-        // SAFETY: null or NUL-terminated by the caller's contract.
-        model: unsafe { optional_str(model, "model") }?.map(str::to_string),
-        ..ClassifyRequest::default()
-    })
+    // SAFETY: null or NUL-terminated by the caller's contract.
+    let model = unsafe { optional_str(model, "model") }?.map(str::to_string);
+    // The request's context (its deadline counts from here) is made once, at this edge.
+    Ok(ClassifyRequest::new(bytes.to_vec(), host.context().with_model(model, None)))
 }
 
 /// Starts a host from a TOML config file (`config/tessera.example.toml` has every key; relative
@@ -324,7 +322,8 @@ pub unsafe extern "C" fn tessera_classify_json(
             if json_out.is_null() {
                 return Err(Failure(TesseraStatus::InvalidArgument, "json_out is null".into()));
             }
-            let classification = host_ref(host)?.classify_request(&request(model, image, len)?)?;
+            let host = host_ref(host)?;
+            let classification = host.classify(&request(host, model, image, len)?)?;
             let json = serde_json::to_string(&classification).expect("serializing our own types");
             *json_out = c_string(&json).into_raw();
             Ok(())
@@ -352,7 +351,8 @@ pub unsafe extern "C" fn tessera_classify(
             if out.is_null() {
                 return Err(Failure(TesseraStatus::InvalidArgument, "out is null".into()));
             }
-            let classification = host_ref(host)?.classify_request(&request(model, image, len)?)?;
+            let host = host_ref(host)?;
+            let classification = host.classify(&request(host, model, image, len)?)?;
             *out = Box::into_raw(OwnedClassification::new(&classification)).cast::<TesseraClassification>();
             Ok(())
         })

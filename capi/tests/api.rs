@@ -94,7 +94,10 @@ fn threads_classify_and_reload_through_one_host_and_agree_with_the_library() {
     let library = tessera::Host::builder().config(tessera::Config::from_file(&config).unwrap()).build().unwrap();
     let host = new_host(&config);
     let images: Vec<Vec<u8>> = (0..4).map(circle_png).collect();
-    let expected: Vec<tessera::Classification> = images.iter().map(|i| library.classify(i).unwrap()).collect();
+    let expected: Vec<tessera::Classification> = images
+        .iter()
+        .map(|i| library.classify(&tessera::ClassifyRequest::new(i.clone(), library.context())).unwrap())
+        .collect();
 
     std::thread::scope(|s| {
         for t in 0..4 {

@@ -55,7 +55,7 @@ fn tessera(model: &Path, kind: EngineKind, mode: EngineMode, callers: usize) -> 
             .unwrap_or_else(|e| panic!("loading {} on {kind}: {e}", model.display()));
     let input: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let far = || Instant::now() + Duration::from_secs(60);
-    pool.infer(input.clone(), far()).unwrap(); // warm-up
+    pool.run(input.clone(), far()).unwrap(); // warm-up
     let stop = Instant::now() + Duration::from_secs(SECONDS);
     let mut latencies: Vec<f64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..callers)
@@ -64,7 +64,7 @@ fn tessera(model: &Path, kind: EngineKind, mode: EngineMode, callers: usize) -> 
                     let mut ms = Vec::new();
                     while Instant::now() < stop {
                         let t = Instant::now();
-                        pool.infer(input.clone(), far()).unwrap();
+                        pool.run(input.clone(), far()).unwrap();
                         ms.push(t.elapsed().as_secs_f64() * 1e3);
                     }
                     ms
@@ -119,7 +119,7 @@ fn rss_child(spec: &str) {
     .unwrap();
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| pool.infer(input.clone(), far).unwrap());
+            s.spawn(|| pool.run(input.clone(), far).unwrap());
         }
     });
     println!("{:.1}", rss_mib() - before);

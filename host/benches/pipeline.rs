@@ -17,7 +17,7 @@ use tessera::EngineMode;
 use tessera::internals::EngineConfig;
 use tessera::internals::ModelRepository;
 use tessera::internals::{self, Runtime};
-use tessera::{Config, Host};
+use tessera::{ClassifyRequest, Config, Host};
 
 const ITERATIONS: usize = 200;
 const JPEG_ITERATIONS: usize = 40;
@@ -109,7 +109,7 @@ fn main() {
     for (name, img) in [("320x240 PNG", &png), ("1920x1080 JPEG", &jpeg)] {
         let mut sums = [0f64; 5];
         for _ in 0..ITERATIONS {
-            let t = host.classify(img).unwrap().timings_ms;
+            let t = host.classify(&ClassifyRequest::new(img.clone(), host.context())).unwrap().timings_ms;
             for (s, v) in sums.iter_mut().zip([t.preprocess, t.inference, t.postprocess, t.rules, t.total]) {
                 *s += v;
             }
@@ -189,11 +189,11 @@ fn main() {
     // 4. Throughput: raw inference, in-process pipeline, HTTP.
     let (input, _) = runtime.preprocess(&pre, &png, None, &spec, &config.limits, far()).unwrap();
     let raw = throughput(LOAD_CONCURRENCY, LOAD_SECONDS, || {
-        version.pool.infer(input.clone(), far()).unwrap();
+        version.pool.run(input.clone(), far()).unwrap();
     });
     let host = Arc::new(host);
     let pipeline = throughput(LOAD_CONCURRENCY, LOAD_SECONDS, || {
-        host.classify(&png).unwrap();
+        host.classify(&ClassifyRequest::new(png.clone(), host.context())).unwrap();
     });
     drop(repo);
     match http_rps(&png) {

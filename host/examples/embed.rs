@@ -8,7 +8,8 @@ fn main() -> anyhow::Result<()> {
         std::env::args().collect::<Vec<_>>().try_into().map_err(|_| anyhow::anyhow!("usage: embed CONFIG IMAGE"))?;
     let config = tessera::Config::from_file(Path::new(&config))?;
     let host = tessera::Host::builder().config(config).build()?;
-    let classification = host.classify(&std::fs::read(image)?)?;
+    let request = tessera::ClassifyRequest::new(std::fs::read(image)?, host.context());
+    let classification = host.classify(&request)?;
     println!("{}", serde_json::to_string(&classification)?);
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! [`Host`]: the library's entry point. A builder loads the configuration, the model
-//! repository and the guest components into one pipeline; the host classifies, reloads and
+//! repository and the guest components of every pipeline; the host classifies, reloads and
 //! reports what it serves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -17,10 +17,9 @@ use crate::inference::ModelIo;
 use crate::inference::probe::LoadProbe;
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
-use crate::pipeline::{
-    Classification, ClassifyRequest, ModelRef, Pipeline, Pipelines, Progress, Stages, TensorOutput, TensorRequest,
-};
+use crate::pipeline::{Classification, ModelRef, Pipeline, Pipelines, Runner, TensorOutput};
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
+use crate::request::{ClassifyRequest, Progress, RequestContext, TensorRequest};
 use crate::runtime::{self, CompileTarget, Inspection, Runtime, RuntimeError, default_grants};
 use crate::watch;
 
@@ -37,9 +36,9 @@ pub enum BuildError {
     NoDefaultModel(String),
 }
 
-/// A ready pipeline: models loaded, guests compiled. Cheap to share behind an `Arc`.
+/// Models loaded, guests compiled, ready for requests. Cheap to share behind an `Arc`.
 pub struct Host {
-    pipeline: Pipeline,
+    runner: Runner,
     config: Config,
     /// One reload (models and guests) at a time.
     reloading: Mutex<()>,
@@ -139,7 +138,7 @@ impl HostBuilder {
         {
             return Err(BuildError::NoDefaultModel(name.clone()));
         }
-        let pipeline = Pipeline {
+        let runner = Runner {
             runtime,
             repo,
             pipelines: ArcSwap::from_pointee(pipelines),
@@ -147,7 +146,7 @@ impl HostBuilder {
             default_model: config.default_model.clone(),
             metrics: self.metrics.unwrap_or_default(),
         };
-        Ok(Host { pipeline, config, reloading: Mutex::new(()) })
+        Ok(Host { runner, config, reloading: Mutex::new(()) })
     }
 }
 
@@ -251,7 +250,7 @@ fn load_pipelines(runtime: &Runtime, config: &Config) -> Result<Pipelines, Runti
             rules.insert(key, guest.clone());
             chain.push(guest);
         }
-        by_name.insert(name.clone(), Arc::new(Stages { name, preprocess, postprocess, rules: chain }));
+        by_name.insert(name.clone(), Arc::new(Pipeline { name, preprocess, postprocess, rules: chain }));
     }
     let by_model =
         config.pipelines.iter().flat_map(|(name, p)| p.models.iter().map(move |m| (m.clone(), name.clone()))).collect();
@@ -370,85 +369,55 @@ impl Host {
         HostBuilder::default()
     }
 
-    /// Classifies an encoded image with the default model and settings.
-    pub fn classify(&self, image: &[u8]) -> Result<Classification, RequestError> {
-        self.classify_request(&ClassifyRequest { image: image.to_vec(), ..Default::default() })
+    /// A context for a request arriving now: due within `limits.deadline_ms`, for the default
+    /// model and pipeline. Its `with_*` methods change what it asks for.
+    pub fn context(&self) -> RequestContext {
+        RequestContext::new(&self.config.limits, Instant::now(), None)
     }
 
-    /// Classifies with every option of [`ClassifyRequest`]. Blocks the calling thread.
-    pub fn classify_request(&self, req: &ClassifyRequest) -> Result<Classification, RequestError> {
-        self.pipeline.classify(req, Instant::now(), &Progress::default())
+    /// Classifies `req.image` as its context asks. Blocks the calling thread.
+    pub fn classify(&self, req: &ClassifyRequest) -> Result<Classification, RequestError> {
+        self.runner.classify(req, &Progress::default())
     }
 
-    /// Like [`Host::classify_request`], with the deadline counted from `start` (when the
-    /// request arrived, before its body was read).
-    pub fn classify_since(&self, req: &ClassifyRequest, start: Instant) -> Result<Classification, RequestError> {
-        self.pipeline.classify(req, start, &Progress::default())
+    /// Like [`Host::classify`], telling `progress` which stage is running: a caller that stops
+    /// waiting (the server at the deadline) can say where the time went.
+    pub fn classify_tracked(&self, req: &ClassifyRequest, progress: &Progress) -> Result<Classification, RequestError> {
+        self.runner.classify(req, progress)
     }
 
     /// The model alone on a tensor the caller made (`shape` must be the model's input shape):
     /// its raw output. Blocks.
-    pub fn infer(
-        &self,
-        model: Option<&str>,
-        version: Option<&str>,
-        shape: &[usize],
-        input: Vec<f32>,
-        timeout: Option<Duration>,
-    ) -> Result<TensorOutput, RequestError> {
-        let tensor = TensorRequest {
-            model: model.map(String::from),
-            version: version.map(String::from),
-            shape: shape.to_vec(),
-            data: input,
-            timeout,
-        };
-        self.pipeline.infer(tensor, Instant::now(), &Progress::default())
+    pub fn infer(&self, tensor: TensorRequest) -> Result<TensorOutput, RequestError> {
+        self.runner.infer(tensor, &Progress::default())
     }
 
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub(crate) fn infer_tracked(
-        &self,
-        tensor: TensorRequest,
-        start: Instant,
-        progress: &Progress,
-    ) -> Result<TensorOutput, RequestError> {
-        self.pipeline.infer(tensor, start, progress)
+    /// Like [`Host::infer`], telling `progress` which stage is running.
+    pub fn infer_tracked(&self, tensor: TensorRequest, progress: &Progress) -> Result<TensorOutput, RequestError> {
+        self.runner.infer(tensor, progress)
     }
 
     /// What a model version takes and gives, as its engine sees it.
     pub fn model_io(&self, model: Option<&str>, version: Option<&str>) -> Result<(ModelRef, ModelIo), RequestError> {
-        let (m, v) = self.pipeline.resolve(model, version)?;
+        let (m, v) = self.runner.resolve(model, version)?;
         Ok((ModelRef { name: m.name.clone(), version: v.version.to_string() }, v.pool.io().clone()))
-    }
-
-    /// Like [`Host::classify_since`], telling `progress` which stage is running (a caller that
-    /// stops waiting can say where the time went).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub(crate) fn classify_tracked(
-        &self,
-        req: &ClassifyRequest,
-        start: Instant,
-        progress: &Progress,
-    ) -> Result<Classification, RequestError> {
-        self.pipeline.classify(req, start, progress)
     }
 
     /// The input tensor the model would get for `image` (preprocess stage only).
     pub fn preprocess(&self, image: &[u8], model: Option<&str>) -> Result<Vec<f32>, RequestError> {
-        self.pipeline.preprocess(image, model, self.pipeline.deadline(Instant::now(), None))
+        self.runner.preprocess(image, model, self.context().deadline())
     }
 
     /// The name of the model used when a request names none.
     pub fn default_model(&self) -> Option<String> {
-        self.pipeline.default_model_name()
+        self.runner.default_model_name()
     }
 
     /// Every model with its versions and their states.
     pub fn models(&self) -> Vec<ModelStatus> {
-        let snapshot = self.pipeline.repo.snapshot();
+        let snapshot = self.runner.repo.snapshot();
         let default = self.default_model();
-        let pipelines = self.pipeline.pipelines.load();
+        let pipelines = self.runner.pipelines.load();
         snapshot
             .models
             .values()
@@ -479,7 +448,7 @@ impl Host {
 
     /// Model directories that could not be read and have nothing serving, with the reason.
     pub fn unloadable_models(&self) -> Vec<UnloadableModel> {
-        let snapshot = self.pipeline.repo.snapshot();
+        let snapshot = self.runner.repo.snapshot();
         snapshot
             .failed
             .iter()
@@ -495,7 +464,7 @@ impl Host {
 
     /// Every configured pipeline: its guests and the models it serves by default.
     pub fn pipelines(&self) -> Vec<PipelineStatus> {
-        let pipelines = self.pipeline.pipelines.load();
+        let pipelines = self.runner.pipelines.load();
         let models = self.models();
         pipelines
             .by_name
@@ -515,19 +484,19 @@ impl Host {
     /// load is reported and the previous version keeps serving.
     pub fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        let failed_models = match self.pipeline.repo.reload() {
+        let failed_models = match self.runner.repo.reload() {
             Ok(snapshot) => snapshot.failed.clone(),
             Err(e) => {
                 tracing::error!(error = %e, "model repository not reloaded");
                 BTreeMap::from([("*".to_string(), e.to_string())])
             }
         };
-        let guests = if self.pipeline.pipelines.load().sources == guest_stamps(&self.config) {
+        let guests = if self.runner.pipelines.load().sources == guest_stamps(&self.config) {
             "unchanged".to_string()
         } else {
-            match load_pipelines(&self.pipeline.runtime, &self.config) {
+            match load_pipelines(&self.runner.runtime, &self.config) {
                 Ok(pipelines) => {
-                    self.pipeline.pipelines.store(Arc::new(pipelines));
+                    self.runner.pipelines.store(Arc::new(pipelines));
                     tracing::info!("guest components reloaded");
                     "reloaded".to_string()
                 }
@@ -558,14 +527,14 @@ impl Host {
 
     /// What the host has counted (requests, stages, models, guests).
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.pipeline.metrics
+        &self.runner.metrics
     }
 
     /// The metrics in Prometheus' text format, with the state gauges (queue depth per model
     /// version, loaded versions, guest instances in use) sampled now.
     pub fn metrics_text(&self) -> String {
-        let snapshot = self.pipeline.repo.snapshot();
-        let runtime = &self.pipeline.runtime;
+        let snapshot = self.runner.repo.snapshot();
+        let runtime = &self.runner.runtime;
         let mut state = SampledState {
             guest_instances: runtime.live_instances(),
             guest_memory_bytes: runtime.guest_memory_in_use(),
@@ -581,7 +550,7 @@ impl Host {
                 state.version_states.push((m.name.clone(), *v, matches!(s, repository::VersionState::Ready)));
             }
         }
-        self.pipeline.metrics.sample(&state);
-        self.pipeline.metrics.encode()
+        self.runner.metrics.sample(&state);
+        self.runner.metrics.encode()
     }
 }

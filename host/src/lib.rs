@@ -5,7 +5,8 @@
 //!
 //! ```no_run
 //! let host = tessera::Host::builder().models("models").build()?;
-//! let result = host.classify(&std::fs::read("cat.png")?)?;
+//! let request = tessera::ClassifyRequest::new(std::fs::read("cat.png")?, host.context());
+//! let result = host.classify(&request)?;
 //! println!("{} {:.3}", result.label, result.confidence);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
@@ -25,6 +26,7 @@ mod inference;
 pub mod metrics;
 mod pipeline;
 mod repository;
+mod request;
 mod rules_table;
 mod runtime;
 #[cfg(feature = "http")]
@@ -43,8 +45,9 @@ pub use host::{
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
-pub use pipeline::{Classification, ClassifyRequest, GuestRun, ModelRef, TensorOutput, Timings};
+pub use pipeline::{Classification, GuestRun, ModelRef, TensorOutput, Timings};
 pub use repository::RepositoryError;
+pub use request::{ClassifyRequest, DEFAULT_TOP_K, Progress, RequestContext, TensorRequest};
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};
 pub use stage_io::{Decision, Prediction};

@@ -332,8 +332,8 @@ fn main() -> anyhow::Result<()> {
         Command::Classify { image, top_k, model, version } => {
             let host = Host::builder().config(config).build()?;
             let bytes = std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
-            let req = ClassifyRequest { image: bytes, top_k, model, version, ..Default::default() };
-            let result = host.classify_request(&req)?;
+            let context = host.context().with_model(model, version).with_top_k(top_k.map(u64::from))?;
+            let result = host.classify(&ClassifyRequest::new(bytes, context))?;
             println!("{}", serde_json::to_string_pretty(&result)?);
             Ok(())
         }

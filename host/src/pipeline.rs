@@ -2,11 +2,12 @@
 //! rules guests, under one deadline, with per-stage timings and typed errors.
 //!
 //! Everything here blocks (guest calls and inference are CPU work): async callers run it on a
-//! blocking thread. The same `Pipeline` serves HTTP, gRPC and the embedding API.
+//! blocking thread. The same [`Runner`] serves HTTP, gRPC, the C API and the embedding API; a
+//! [`Pipeline`] is one configured set of guests (`[guests]`, `[pipelines.<name>]`).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,32 +20,9 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
 use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
+use crate::request::{ClassifyRequest, DEFAULT_TOP_K, Progress, TensorRequest};
 use crate::runtime::{GuestFailure, GuestInference, Phases, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime};
 use crate::stage_io::{Decision, Prediction, SpecView};
-
-/// `top_k` when a request does not say.
-pub const DEFAULT_TOP_K: u32 = 5;
-
-/// One classification request, independent of the protocol it came in on.
-#[derive(Debug, Clone, Default)]
-pub struct ClassifyRequest {
-    /// The encoded image.
-    pub image: Vec<u8>,
-    /// The media type the client declared, if any (the bytes decide the format).
-    pub media_type: Option<String>,
-    /// Model name; `None` = the default model.
-    pub model: Option<String>,
-    /// Model version; `None` = the model's default version.
-    pub version: Option<String>,
-    /// Named pipeline (`[pipelines.<name>]`); `None` = the model's, else the default one.
-    pub pipeline: Option<String>,
-    /// How many classes to return; `None` = [`DEFAULT_TOP_K`], capped at the number of classes.
-    pub top_k: Option<u32>,
-    /// Time allowed from now; `None` or longer than `limits.deadline_ms` = `limits.deadline_ms`.
-    pub timeout: Option<Duration>,
-    /// Key/value pairs the rules guests may read (selected headers, the request id, ...).
-    pub metadata: Vec<(String, String)>,
-}
 
 /// Which model answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,16 +70,6 @@ pub struct Classification {
     pub guests: Vec<GuestRun>,
 }
 
-/// A tensor for [`Pipeline::infer`] with where it should go, as the serving layer passes it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct TensorRequest {
-    pub model: Option<String>,
-    pub version: Option<String>,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-    pub timeout: Option<Duration>,
-}
-
 /// A model's raw output for a tensor the caller made (inference alone, no guests).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorOutput {
@@ -112,25 +80,8 @@ pub struct TensorOutput {
     pub data: Vec<f32>,
 }
 
-/// The stage a running classification is in, readable from another thread: a protocol that
-/// stops waiting at the deadline names the stage that was running rather than guessing.
-#[derive(Debug, Default)]
-pub struct Progress(AtomicU8);
-
-impl Progress {
-    fn enter(&self, stage: Stage) {
-        self.0.store(stage as u8, Ordering::Relaxed);
-    }
-
-    /// The stage entered last (`Admission` before the pipeline starts).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub fn stage(&self) -> Stage {
-        Stage::ALL[usize::from(self.0.load(Ordering::Relaxed)).min(Stage::ALL.len() - 1)]
-    }
-}
-
-/// The guests of one pipeline.
-pub struct Stages {
+/// A pipeline: its name (`default` is `[guests]`) and the guests of its stages.
+pub struct Pipeline {
     pub name: String,
     pub preprocess: PreprocessGuest,
     pub postprocess: PostprocessGuest,
@@ -140,7 +91,7 @@ pub struct Stages {
 /// Every configured pipeline, swapped as a whole on reload.
 pub struct Pipelines {
     /// By name; `default` is `[guests]`.
-    pub(crate) by_name: BTreeMap<String, Arc<Stages>>,
+    pub(crate) by_name: BTreeMap<String, Arc<Pipeline>>,
     /// Model name → the pipeline its requests get when they select none.
     pub(crate) by_model: BTreeMap<String, String>,
     /// Size and mtime of each guest file when loaded, in config order: a reload recompiles
@@ -151,7 +102,7 @@ pub struct Pipelines {
 impl Pipelines {
     /// The pipeline a request selected, else the one configured for its model, else the
     /// default.
-    pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Stages>, RequestError> {
+    pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Pipeline>, RequestError> {
         let name = requested.or_else(|| self.by_model.get(model).map(String::as_str)).unwrap_or(DEFAULT_PIPELINE);
         self.by_name.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
@@ -164,8 +115,8 @@ impl Pipelines {
     }
 }
 
-/// The pipeline: repository, runtime and stages.
-pub struct Pipeline {
+/// Runs requests: the repository's models and the configured pipelines' guests on the runtime.
+pub struct Runner {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) repo: Arc<ModelRepository>,
     /// Swapped as a whole on reload; a request keeps the `Arc` it started with.
@@ -181,28 +132,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// The absolute deadline for a request arriving at `start` with the client's `timeout`: the
-/// shorter of it and `limits.deadline_ms`.
-pub fn deadline(limits: &Limits, start: Instant, timeout: Option<Duration>) -> Instant {
-    let max = Duration::from_millis(limits.deadline_ms);
-    start + timeout.map_or(max, |t| t.min(max))
-}
-
-/// Refuses a `top_k` of 0 (the protocols check it before admission, the pipeline again for
-/// library callers).
-pub fn check_top_k(top_k: Option<u32>) -> Result<(), RequestError> {
-    match top_k {
-        Some(0) => Err(RequestError::new(ErrorKind::BadRequest, Stage::Admission, "top_k must be at least 1")),
-        _ => Ok(()),
-    }
-}
-
-impl Pipeline {
-    /// The absolute deadline for a request arriving at `start`.
-    pub fn deadline(&self, start: Instant, timeout: Option<Duration>) -> Instant {
-        deadline(&self.limits, start, timeout)
-    }
-
+impl Runner {
     /// Resolves the model and version a request asks for.
     pub fn resolve(
         &self,
@@ -245,16 +175,11 @@ impl Pipeline {
         }
     }
 
-    /// Runs the whole pipeline for `req`, which arrived at `start`, telling `progress` which
-    /// stage it is in.
-    pub fn classify(
-        &self,
-        req: &ClassifyRequest,
-        start: Instant,
-        progress: &Progress,
-    ) -> Result<Classification, RequestError> {
-        let (model, version) = self.resolve(req.model.as_deref(), req.version.as_deref())?;
-        let result = self.classify_with(req, start, &model, &version, progress);
+    /// Runs the whole pipeline for `req`, telling `progress` which stage it is in.
+    pub fn classify(&self, req: &ClassifyRequest, progress: &Progress) -> Result<Classification, RequestError> {
+        let context = &req.context;
+        let (model, version) = self.resolve(context.model(), context.version())?;
+        let result = self.classify_with(req, &model, &version, progress);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         self.metrics.model_result(&model.name, version.version, outcome);
         if let Ok(c) = &result {
@@ -274,33 +199,32 @@ impl Pipeline {
     fn classify_with(
         &self,
         req: &ClassifyRequest,
-        start: Instant,
         model: &Model,
         version: &ModelVersion,
         progress: &Progress,
     ) -> Result<Classification, RequestError> {
-        let deadline = self.deadline(start, req.timeout);
+        let context = &req.context;
+        let deadline = context.deadline();
         let classes = model.labels.len() as u32;
-        check_top_k(req.top_k)?;
-        let top_k = req.top_k.unwrap_or(DEFAULT_TOP_K).min(classes);
+        let top_k = context.top_k().map_or(DEFAULT_TOP_K, NonZeroU32::get).min(classes);
         let spec = spec_view(model, version);
-        let stages = self.pipelines.load().select(req.pipeline.as_deref(), &model.name)?.clone();
-        Span::current().record("pipeline", stages.name.as_str());
+        let pipeline = self.pipelines.load().select(context.pipeline(), &model.name)?.clone();
+        Span::current().record("pipeline", pipeline.name.as_str());
         let mut timings = Timings::default();
         let ran = GuestRuns::default();
 
-        // The inference place is taken first: a request the workers cannot finish in time is
+        // The inference place is reserved first: a request the workers cannot finish in time is
         // refused before its image is decoded, so an overload costs no preprocessing.
-        let admission = version.pool.admit(deadline)?;
+        let reservation = version.pool.reserve(deadline)?;
 
         let input = in_stage(progress, Stage::Preprocess, &mut timings.preprocess, || {
-            self.preprocess_with(&stages, &spec, &req.image, req.media_type.as_deref(), deadline, &ran)
+            self.preprocess_with(&pipeline, &spec, &req.image, req.media_type.as_deref(), deadline, &ran)
         })?;
         let logits = in_stage(progress, Stage::Inference, &mut timings.inference, || {
             Span::current().record("model", model.name.as_str()).record("version", version.version);
-            admission.infer(input, deadline)
+            reservation.run(input, deadline)
         })?;
-        let stage = &stages.postprocess;
+        let stage = &pipeline.postprocess;
         let top = in_stage(progress, Stage::Postprocess, &mut timings.postprocess, || {
             self.guest(Stage::Postprocess, &stage.name, &ran, || {
                 self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
@@ -314,9 +238,9 @@ impl Pipeline {
             )
         })?;
         let decision = in_stage(progress, Stage::Rules, &mut timings.rules, || {
-            self.run_rules(&stages, &top, &req.metadata, deadline, &ran)
+            self.run_rules(&pipeline, &top, context.metadata(), deadline, &ran)
         })?;
-        timings.total = ms(start.elapsed());
+        timings.total = ms(context.start().elapsed());
 
         Ok(Classification {
             label: first.label,
@@ -324,7 +248,7 @@ impl Pipeline {
             top_k: top,
             decision,
             model: ModelRef { name: model.name.clone(), version: version.version.to_string() },
-            pipeline: stages.name.clone(),
+            pipeline: pipeline.name.clone(),
             timings_ms: timings,
             guests: ran.into_inner(),
         })
@@ -372,20 +296,16 @@ impl Pipeline {
 
     /// Runs the model alone on `input` of `shape` (which must be the model's input shape), for
     /// clients that preprocess themselves (OIP's FP32 input).
-    pub fn infer(
-        &self,
-        tensor: TensorRequest,
-        start: Instant,
-        progress: &Progress,
-    ) -> Result<TensorOutput, RequestError> {
-        let (model, version) = self.resolve(tensor.model.as_deref(), tensor.version.as_deref())?;
-        let deadline = self.deadline(start, tensor.timeout);
+    pub fn infer(&self, tensor: TensorRequest, progress: &Progress) -> Result<TensorOutput, RequestError> {
+        let context = &tensor.context;
+        let (model, version) = self.resolve(context.model(), context.version())?;
+        let deadline = context.deadline();
         check_shape(&model.name, version.pool.input_shape(), &tensor.shape, Stage::Admission)?;
-        let admission = version.pool.admit(deadline)?;
+        let reservation = version.pool.reserve(deadline)?;
         let mut inference_ms = 0.0;
         let result = in_stage(progress, Stage::Inference, &mut inference_ms, || {
             Span::current().record("model", model.name.as_str()).record("version", version.version);
-            admission.infer(tensor.data, deadline)
+            reservation.run(tensor.data, deadline)
         });
         self.metrics.model_result(&model.name, version.version, result.as_ref().map(|_| ()).map_err(|e| e.kind));
         let data = result?;
@@ -404,20 +324,20 @@ impl Pipeline {
     /// serving cannot drift.
     pub fn preprocess(&self, image: &[u8], model: Option<&str>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
         let (model, version) = self.resolve(model, None)?;
-        let stages = self.pipelines.load().select(None, &model.name)?.clone();
-        self.preprocess_with(&stages, &spec_view(&model, &version), image, None, deadline, &GuestRuns::default())
+        let pipeline = self.pipelines.load().select(None, &model.name)?.clone();
+        self.preprocess_with(&pipeline, &spec_view(&model, &version), image, None, deadline, &GuestRuns::default())
     }
 
     fn preprocess_with(
         &self,
-        stages: &Stages,
+        pipeline: &Pipeline,
         spec: &SpecView<'_>,
         image: &[u8],
         media_type: Option<&str>,
         deadline: Instant,
         ran: &GuestRuns,
     ) -> Result<Vec<f32>, RequestError> {
-        let stage = &stages.preprocess;
+        let stage = &pipeline.preprocess;
         self.guest(Stage::Preprocess, &stage.name, ran, || {
             self.runtime.preprocess(stage, image, media_type, spec, &self.limits, deadline)
         })
@@ -425,7 +345,7 @@ impl Pipeline {
 
     fn run_rules(
         &self,
-        stages: &Stages,
+        pipeline: &Pipeline,
         preds: &[Prediction],
         metadata: &[(String, String)],
         deadline: Instant,
@@ -439,7 +359,7 @@ impl Pipeline {
             rule: None,
         };
         let inference: Arc<dyn GuestInference> = self.repo.clone();
-        for rule in &stages.rules {
+        for rule in &pipeline.rules {
             decision = self.guest(Stage::Rules, &rule.name, ran, || {
                 self.runtime.decide(rule, preds, metadata, inference.clone(), deadline)
             })?;
@@ -468,7 +388,7 @@ impl GuestInference for ModelRepository {
         let _entered = span.enter();
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
-        version.pool.infer(input, deadline).inspect_err(|e| record_error(&span, e))
+        version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))
     }
 }
 
@@ -522,19 +442,4 @@ fn check_shape(model: &str, expected: &[usize], got: &[usize], stage: Stage) -> 
 
 fn spec_view<'a>(model: &'a Model, version: &ModelVersion) -> SpecView<'a> {
     model.manifest.spec_view(&model.name, version.version, model.labels.len() as u32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_reports_the_stage_entered_last() {
-        let progress = Progress::default();
-        assert_eq!(progress.stage(), Stage::Admission);
-        for stage in Stage::ALL {
-            progress.enter(stage);
-            assert_eq!(progress.stage(), stage);
-        }
-    }
 }

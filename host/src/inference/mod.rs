@@ -1,6 +1,6 @@
 //! Native inference behind one engine interface: a model loaded by an engine ([`LoadedModel`],
 //! shared by every worker: one copy of the weights per loaded version), run by a pool of worker
-//! threads, each with its own [`ModelWorker`] state. The queue, workers, deadlines, admission
+//! threads, each with its own [`ModelWorker`] state. The queue, workers, deadlines, reservations
 //! and scheduling modes are generic (`pool.rs`, [`InferencePool`]; this file holds the interface
 //! the engines implement and the settings they share); `tract/` (the default, pure Rust) and
 //! `onnxruntime.rs` (optional, a dynamically loaded library) are the engines. `model.toml` picks
@@ -8,13 +8,13 @@
 //!
 //! A bounded queue sits in front: a full queue is an immediate `Overloaded`, and a job whose
 //! deadline passed while it waited is dropped unrun. Three scheduling modes ([`EngineMode`]):
-//! *adaptive* (the default) runs `threads` workers and lets a job alone in the pool (admitted
+//! *adaptive* (the default) runs `threads` workers and lets a job alone in the pool (reserved
 //! requests count from before their preprocessing) use every thread, while concurrent jobs run
 //! one thread each; *throughput* runs `threads` single-threaded workers, one image each;
 //! *latency* runs one worker whose image always gets every thread. Each engine says how it
 //! honours them.
 //!
-//! Admission is sized to what the workers can finish: a job whose deadline would pass before
+//! Reservations are sized to what the workers can finish: a job whose deadline would pass before
 //! the work already accepted ahead of it is done (estimated from the measured time per job) is
 //! refused at once as `Overloaded` instead of being queued to time out.
 
@@ -92,7 +92,7 @@ pub trait LoadedModel: Send + Sync + 'static {
     fn io(&self) -> &ModelIo;
 
     /// Whether a job alone in the pool uses every thread (adaptive): its time then stands for
-    /// `threads` jobs' worth of one worker's time in the admission estimate.
+    /// `threads` jobs' worth of one worker's time in the reservation estimate.
     fn spreads_when_alone(&self) -> bool;
 
     /// How many jobs may run at once: the pool starts that many workers.

@@ -1,5 +1,5 @@
 //! The inference pool: one per loaded model version. A bounded queue of jobs, worker threads that
-//! each own a `ModelWorker`, deadline checks before and after a job, admission (a job that would
+//! each own a `ModelWorker`, deadline checks before and after a job, reservations (a job that would
 //! finish after its deadline behind the accepted ones is refused at once), dynamic batching, and a
 //! worker that panics failing only its batch.
 
@@ -172,8 +172,8 @@ impl InferencePool {
     }
 
     /// Runs one input, waiting at most until `deadline`. Blocks: call it off async workers.
-    pub fn infer(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
-        self.admit(deadline)?.infer(input, deadline)
+    pub fn run(&self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
+        self.reserve(deadline)?.run(input, deadline)
     }
 
     /// Jobs accepted and not finished (running or queued).
@@ -186,9 +186,9 @@ impl InferencePool {
     /// much as the inference of a small model). `Overloaded` when the jobs already accepted,
     /// at the measured time per job, would keep this one past `deadline`; `DeadlineExceeded`
     /// when none are waiting and the job alone would overrun it.
-    pub fn admit(&self, deadline: Instant) -> Result<Admission<'_>, RequestError> {
+    pub fn reserve(&self, deadline: Instant) -> Result<Reservation<'_>, RequestError> {
         let ahead = self.load.in_flight.fetch_add(1, Ordering::AcqRel);
-        let admission = Admission { pool: self, counted: true };
+        let reservation = Reservation { pool: self, counted: true };
         if let Some(finish) = self.load.estimated_finish(Instant::now(), ahead, self.parallel_jobs)
             && finish > deadline
         {
@@ -216,22 +216,22 @@ impl InferencePool {
                 ),
             ));
         }
-        Ok(admission)
+        Ok(reservation)
     }
 }
 
-/// A place taken in an [`InferencePool`]'s work by [`InferencePool::admit`]; given back when
+/// A place taken in an [`InferencePool`]'s work by [`InferencePool::reserve`]; given back when
 /// dropped unused.
-pub struct Admission<'a> {
+pub struct Reservation<'a> {
     pool: &'a InferencePool,
-    /// Still counted in the pool's in-flight jobs by this admission (the worker takes over
+    /// Still counted in the pool's in-flight jobs by this reservation (the worker takes over
     /// the count once the job is queued).
     counted: bool,
 }
 
-impl Admission<'_> {
+impl Reservation<'_> {
     /// Runs `input` in the place taken, waiting at most until `deadline`. Blocks.
-    pub fn infer(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
+    pub fn run(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
         let pool = self.pool;
         let expected: usize = pool.input_shape.iter().product();
         if input.len() != expected {
@@ -276,7 +276,7 @@ impl Admission<'_> {
     }
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.counted {
             self.pool.load.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -360,7 +360,7 @@ fn worker(model: Arc<dyn LoadedModel>, jobs: Receiver<Job>, load: Arc<Load>, par
                 Err(message)
             }
         };
-        // Admission estimates the time of a job on one worker: a job that had every thread
+        // A reservation estimates the time of a job on one worker: a job that had every thread
         // took about 1/threads of that; a batch's jobs share its time.
         let slots = if had_every_thread { parallel_jobs } else { 1 };
         load.record(now.elapsed() * slots as u32 / batch.len() as u32);
@@ -435,19 +435,15 @@ mod tests {
         let pool = InferencePool::start(Arc::new(Fragile(io)), &engine, Batching::default());
         let deadline = || Instant::now() + Duration::from_secs(5);
         for _ in 0..3 {
-            let err = pool.infer(vec![-1.0, 0.0], deadline()).unwrap_err();
+            let err = pool.run(vec![-1.0, 0.0], deadline()).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Internal);
             assert!(err.message.contains("panicked: the engine cannot run this"), "{}", err.message);
-            assert_eq!(
-                pool.infer(vec![2.0, 3.0], deadline()).unwrap(),
-                vec![2.0, 3.0],
-                "the one worker is still there"
-            );
+            assert_eq!(pool.run(vec![2.0, 3.0], deadline()).unwrap(), vec![2.0, 3.0], "the one worker is still there");
         }
     }
 
     #[test]
-    fn admission_counts_rounds_of_parallel_jobs_at_the_measured_time_per_job() {
+    fn reservations_count_rounds_of_parallel_jobs_at_the_measured_time_per_job() {
         let load = Load::default();
         let now = Instant::now();
         assert_eq!(load.estimated_finish(now, 10, 2), None, "no estimate before a job has run");
@@ -468,21 +464,21 @@ mod tests {
         let engine = EngineConfig { mode: EngineMode::Adaptive, threads: 2, queue_len: 8 };
         let pool = InferencePool::load(&path, &shape, EngineKind::Tract, &engine).unwrap();
         let input = vec![0f32; 3 * 224 * 224];
-        pool.infer(input.clone(), Instant::now() + Duration::from_secs(30)).unwrap();
+        pool.run(input.clone(), Instant::now() + Duration::from_secs(30)).unwrap();
         // One job has been timed (milliseconds); a deadline a microsecond away cannot be met,
         // even with nothing ahead: the deadline is too short, waiting would not help.
-        let err = pool.infer(input.clone(), Instant::now() + Duration::from_micros(1)).unwrap_err();
+        let err = pool.run(input.clone(), Instant::now() + Duration::from_micros(1)).unwrap_err();
         assert_eq!(err.kind, ErrorKind::DeadlineExceeded, "{err:?}");
         assert!(err.message.contains("allow more time"), "{}", err.message);
         // With jobs ahead on every worker (counted as the pool counts them), it is an overload.
         pool.load.in_flight.fetch_add(4, Ordering::AcqRel);
-        let err = pool.infer(input.clone(), Instant::now() + Duration::from_millis(2)).unwrap_err();
+        let err = pool.run(input.clone(), Instant::now() + Duration::from_millis(2)).unwrap_err();
         pool.load.in_flight.fetch_sub(4, Ordering::AcqRel);
         assert_eq!(err.kind, ErrorKind::Overloaded, "{err:?}");
         assert!(err.message.contains("before its deadline"), "{}", err.message);
         // And the refusals took nothing from the pool.
         assert_eq!(pool.load.in_flight.load(Ordering::Relaxed), 0);
-        pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
+        pool.run(input, Instant::now() + Duration::from_secs(30)).unwrap();
     }
 
     #[test]

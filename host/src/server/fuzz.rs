@@ -9,7 +9,7 @@
 
 use std::path::Path;
 #[cfg(feature = "grpc")]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +18,11 @@ use prost::Message;
 
 use super::http::{self as h, Upload};
 use super::oip::{self, Decoded};
+#[cfg(feature = "grpc")]
+use crate::config::Limits;
 use crate::error::RequestError;
+#[cfg(feature = "grpc")]
+use crate::request::RequestContext;
 
 /// The longest a fuzz input may make one parse wait on itself (multipart over an in-memory
 /// body never waits).
@@ -100,11 +104,11 @@ pub fn oip_grpc(data: &[u8]) {
 pub fn tessera_grpc(data: &[u8]) {
     let Ok(message) = super::grpc::pb::ImageRequest::decode(data) else { return };
     let had_image = !message.image_data.is_empty();
-    match super::grpc::classify_request(message, Some(Duration::from_secs(1)), Vec::new()) {
+    let context = RequestContext::new(&Limits::default(), Instant::now(), Some(Duration::from_secs(1)));
+    match super::grpc::classify_request(message, context, Vec::new()) {
         Ok(request) => {
             assert!(had_image && !request.image.is_empty());
             assert!(request.media_type.is_none_or(|m| m.contains('/')));
-            assert!(request.top_k.is_none_or(|k| k >= 1));
         }
         Err(e) => client_kind(&e),
     }

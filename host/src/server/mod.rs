@@ -89,7 +89,7 @@ pub(crate) struct AppState {
     host: OnceLock<Arc<Host>>,
     config: Config,
     /// One permit per request in the pipeline; none left means 503.
-    admission: Arc<Semaphore>,
+    places: Arc<Semaphore>,
     /// Keeps the file watcher alive while the server runs.
     watch: OnceLock<crate::watch::WatchGuard>,
     /// Made before the host (requests are counted while it loads), then shared with it.
@@ -118,7 +118,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let admin_addr = admin_listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let state = Arc::new(AppState {
         host: OnceLock::new(),
-        admission: Arc::new(Semaphore::new(config.limits.concurrent_requests() as usize)),
+        places: Arc::new(Semaphore::new(config.limits.concurrent_requests() as usize)),
         watch: OnceLock::new(),
         metrics: Arc::new(Metrics::new()),
         config,

@@ -15,8 +15,8 @@ use super::telemetry::{self, TraceHeaders};
 use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
 use crate::metrics::{Metrics, Protocol};
-use crate::pipeline::{self, Progress, TensorRequest};
-use crate::pipeline::{Classification, ClassifyRequest, TensorOutput};
+use crate::pipeline::{Classification, TensorOutput};
+use crate::request::{ClassifyRequest, Progress, RequestContext, TensorRequest};
 
 /// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
 /// or generated, and returned with the answer.
@@ -104,16 +104,16 @@ impl AppState {
         })
     }
 
-    /// When a request arriving at `start` must be answered: the client's timeout if it is
-    /// shorter than `limits.deadline_ms` (the pipeline counts the same way).
-    pub(super) fn deadline(&self, start: Instant, timeout: Option<Duration>) -> Instant {
-        pipeline::deadline(&self.config.limits, start, timeout)
+    /// The context of a request that arrived at `start`, due after the client's `timeout` or
+    /// `limits.deadline_ms`, whichever is shorter.
+    pub(super) fn context(&self, start: Instant, timeout: Option<Duration>) -> RequestContext {
+        RequestContext::new(&self.config.limits, start, timeout)
     }
 
-    /// A place in the pipeline, or `Overloaded` when `limits.max_concurrent_requests` are in
-    /// flight. Taken once the request's body has arrived.
+    /// One of the `limits.max_concurrent_requests` places, or `Overloaded` when they are all
+    /// in flight. Taken once the request's body has arrived.
     pub(super) fn admit(&self) -> Result<Permit, RequestError> {
-        let permit = self.admission.clone().try_acquire_owned().map_err(|_| self.full())?;
+        let permit = self.places.clone().try_acquire_owned().map_err(|_| self.full())?;
         self.metrics.in_flight().inc();
         Ok(Permit { _permit: permit, metrics: self.metrics.clone() })
     }
@@ -122,7 +122,7 @@ impl AppState {
     /// under overload the excess is refused without reading it (the place itself is taken
     /// after, by [`Self::admit`]: a slow upload never holds one).
     pub(super) fn has_room(&self) -> Result<(), RequestError> {
-        if self.admission.available_permits() == 0 { Err(self.full()) } else { Ok(()) }
+        if self.places.available_permits() == 0 { Err(self.full()) } else { Ok(()) }
     }
 
     fn full(&self) -> RequestError {
@@ -162,19 +162,17 @@ impl Drop for Permit {
     }
 }
 
-/// Runs `request` (arrived at `start`, due at `deadline`) on a blocking thread. The admission
-/// `permit` goes with the work and is released only when the work has stopped, even when the
+/// Runs `request` on a blocking thread, answered by its deadline. The admission `permit` goes
+/// with the work and is released only when the work has stopped, even when the
 /// answer given here is an error because the deadline passed first: admitted work never
 /// exceeds the limit.
 pub(super) async fn classify(
     host: Arc<Host>,
     request: ClassifyRequest,
-    start: Instant,
-    deadline: Instant,
     permit: Permit,
 ) -> Result<Classification, RequestError> {
-    run(host, deadline, permit, move |host, progress| {
-        let result = host.classify_tracked(&request, start, progress);
+    run(host, request.context.deadline(), permit, move |host, progress| {
+        let result = host.classify_tracked(&request, progress);
         if result.as_ref().is_ok_and(|c| !c.decision.accepted) {
             host.metrics().rejection();
         }
@@ -187,11 +185,9 @@ pub(super) async fn classify(
 pub(super) async fn infer(
     host: Arc<Host>,
     tensor: TensorRequest,
-    start: Instant,
-    deadline: Instant,
     permit: Permit,
 ) -> Result<TensorOutput, RequestError> {
-    run(host, deadline, permit, move |host, progress| host.infer_tracked(tensor, start, progress)).await
+    run(host, tensor.context.deadline(), permit, move |host, progress| host.infer_tracked(tensor, progress)).await
 }
 
 /// `work` on a blocking thread with `permit` held until it returns; answered by `deadline`

@@ -113,16 +113,16 @@ fn the_library_runs_the_same_pipeline_without_http() {
         .build()
         .unwrap();
     for case in shapes(CLASSES_SEED, 2).iter().take(8) {
-        let result = host.classify(&read(&case.path)).unwrap();
+        let result = host.classify(&tessera::ClassifyRequest::new(read(&case.path), host.context())).unwrap();
         assert_eq!(result.label, case.label);
         // The strict rule rejects as a business outcome, not an error.
         if !result.decision.accepted {
             assert!(result.decision.category.is_some());
         }
     }
-    let err = host.classify(b"nope").unwrap_err();
+    let err = host.classify(&tessera::ClassifyRequest::new(b"nope".to_vec(), host.context())).unwrap_err();
     assert_eq!(err.kind, tessera::ErrorKind::InvalidImage);
     assert_eq!(err.stage, tessera::Stage::Preprocess);
-    let req = tessera::ClassifyRequest { image: png(64, 64), model: Some("missing".into()), ..Default::default() };
-    assert_eq!(host.classify_request(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
+    let req = tessera::ClassifyRequest::new(png(64, 64), host.context().with_model(Some("missing".into()), None));
+    assert_eq!(host.classify(&req).unwrap_err().kind, tessera::ErrorKind::ModelNotFound);
 }

@@ -34,8 +34,8 @@ fn the_int8_default_model_runs_on_int8_kernels_and_agrees_with_fp32_on_504_held_
     for case in &cases {
         let classify = |model: &str| {
             let req =
-                tessera::ClassifyRequest { image: read(&case.path), model: Some(model.into()), ..Default::default() };
-            let result = host.classify_request(&req).unwrap();
+                tessera::ClassifyRequest::new(read(&case.path), host.context().with_model(Some(model.into()), None));
+            let result = host.classify(&req).unwrap();
             assert_eq!(result.model.name, model);
             result
         };
@@ -301,7 +301,7 @@ fn both_engines_agree_with_python_onnxruntime_on_resnet18_resnet50_mobilenetv2_a
             let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
             for i in 0..INPUTS {
                 let input = inputs[i * per_input..(i + 1) * per_input].to_vec();
-                let got = pool.infer(input, Instant::now() + Duration::from_secs(30)).unwrap();
+                let got = pool.run(input, Instant::now() + Duration::from_secs(30)).unwrap();
                 let want = &expected[i * classes..(i + 1) * classes];
                 agree += usize::from(argmax(&got) == argmax(want));
                 for (g, w) in got.iter().zip(want) {

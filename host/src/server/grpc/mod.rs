@@ -20,7 +20,8 @@ use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use super::{AppState, service};
 use crate::error::{ErrorKind, RequestError, Stage};
 use crate::metrics::Protocol;
-use crate::pipeline::{Classification, ClassifyRequest};
+use crate::pipeline::Classification;
+use crate::request::{ClassifyRequest, RequestContext};
 
 /// Generated from `proto/tessera_image_recognition.proto` by `build.rs`.
 #[allow(clippy::all)]
@@ -145,21 +146,27 @@ impl Recognition {
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             }),
         );
-        let request = classify_request(request.into_inner(), timeout, metadata)?;
-        let deadline = state.deadline(start, timeout);
+        let request = classify_request(request.into_inner(), state.context(start, timeout), metadata)?;
         let permit = state.admit()?;
-        let result = service::classify(host, request, start, deadline, permit).await?;
+        let result = service::classify(host, request, permit).await?;
         Ok(response(result, request_id))
     }
 }
 
-/// The seed's message as the pipeline's request, checked.
+/// The seed's message as the pipeline's request, in `context` (the request's deadline), checked.
 pub(crate) fn classify_request(
     message: pb::ImageRequest,
-    timeout: Option<Duration>,
+    context: RequestContext,
     metadata: Vec<(String, String)>,
 ) -> Result<ClassifyRequest, RequestError> {
-    crate::pipeline::check_top_k(message.top_k)?;
+    let context = context
+        .with_model(
+            Some(message.model).filter(|m| !m.is_empty()),
+            Some(message.model_version).filter(|v| !v.is_empty()),
+        )
+        .with_pipeline(Some(message.pipeline).filter(|p| !p.is_empty()))
+        .with_top_k(message.top_k.map(u64::from))?
+        .with_metadata(metadata);
     if message.image_data.is_empty() {
         return Err(RequestError::new(
             ErrorKind::InvalidImage,
@@ -167,16 +174,7 @@ pub(crate) fn classify_request(
             "the request has no image: image_data is empty",
         ));
     }
-    Ok(ClassifyRequest {
-        media_type: media_type(&message.image_type),
-        image: message.image_data,
-        model: Some(message.model).filter(|m| !m.is_empty()),
-        version: Some(message.model_version).filter(|v| !v.is_empty()),
-        pipeline: Some(message.pipeline).filter(|p| !p.is_empty()),
-        top_k: message.top_k,
-        timeout,
-        metadata,
-    })
+    Ok(ClassifyRequest { media_type: media_type(&message.image_type), image: message.image_data, context })
 }
 
 /// The client's `grpc-timeout` (`<1–8 digits><H|M|S|m|u|n>`), less the serving core's margin so

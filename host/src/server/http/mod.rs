@@ -22,7 +22,8 @@ use subtle::ConstantTimeEq;
 use super::{AppState, Listener, service};
 use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
-use crate::pipeline::{Classification, ClassifyRequest};
+use crate::pipeline::Classification;
+use crate::request::ClassifyRequest;
 
 pub(super) type Body = Full<Bytes>;
 
@@ -271,7 +272,7 @@ async fn admin_reload(
 /// Query parameters of `/v1/classify`.
 #[derive(Default)]
 pub(super) struct ClassifyQuery {
-    pub(super) top_k: Option<u32>,
+    pub(super) top_k: Option<u64>,
     model: Option<String>,
     version: Option<String>,
     pipeline: Option<String>,
@@ -282,16 +283,14 @@ pub(super) fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, HttpErro
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "top_k" => {
-                let k =
-                    value.parse::<u32>().ok().filter(|k| crate::pipeline::check_top_k(Some(*k)).is_ok()).ok_or_else(
-                        || {
-                            error(
-                                ErrorKind::BadRequest,
-                                Stage::Admission,
-                                format!("top_k must be a whole number of at least 1, got {value:?}"),
-                            )
-                        },
-                    )?;
+                // A number here; its range is the request context's to check.
+                let k = value.parse::<u64>().map_err(|_| {
+                    error(
+                        ErrorKind::BadRequest,
+                        Stage::Admission,
+                        format!("top_k must be a whole number, got {value:?}"),
+                    )
+                })?;
                 q.top_k = Some(k);
             }
             "model" => q.model = Some(value.into_owned()),
@@ -397,7 +396,12 @@ async fn classify(
     let timeout = parse_timeout(&req.headers)?;
     let upload = upload_kind(&req.headers)?;
     let limits = &state.config.limits;
-    let deadline = state.deadline(start, timeout);
+    let context = state
+        .context(start, timeout)
+        .with_model(query.model, query.version)
+        .with_pipeline(query.pipeline)
+        .with_top_k(query.top_k)?
+        .with_metadata(metadata(&req.headers, request_id));
 
     let max_body = limits.max_body_bytes;
     if let Some(len) = content_length(&req.headers)
@@ -407,9 +411,8 @@ async fn classify(
     }
     // The body is read before a pipeline place is taken: a slow upload holds a connection,
     // never one of the `max_concurrent_requests` places.
-    let metadata = metadata(&req.headers, request_id);
     state.has_room()?;
-    let bytes = read_body_by(body, max_body, deadline).await?;
+    let bytes = read_body_by(body, max_body, context.deadline()).await?;
     let (image, media_type) = match upload {
         Upload::Raw(media_type) => (bytes, media_type),
         Upload::Multipart(boundary) => multipart_image(bytes, boundary).await?,
@@ -419,17 +422,8 @@ async fn classify(
     }
     let permit = state.admit()?;
 
-    let request = ClassifyRequest {
-        image: image.to_vec(),
-        media_type,
-        model: query.model,
-        version: query.version,
-        pipeline: query.pipeline,
-        top_k: query.top_k,
-        timeout,
-        metadata,
-    };
-    let result = service::classify(host, request, start, deadline, permit).await?;
+    let request = ClassifyRequest { image: image.to_vec(), media_type, context };
+    let result = service::classify(host, request, permit).await?;
     Ok(json_response(StatusCode::OK, &ClassifyResponse { result: &result, request_id }))
 }
 
@@ -557,7 +551,8 @@ mod tests {
     #[test]
     fn query() {
         assert_eq!(parse_query(Some("top_k=3&model=a")).ok().unwrap().top_k, Some(3));
-        for bad in ["top_k=0", "top_k=x", "top_k=-1", "colour=red"] {
+        // 0 is a number: the request context refuses it (request.rs's tests), not the parse.
+        for bad in ["top_k=x", "top_k=-1", "colour=red"] {
             assert_eq!(parse_query(Some(bad)).err().unwrap().status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }

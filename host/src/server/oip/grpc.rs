@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{self as oip, Call, Input, InputData};
+use super::{self as oip, Input, InputData};
 use crate::error::{ErrorKind, RequestError, Stage};
 use crate::server::{AppState, grpc};
 
@@ -100,13 +100,13 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let start = Instant::now();
         let (request_id, span) = grpc::begin(MODEL_INFER, request.metadata());
-        let result = self.infer(request, start, &request_id).instrument(span.clone()).await;
+        let result = self.handle_model_infer(request, start, &request_id).instrument(span.clone()).await;
         grpc::answer(&self.state, MODEL_INFER, start, &request_id, &span, result)
     }
 }
 
 impl Inference {
-    async fn infer(
+    async fn handle_model_infer(
         &self,
         request: Request<pb::ModelInferRequest>,
         start: Instant,
@@ -114,22 +114,11 @@ impl Inference {
     ) -> Result<pb::ModelInferResponse, RequestError> {
         let state = &self.state;
         let host = state.ready_host()?.clone();
-        let timeout = grpc::grpc_timeout(request.metadata())?;
-        let deadline = state.deadline(start, timeout);
+        let base = state.context(start, grpc::grpc_timeout(request.metadata())?);
         let mut r = request.into_inner();
         let (input, top_k, pipeline) = parse_infer(&mut r)?;
-        let model = r.model_name.clone();
-        let call = Call {
-            model: &model,
-            version: version(&r.model_version),
-            pipeline,
-            timeout,
-            start,
-            deadline,
-            request_id,
-            top_k,
-        };
-        let (outputs, parameters, which) = oip::run(state, host, call, input).await?;
+        let context = oip::context(base, &r.model_name, version(&r.model_version), pipeline, top_k, request_id)?;
+        let (outputs, parameters, which) = oip::run(state, host, context, input).await?;
 
         // The requested outputs in the order asked (all when none are named), as raw contents.
         let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();

@@ -12,7 +12,6 @@ pub(super) mod grpc;
 pub(super) mod rest;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -21,7 +20,8 @@ use super::{AppState, service};
 use crate::error::{ErrorKind, RequestError, Stage};
 use crate::host::Host;
 use crate::inference::EngineKind;
-use crate::pipeline::{ClassifyRequest, ModelRef, TensorRequest};
+use crate::pipeline::ModelRef;
+use crate::request::{ClassifyRequest, RequestContext, TensorRequest};
 
 /// The name of our image input (BYTES, one encoded image).
 pub const IMAGE_INPUT: &str = "image";
@@ -103,18 +103,21 @@ pub(super) fn bad(message: impl Into<String>) -> RequestError {
     RequestError::new(ErrorKind::BadRequest, Stage::Admission, message)
 }
 
-/// Where an inference call goes and its limits.
-pub(super) struct Call<'a> {
-    pub model: &'a str,
-    pub version: Option<&'a str>,
-    /// `parameters.pipeline`: a named pipeline for an image input.
-    pub pipeline: Option<String>,
-    pub timeout: Option<std::time::Duration>,
-    pub start: Instant,
-    pub deadline: Instant,
-    pub request_id: &'a str,
-    /// `parameters.top_k`, unchecked.
-    pub top_k: Option<u64>,
+/// An inference call's context: `base` (its deadline) for `model` and `version`, with the
+/// request's `parameters.pipeline` and `parameters.top_k` and, for the rules, its id.
+pub(super) fn context(
+    base: RequestContext,
+    model: &str,
+    version: Option<&str>,
+    pipeline: Option<String>,
+    top_k: Option<u64>,
+    request_id: &str,
+) -> Result<RequestContext, RequestError> {
+    Ok(base
+        .with_model(Some(model.to_string()), version.map(String::from))
+        .with_pipeline(pipeline)
+        .with_top_k(top_k)?
+        .with_metadata(vec![("request-id".to_string(), request_id.to_string())]))
 }
 
 /// An input tensor's data, as the protocols carry it.
@@ -144,32 +147,13 @@ pub(super) struct Input {
 pub(super) async fn run(
     state: &Arc<AppState>,
     host: Arc<Host>,
-    call: Call<'_>,
+    context: RequestContext,
     input: Input,
 ) -> Result<(Vec<Output>, Option<Value>, ModelRef), RequestError> {
-    let top_k = match call.top_k {
-        None => None,
-        Some(k) => Some(
-            u32::try_from(k)
-                .ok()
-                .filter(|&k| k > 0)
-                .ok_or_else(|| bad("top_k must be a whole number of at least 1"))?,
-        ),
-    };
     match decode(input)? {
         Decoded::Image(image) => {
             let permit = state.admit()?;
-            let request = ClassifyRequest {
-                image,
-                media_type: None,
-                model: Some(call.model.to_string()),
-                version: call.version.map(String::from),
-                pipeline: call.pipeline,
-                top_k,
-                timeout: call.timeout,
-                metadata: vec![("request-id".to_string(), call.request_id.to_string())],
-            };
-            let c = service::classify(host, request, call.start, call.deadline, permit).await?;
+            let c = service::classify(host, ClassifyRequest::new(image, context), permit).await?;
             let k = c.top_k.len();
             let outputs = vec![
                 Output {
@@ -216,14 +200,7 @@ pub(super) async fn run(
         }
         Decoded::Tensor { shape, data } => {
             let permit = state.admit()?;
-            let tensor = TensorRequest {
-                model: Some(call.model.to_string()),
-                version: call.version.map(String::from),
-                shape,
-                data,
-                timeout: call.timeout,
-            };
-            let out = service::infer(host, tensor, call.start, call.deadline, permit).await?;
+            let out = service::infer(host, TensorRequest { shape, data, context }, permit).await?;
             Ok((
                 vec![Output { name: out.name, datatype: "FP32", shape: out.shape, data: Data::F32(out.data) }],
                 None,

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Call, Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, model_metadata, run};
+use super::{Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, context, model_metadata, run};
 use crate::error::RequestError;
 use crate::host::Host;
 use crate::server::AppState;
@@ -65,7 +65,7 @@ pub(in crate::server) async fn handle(
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             Ok(json_response(status, &json!({"name": model, "ready": ready})))
         }
-        (&Method::POST, Some("infer")) => infer(state, host, req, body, start, request_id, model, version).await,
+        (&Method::POST, Some("infer")) => model_infer(state, host, req, body, start, request_id, model, version).await,
         _ => Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -119,7 +119,7 @@ struct RequestedOutput {
 
 /// `POST /v2/models/{m}[/versions/{v}]/infer`.
 #[allow(clippy::too_many_arguments)]
-async fn infer(
+async fn model_infer(
     state: &Arc<AppState>,
     host: Arc<Host>,
     req: &http::request::Parts,
@@ -129,8 +129,7 @@ async fn infer(
     model: &str,
     version: Option<&str>,
 ) -> Result<Response<Body>, HttpError> {
-    let timeout = parse_timeout(&req.headers)?;
-    let deadline = state.deadline(start, timeout);
+    let base = state.context(start, parse_timeout(&req.headers)?);
     let max_body = state.config.limits.max_body_bytes;
     let header_len = match req.headers.get(HEADER_LENGTH) {
         None => None,
@@ -143,10 +142,10 @@ async fn infer(
     };
     // Refused before the body is read when no place is free, as /v1/classify does.
     state.has_room()?;
-    let body = read_body_by(body, max_body, deadline).await?;
+    let body = read_body_by(body, max_body, base.deadline()).await?;
     let Rest { request, input, top_k, pipeline } = parse_rest(header_len, body)?;
-    let call = Call { model, version, pipeline, timeout, start, deadline, request_id, top_k };
-    let (outputs, parameters, which) = run(state, host, call, input).await?;
+    let context = context(base, model, version, pipeline, top_k, request_id)?;
+    let (outputs, parameters, which) = run(state, host, context, input).await?;
 
     // The requested outputs, in the order asked (all of them when none are named).
     let binary_default = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
