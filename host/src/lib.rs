@@ -11,12 +11,12 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! Cargo features (all on by default): `compiler` (wasmtime's Cranelift: guests as `.wasm`;
-//! without it only `.cwasm` from `tessera compile` load, and nothing is compiled on the node),
-//! `http` (the [`server`] module and the `tessera` binary), `grpc` (the gRPC listener),
-//! `otlp` (the trace exporter), `onnxruntime`, `tract-patches`. An edge agent that embeds the
-//! library takes `default-features = false, features = ["tract-patches"]`: no compiler, no
-//! hyper, no tonic (docs/EDGE.md).
+//! This crate has no network code: the servers (HTTP, gRPC, OIP, `/metrics`) are the
+//! `tessera-server` crate over this one's public API, and the `tessera` command is the
+//! `tessera-cli` crate. Cargo features (all on by default): `compiler` (wasmtime's Cranelift:
+//! guests as `.wasm`; without it only `.cwasm` from `tessera compile` load, and nothing is
+//! compiled on the node), `onnxruntime`, `tract-patches`. An edge agent that embeds the library
+//! takes `default-features = false, features = ["tract-patches"]` (docs/EDGE.md).
 
 pub mod config;
 mod cpu;
@@ -29,13 +29,13 @@ mod repository;
 mod request;
 mod rules_table;
 mod runtime;
-#[cfg(feature = "http")]
-pub mod server;
 mod stage_io;
 mod watch;
 
 pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
+pub use cpu::compute_thread;
 pub use error::{ErrorKind, RequestError, Stage};
+pub use inference::probe;
 /// The error a request fails with, under its old name (it was never only the pipeline's).
 #[deprecated(since = "0.1.0", note = "renamed `RequestError`")]
 pub type PipelineError = RequestError;
@@ -53,19 +53,16 @@ pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};
 pub use stage_io::{Decision, Prediction};
 pub use watch::{WatchError, WatchGuard};
 
-/// Not part of the API: the pieces the benches, the profiling example and the integration tests
-/// measure on their own (engines without the pipeline, a guest without a model repository, CPU
-/// state). Nothing here is covered by semver.
+/// Not part of the API: the pieces the benches, the profiling example, the integration tests
+/// and the server's fuzz targets use on their own (engines without the pipeline, a guest
+/// without a model repository, the model files' parsers, CPU state). Nothing here is covered
+/// by semver.
 #[doc(hidden)]
 pub mod internals {
     pub use crate::cpu::{clean_upper_state, upper_state_dirty};
-    pub use crate::inference::probe::{LoadProbe, ProbeArgs, ProbeReport, child_main as probe_child_main};
     pub use crate::inference::{EngineConfig, InferencePool, request_amx_int8};
-    pub use crate::repository::{Manifest, ModelRepository};
+    pub use crate::repository::{Manifest, ModelRepository, RepositoryManifest, is_inside};
     pub use crate::runtime::{Runtime, default_grants};
-    /// The fuzz targets' entry points (`fuzz/`), also replayed over the committed corpus by the tests.
-    #[cfg(feature = "http")]
-    pub use crate::server::fuzz;
     pub use crate::stage_io::SpecView;
 
     /// tract's plans on their own: load, run once, profile per op or node, list matmul kernels.

@@ -36,7 +36,6 @@ pub enum Protocol {
 /// errors are ours or the load's. The seed counts the two apart.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-#[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
 enum ErrorClass {
     business,
     system,
@@ -283,8 +282,7 @@ impl Metrics {
     }
 
     /// One answered request; `failure` = (error code, the caller's fault?, stage).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub(crate) fn request(
+    pub fn request(
         &self,
         protocol: Protocol,
         endpoint: &'static str,
@@ -302,15 +300,13 @@ impl Metrics {
 
     /// A rules rejection: a business outcome (the answer is still a 200), counted with the
     /// business errors.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub(crate) fn rejection(&self) {
+    pub fn rejection(&self) {
         let labels = ErrorLabels { class: ErrorClass::business, code: "rule_rejected", stage: Stage::Rules.as_str() };
         self.errors.get_or_create(&labels).inc();
     }
 
     /// The gauge of admitted classifications.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))] // used by the servers (feature `http`)
-    pub(crate) fn in_flight(&self) -> &Gauge {
+    pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
     }
 

@@ -14,7 +14,8 @@ B or something in B: the longest module prefix of the path is the target, so
 `--dot` writes the top-level picture for Graphviz.
 
 LAYERS_MD (ARCHITECTURE.md) holds the layers between the markers `<!-- layers -->` and
-`<!-- /layers -->`, one line per layer from the bottom up, each a list of top-level modules:
+`<!-- /layers -->` (`--block "layers server"`: `<!-- layers server -->`, another crate's), one line
+per layer from the bottom up, each a list of top-level modules:
 
     1. `error`, `cpu`
     2. `config`
@@ -250,11 +251,11 @@ def circles(nodes: set[str], edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def read_layers(md: Path) -> list[list[str]]:
+def read_layers(md: Path, block: str) -> list[list[str]]:
     text = md.read_text()
-    m = re.search(r"<!-- layers -->(.*?)<!-- /layers -->", text, re.S)
+    m = re.search(rf"<!-- {block} -->(.*?)<!-- /{block} -->", text, re.S)
     if not m:
-        sys.exit(f"{md}: no <!-- layers --> ... <!-- /layers --> block")
+        sys.exit(f"{md}: no <!-- {block} --> ... <!-- /{block} --> block")
     layers = []
     for line in m.group(1).splitlines():
         if re.match(r"\s*\d+\.", line):
@@ -268,6 +269,7 @@ def main() -> int:
     ap.add_argument("layers", type=Path)
     ap.add_argument("--dot", type=Path, help="write the picture (top-level modules) as Graphviz")
     ap.add_argument("--files", action="store_true", help="print every file-level edge")
+    ap.add_argument("--block", default="layers", help="the marker naming the crate's layers (default: layers)")
     args = ap.parse_args()
 
     files = sorted(p for p in args.src.rglob("*.rs") if p.name != "main.rs")
@@ -294,7 +296,7 @@ def main() -> int:
             why[(name(here), name(target))].add("::".join(ref))
     nodes = {name(m) for m in modules}
 
-    layers = read_layers(args.layers)
+    layers = read_layers(args.layers, args.block)
     layer_of = {mod: i for i, layer in enumerate(layers) for mod in layer}
     tops = {top(m) for m in modules}
     problems: list[str] = []

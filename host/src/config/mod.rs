@@ -31,7 +31,8 @@ pub struct Config {
     /// Where `tessera serve` listens for HTTP.
     pub addr: SocketAddr,
     /// Where it listens for gRPC (the seed's `ImageRecognitionService`, `grpc.health.v1`,
-    /// server reflection); `"off"` = no gRPC listener. The default is the seed's port.
+    /// server reflection); `"off"` = no gRPC listener. The default is the seed's port,
+    /// [`DEFAULT_GRPC_ADDR`], which a server built without gRPC takes as off.
     #[serde(with = "addr_or_off")]
     pub grpc_addr: Option<SocketAddr>,
     /// Where the admin routes (`/v1/admin/*`) are served without a token (`"off"` = nowhere).
@@ -179,12 +180,14 @@ pub struct OnnxruntimeConfig {
     pub library: Option<PathBuf>,
 }
 
+/// The seed's gRPC port on loopback: `grpc_addr` when the config does not say.
+pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50051);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            // A build without gRPC listens for none unless told to (and then says it cannot).
-            grpc_addr: cfg!(feature = "grpc").then(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            grpc_addr: Some(DEFAULT_GRPC_ADDR),
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             models_dir: PathBuf::from("models"),
             default_model: None,

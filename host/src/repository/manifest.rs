@@ -189,7 +189,7 @@ impl Manifest {
 
 /// Whether `path` stays below the directory it is relative to, as written: relative, and no
 /// `..`, root or prefix component. (Symlinks are checked where the file is opened.)
-pub(crate) fn is_inside(path: &Path) -> bool {
+pub fn is_inside(path: &Path) -> bool {
     use std::path::Component;
     path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && path.components().any(|c| matches!(c, Component::Normal(_)))

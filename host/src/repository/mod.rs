@@ -21,9 +21,7 @@ use crate::inference::probe::LoadProbe;
 use crate::inference::{EngineConfig, InferencePool};
 
 mod manifest;
-#[cfg(feature = "http")] // for server::fuzz
-pub(crate) use manifest::is_inside;
-pub use manifest::{Manifest, RepositoryManifest, VersionPolicy};
+pub use manifest::{Manifest, RepositoryManifest, VersionPolicy, is_inside};
 use manifest::{REPOSITORY_MANIFEST, confined, read_labels};
 
 /// Why a model or the repository could not be loaded. Each names the file and, where it

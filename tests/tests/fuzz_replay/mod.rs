@@ -25,7 +25,7 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn the_fuzz_corpus_replays_through_every_target() {
-    use tessera::internals::fuzz;
+    use tessera_server::fuzz;
     replay("decode", tessera_preprocess::fuzz_decode);
     replay("http_request", fuzz::http_request);
     replay("oip_rest", fuzz::oip_rest);

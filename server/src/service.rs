@@ -3,20 +3,20 @@
 //! today) only turns its wire format into a [`ClassifyRequest`] and the answer, or the
 //! [`RequestError`], back into its own; nothing here knows a status code or a header.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tessera::Config;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Span;
 use tracing::field::Empty;
 
-use super::AppState;
 use super::telemetry::{self, TraceHeaders};
-use crate::error::{ErrorKind, RequestError, Stage};
-use crate::host::Host;
-use crate::metrics::{Metrics, Protocol};
-use crate::pipeline::{Classification, TensorOutput};
-use crate::request::{ClassifyRequest, Progress, RequestContext, TensorRequest};
+use tessera::Host;
+use tessera::metrics::{Metrics, Protocol};
+use tessera::{Classification, TensorOutput};
+use tessera::{ClassifyRequest, Progress, RequestContext, TensorRequest};
+use tessera::{ErrorKind, RequestError, Stage};
 
 /// The header (HTTP) or metadata key (gRPC) carrying the request id, accepted from the client
 /// or generated, and returned with the answer.
@@ -32,6 +32,26 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 /// and inference stop themselves at the deadline, and their error (naming the stage that ran
 /// out) is more precise than the generic one given when this margin passes too.
 pub(super) const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Main,
+    Admin,
+}
+
+/// What every connection shares.
+pub(crate) struct AppState {
+    /// Set once models and guests are loaded.
+    pub(crate) host: OnceLock<Arc<Host>>,
+    pub(crate) config: Config,
+    /// One permit per request in the pipeline; none left means 503.
+    pub(crate) places: Arc<Semaphore>,
+    /// Keeps the file watcher alive while the server runs.
+    pub(crate) watch: OnceLock<tessera::WatchGuard>,
+    /// Made before the host (requests are counted while it loads), then shared with it.
+    pub(crate) metrics: Arc<Metrics>,
+}
 
 /// The request id: the client's if it is usable (1–128 printable ASCII characters), else a
 /// fresh UUID.
@@ -212,7 +232,7 @@ async fn run<T: Send + 'static>(
     // The pipeline's stage and guest spans are children of the request's.
     let span = Span::current();
     let work = tokio::task::spawn_blocking(move || {
-        crate::cpu::compute_thread();
+        tessera::compute_thread();
         let result = span.in_scope(|| work(&host, &running));
         drop(permit);
         result

@@ -17,11 +17,11 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span};
 
 use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
-use super::{AppState, service};
-use crate::error::{ErrorKind, RequestError, Stage};
-use crate::metrics::Protocol;
-use crate::pipeline::Classification;
-use crate::request::{ClassifyRequest, RequestContext};
+use crate::service::{self, AppState};
+use tessera::Classification;
+use tessera::metrics::Protocol;
+use tessera::{ClassifyRequest, RequestContext};
+use tessera::{ErrorKind, RequestError, Stage};
 
 /// Generated from `proto/tessera_image_recognition.proto` by `build.rs`.
 #[allow(clippy::all)]

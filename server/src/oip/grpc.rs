@@ -11,16 +11,17 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::{self as oip, Input, InputData};
-use crate::error::{ErrorKind, RequestError, Stage};
-use crate::server::{AppState, grpc};
+use crate::grpc;
+use crate::service::AppState;
+use tessera::{ErrorKind, RequestError, Stage};
 
 /// Generated from `proto/grpc_predict_v2.proto` by `build.rs`.
 #[allow(clippy::all)]
-pub(in crate::server) mod pb {
+pub(crate) mod pb {
     tonic::include_proto!("inference");
 }
 
-pub(in crate::server) use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+pub(crate) use pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use pb::infer_parameter::ParameterChoice;
 use pb::model_infer_response::InferOutputTensor;
 
@@ -28,8 +29,8 @@ use pb::model_infer_response::InferOutputTensor;
 const MODEL_INFER: &str = "inference.GRPCInferenceService/ModelInfer";
 
 /// The `GRPCInferenceService` implementation.
-pub(in crate::server) struct Inference {
-    pub(in crate::server) state: Arc<AppState>,
+pub(crate) struct Inference {
+    pub(crate) state: Arc<AppState>,
 }
 
 fn version(v: &str) -> Option<&str> {

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{AppState, service};
-use crate::error::{ErrorKind, RequestError, Stage};
-use crate::host::Host;
-use crate::inference::EngineKind;
-use crate::pipeline::ModelRef;
-use crate::request::{ClassifyRequest, RequestContext, TensorRequest};
+use crate::service::{self, AppState};
+use tessera::EngineKind;
+use tessera::Host;
+use tessera::ModelRef;
+use tessera::{ClassifyRequest, RequestContext, TensorRequest};
+use tessera::{ErrorKind, RequestError, Stage};
 
 /// The name of our image input (BYTES, one encoded image).
 pub const IMAGE_INPUT: &str = "image";

@@ -30,7 +30,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::TelemetryConfig;
+use tessera::config::TelemetryConfig;
 
 /// The W3C trace context headers (and gRPC metadata keys).
 pub(super) const TRACEPARENT: &str = "traceparent";

@@ -18,11 +18,11 @@ use super::http::{self, Body, HttpError, discard_unread, endpoint, request_id};
 use super::oip;
 use super::service::{self, REQUEST_ID};
 use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
-use super::{AppState, Listener};
-use crate::error::Stage;
-use crate::metrics::Protocol;
+use crate::service::{AppState, Listener};
 #[cfg(feature = "grpc")]
 pub(super) use grpc_listener::{serve_grpc, set_health};
+use tessera::Stage;
+use tessera::metrics::Protocol;
 
 /// Paths polled by probes and scrapers: logged at debug, not traced.
 const PROBES: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"];
@@ -121,13 +121,13 @@ mod grpc_listener {
     use tonic_health::pb::health_server::{Health, HealthServer};
     use tonic_health::server::HealthReporter;
 
-    use crate::server::AppState;
-    use crate::server::grpc::{DESCRIPTORS, ImageRecognitionServiceServer, Recognition};
-    use crate::server::oip::grpc::{GrpcInferenceServiceServer, Inference};
+    use crate::grpc::{DESCRIPTORS, ImageRecognitionServiceServer, Recognition};
+    use crate::oip::grpc::{GrpcInferenceServiceServer, Inference};
+    use crate::service::AppState;
 
     /// Serves the gRPC services on `listener` until `shutdown` resolves, then waits for the
     /// calls in flight (the caller bounds that wait).
-    pub(in crate::server) async fn serve_grpc(
+    pub(crate) async fn serve_grpc(
         listener: TcpListener,
         state: Arc<AppState>,
         health: HealthServer<impl Health>,
@@ -236,7 +236,7 @@ mod grpc_listener {
 
     /// `grpc.health.v1`: the whole server ("") and each service are SERVING once models and guests
     /// are loaded and until shutdown begins, NOT_SERVING otherwise.
-    pub(in crate::server) async fn set_health(health: &HealthReporter, serving: bool) {
+    pub(crate) async fn set_health(health: &HealthReporter, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         health.set_service_status("", status).await;
         health.set_service_status(<ImageRecognitionServiceServer<Recognition> as NamedService>::NAME, status).await;

@@ -19,10 +19,10 @@ use prost::Message;
 use super::http::{self as h, Upload};
 use super::oip::{self, Decoded};
 #[cfg(feature = "grpc")]
-use crate::config::Limits;
-use crate::error::RequestError;
+use tessera::RequestContext;
+use tessera::RequestError;
 #[cfg(feature = "grpc")]
-use crate::request::RequestContext;
+use tessera::config::Limits;
 
 /// The longest a fuzz input may make one parse wait on itself (multipart over an in-memory
 /// body never waits).
@@ -119,17 +119,17 @@ pub fn tessera_grpc(data: &[u8]) {
 /// relies on.
 pub fn config_files(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match crate::repository::Manifest::parse(text, Path::new("fuzz/model.toml")) {
+    match tessera::internals::Manifest::parse(text, Path::new("fuzz/model.toml")) {
         Ok(m) => {
             let [n, c, h, w] = m.input_shape;
             assert!(n == 1 && c == 3 && h > 0 && w > 0 && m.resize >= h.max(w));
             assert!(m.std.iter().all(|s| *s > 0.0 && s.is_finite()) && m.mean.iter().all(|v| v.is_finite()));
-            assert!(crate::repository::is_inside(&m.labels));
+            assert!(tessera::internals::is_inside(&m.labels));
         }
         Err(e) => assert!(e.to_string().contains("fuzz/model.toml"), "{e}"),
     }
-    let _ = toml::from_str::<crate::repository::RepositoryManifest>(text);
-    if let Ok(config) = toml::from_str::<crate::config::Config>(text) {
+    let _ = toml::from_str::<tessera::internals::RepositoryManifest>(text);
+    if let Ok(config) = toml::from_str::<tessera::config::Config>(text) {
         let _ = config.validate();
     }
 }
@@ -143,7 +143,7 @@ fn decoded(result: Result<Decoded, RequestError>) {
 }
 
 fn client_kind(e: &RequestError) {
-    let status = super::status_for(e.kind);
+    let status = crate::http::status_for(e.kind);
     assert!(status.is_client_error(), "{status}: {e}");
 }
 

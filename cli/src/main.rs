@@ -1,4 +1,5 @@
-//! The `tessera` command: argument parsing only; everything else is the `tessera` library.
+//! The `tessera` command: argument parsing, the allocator and report printing; everything else
+//! is the public API of the `tessera` library and the `tessera-server` crate.
 
 /// The server's allocator. glibc's malloc raises its mmap threshold to the largest block freed
 /// so far, after which request bodies and inference buffers of a few MiB come from per-thread
@@ -293,7 +294,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::ProbeModel { model, shape, engine, memory_bytes, parent_pid, onnxruntime_library } = cli.command {
         let engine = serde_json::from_value(serde_json::Value::String(engine))?;
-        let args = tessera::internals::ProbeArgs {
+        let args = tessera::probe::ProbeArgs {
             path: model,
             input_shape: shape,
             engine,
@@ -301,7 +302,7 @@ fn main() -> anyhow::Result<()> {
             parent_pid,
             onnxruntime_library,
         };
-        std::process::exit(tessera::internals::probe_child_main(&args));
+        std::process::exit(tessera::probe::child_main(&args));
     }
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
@@ -317,7 +318,7 @@ fn main() -> anyhow::Result<()> {
                 config.validate()?;
             }
             // Kept to the end: dropping it flushes the last spans.
-            let _telemetry = tessera::server::init_telemetry(log_json, &config.telemetry)?;
+            let _telemetry = tessera_server::init_telemetry(log_json, &config.telemetry)?;
             if let Some(addr) = addr {
                 config.addr = addr;
             }
@@ -327,7 +328,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(GrpcAddr(admin_addr)) = admin_addr {
                 config.admin_addr = admin_addr;
             }
-            tessera::server::serve(config)
+            tessera_server::serve(config)
         }
         Command::Classify { image, top_k, model, version } => {
             let host = Host::builder().config(config).build()?;

@@ -1,13 +1,17 @@
 //! The network edge: a hyper 1.x HTTP server and a tonic gRPC server over the library's
-//! [`Host`], sharing one serving core (`service.rs`: admission, readiness, request ids,
-//! deadlines) and one shutdown. Cargo features: `http` (this module), `grpc` (the gRPC
-//! listener: `grpc/`, `oip/grpc.rs`), `otlp` (the trace exporter in `telemetry.rs`).
+//! [`Host`], sharing one serving core (`service.rs`: admission, readiness, request ids, the
+//! request context) and one shutdown. It uses the `tessera` library's public API only (the fuzz
+//! targets also call the model files' parsers in its `internals`). Cargo
+//! features: `grpc` (the gRPC listener: `grpc/`, `oip/grpc.rs`), `otlp` (the trace exporter in
+//! `telemetry.rs`); HTTP is always served.
 //!
 //! The server listens at once and loads models and guests in the background; `/readyz`
 //! answers 503 and gRPC health NOT_SERVING until they are loaded. SIGINT/SIGTERM stop
 //! accepting on every listener, let in-flight requests finish within
 //! `limits.shutdown_grace_ms`, and return.
 
+/// The fuzz targets' entry points (`fuzz/`), also replayed over the committed corpus by the tests.
+#[doc(hidden)]
 pub mod fuzz;
 #[cfg(feature = "grpc")]
 mod grpc;
@@ -29,13 +33,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
-use crate::host::{BuildError, Host};
-use crate::metrics::Metrics;
+use tessera::config::Config;
+use tessera::metrics::Metrics;
+use tessera::{BuildError, Host};
 
 #[cfg(feature = "grpc")]
 pub use grpc::code_for;
 pub use http::status_for;
+use service::{AppState, Listener};
 pub use service::{REQUEST_ID, REQUEST_TIMEOUT_MS};
 pub use telemetry::{Telemetry, init_telemetry};
 
@@ -48,19 +53,15 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listener {
-    Main,
-    Admin,
-}
-
 impl Listeners {
     /// Binds `config.addr` and, unless it is off, `config.grpc_addr`.
     pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
         let http = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
         let grpc =
             match config.grpc_addr {
+                // The default address means "gRPC where this build has it".
+                #[cfg(not(feature = "grpc"))]
+                Some(tessera::config::DEFAULT_GRPC_ADDR) => None,
                 #[cfg(not(feature = "grpc"))]
                 Some(addr) => anyhow::bail!(
                     "grpc_addr = {addr}, but this build of tessera has no gRPC server (built without the `grpc` \
@@ -81,19 +82,6 @@ impl Listeners {
             };
         Ok(Listeners { http, grpc, admin })
     }
-}
-
-/// What every connection shares.
-pub(crate) struct AppState {
-    /// Set once models and guests are loaded.
-    host: OnceLock<Arc<Host>>,
-    config: Config,
-    /// One permit per request in the pipeline; none left means 503.
-    places: Arc<Semaphore>,
-    /// Keeps the file watcher alive while the server runs.
-    watch: OnceLock<crate::watch::WatchGuard>,
-    /// Made before the host (requests are counted while it loads), then shared with it.
-    metrics: Arc<Metrics>,
 }
 
 /// Runs the server on `config.addr` (HTTP) and `config.grpc_addr` until SIGINT or SIGTERM

@@ -14,16 +14,16 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, context, model_metadata, run};
-use crate::error::RequestError;
-use crate::host::Host;
-use crate::server::AppState;
-use crate::server::http::{Body, HttpError, json_response, parse_timeout, read_body_by};
+use crate::http::{Body, HttpError, json_response, parse_timeout, read_body_by};
+use crate::service::AppState;
+use tessera::Host;
+use tessera::RequestError;
 
 /// The binary tensor data extension's header: the JSON part's length, binary tensors after it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// Answers a `/v2...` request; `Err` becomes `{"error": "..."}` with the status of its kind.
-pub(in crate::server) async fn handle(
+pub(crate) async fn handle(
     state: &Arc<AppState>,
     req: &http::request::Parts,
     body: &mut Incoming,
@@ -272,7 +272,7 @@ fn encode_response(
 }
 
 /// The OIP error body: `{"error": "..."}` with the status of its kind.
-pub(in crate::server) fn error_response(e: HttpError) -> Response<Body> {
+pub(crate) fn error_response(e: HttpError) -> Response<Body> {
     let mut response = json_response(e.status, &json!({"error": e.message}));
     if e.status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -19,11 +19,11 @@ use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{AppState, Listener, service};
-use crate::error::{ErrorKind, RequestError, Stage};
-use crate::host::Host;
-use crate::pipeline::Classification;
-use crate::request::ClassifyRequest;
+use crate::service::{self, AppState, Listener};
+use tessera::Classification;
+use tessera::ClassifyRequest;
+use tessera::Host;
+use tessera::{ErrorKind, RequestError, Stage};
 
 pub(super) type Body = Full<Bytes>;
 
@@ -48,7 +48,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
 }
 
 /// Answers a request for Tessera's own HTTP API (everything but `/v2`) on `listener`.
-pub(in crate::server) async fn route(
+pub(crate) async fn route(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     listener: Listener,
@@ -99,7 +99,7 @@ impl HttpError {
         HttpError { status, code, message: message.into(), stage: None }
     }
 
-    pub(in crate::server) fn into_response(self, request_id: &str) -> Response<Body> {
+    pub(crate) fn into_response(self, request_id: &str) -> Response<Body> {
         let body = json!({"error": {
             "code": self.code,
             "message": self.message,
@@ -137,7 +137,7 @@ pub(super) fn json_response(status: StatusCode, body: &impl Serialize) -> Respon
         .expect("a valid static response")
 }
 
-pub(in crate::server) fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     service::request_id(headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
 }
 
@@ -168,7 +168,7 @@ fn readyz(state: &AppState) -> Response<Body> {
 }
 
 /// The route's label in the metrics (a bounded set: unknown paths are `other`).
-pub(in crate::server) fn endpoint(path: &str) -> &'static str {
+pub(crate) fn endpoint(path: &str) -> &'static str {
     match path {
         "/" => "/",
         "/v1/classify" => "/v1/classify",
@@ -476,7 +476,7 @@ const DISCARD_FOR: Duration = Duration::from_secs(5);
 /// bounded amount (twice the body limit, for at most [`DISCARD_FOR`]) while the answer goes out;
 /// a body declared larger than that, or one the client holds back behind
 /// `Expect: 100-continue` (reading it would invite it), is dropped at once.
-pub(in crate::server) fn discard_unread(mut body: Incoming, headers: &HeaderMap, max_body: u64) {
+pub(crate) fn discard_unread(mut body: Incoming, headers: &HeaderMap, max_body: u64) {
     use hyper::body::Body as _;
     let budget = max_body.saturating_mul(2);
     let held_back = headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
