@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 
-from protocols import IMAGE, ROOT, ensure_image, wait_ready
+from protocols import IMAGE, ROOT, ensure_image, run_header, wait_ready
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DUR = os.environ.get("DUR", "8")
@@ -29,6 +29,7 @@ def serve(binary: str) -> tuple[subprocess.Popen, str]:
 
 def main() -> None:
     ensure_image()
+    print(run_header(f"BASELINE={os.environ['BASELINE']} just bench-ab"), flush=True)
     servers = {"after": serve(str(ROOT / "target/release/tessera")), "before": serve(os.environ["BASELINE"])}
     ratios = {}
     try:

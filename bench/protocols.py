@@ -21,6 +21,31 @@ DUR = os.environ.get("DUR", "8")
 IMAGE = ROOT / "target/test-data/bench-protocols/crescent-00000.png"
 
 
+def run_header(command: str) -> str:
+    """What a table needs above it (docs/PERFORMANCE.md): the command, the date, the commit (and
+    whether the tree had changes) and the CPU with the vector extensions our kernels choose by."""
+    import datetime
+    import platform
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in flags]
+    return (f"`{command}`, {datetime.date.today().isoformat()}, commit {git('rev-parse', '--short', 'HEAD')}{dirty}, "
+            f"{model} ({os.cpu_count()} CPUs; {' '.join(isa) or 'no AVX2'}; {platform.machine()})")
+
+
 def ensure_image() -> None:
     """Makes IMAGE with the project's shapes generator if it is missing."""
     if not IMAGE.exists():

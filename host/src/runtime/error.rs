@@ -70,9 +70,9 @@ impl GuestFailure {
 }
 
 pub(super) fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
-    match store.data().limiter.refused {
+    match store.data().memory.limiter.refused {
         Some(Refusal::Guest) => return GuestFailure::MemoryExceeded,
-        Some(Refusal::Budget) => return GuestFailure::MemoryBudgetExhausted(store.data().limiter.budget.total),
+        Some(Refusal::Budget) => return GuestFailure::MemoryBudgetExhausted(store.data().memory.limiter.budget.total),
         None => {}
     }
     if let Some(trap) = err.downcast_ref::<Trap>() {
@@ -96,7 +96,7 @@ pub(super) fn failure(err: wasmtime::Error, store: &Store<GuestState>) -> GuestF
             ErrorKind::GuestFailed,
             format!(
                 "the guest handed the host more than limits.guest_output_bytes ({} bytes) at once",
-                store.data().output_bytes
+                store.data().output.bytes
             ),
         );
     }

@@ -1,28 +1,18 @@
-//! The host's `inference` import: what a guest's calls reach (`GuestInference`, implemented by
-//! the pipeline over the repository), within the request's deadline and a cap on calls per guest
-//! call.
+//! The host's `inference` import as a factor (`factor.rs`): what a guest's calls reach
+//! (`GuestInference`, implemented by the pipeline over the repository), within the request's
+//! deadline and a cap on calls per guest call (`limits.guest_infer_calls`). Linked only into
+//! the worlds that import it (`rules`): a preprocessor or postprocessor that imports it is
+//! refused when it loads, not when it calls.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmtime::component::{HasSelf, Linker};
+
 use super::GuestState;
 use super::bindings::{inference, types};
-use crate::error::{ErrorKind, RequestError};
-
-/// What a guest's `inference` import reaches. The runtime defines it and the pipeline implements
-/// it over the model repository, so the runtime knows nothing of models or versions.
-pub trait GuestInference: Send + Sync {
-    /// Runs `model` (its `version`, or the default one) on `input` of `shape` before `deadline`;
-    /// the output's values, or why not, as the pipeline would report it.
-    fn infer(
-        &self,
-        model: &str,
-        version: Option<&str>,
-        shape: &[u32],
-        input: Vec<f32>,
-        deadline: Instant,
-    ) -> Result<Vec<f32>, RequestError>;
-}
+use super::factor::{Call, Factor, Grants, GuestInference, World};
+use crate::error::ErrorKind;
 
 /// What a guest's calls to the host `inference` interface may reach, within the request's
 /// deadline; `None` for the stages that are not given inference.
@@ -32,6 +22,39 @@ pub(super) struct InferenceAccess {
     /// `inference.infer` calls this guest call may still make (`limits.guest_infer_calls`):
     /// rules guests share the serving queue with requests.
     pub(super) calls_left: u32,
+    /// `limits.guest_infer_calls`, for the error message.
+    limit: u32,
+}
+
+/// The `inference` import, configured once from `limits`.
+pub(super) struct InferenceFactor {
+    calls_per_call: u32,
+}
+
+impl InferenceFactor {
+    pub(super) fn new(limits: &crate::config::Limits) -> Self {
+        InferenceFactor { calls_per_call: limits.guest_infer_calls }
+    }
+}
+
+impl Factor for InferenceFactor {
+    type InstanceState = InferenceAccess;
+
+    fn link(&self, linker: &mut Linker<GuestState>, world: World, _grants: &Grants) -> wasmtime::Result<()> {
+        if world.imports_inference() {
+            inference::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+        }
+        Ok(())
+    }
+
+    fn instance_state(&self, call: &Call<'_>) -> InferenceAccess {
+        InferenceAccess {
+            backend: call.inference.clone(),
+            deadline: call.deadline,
+            calls_left: self.calls_per_call,
+            limit: self.calls_per_call,
+        }
+    }
 }
 
 /// A guest called `inference.infer` more than `limits.guest_infer_calls` times in one call.
@@ -57,7 +80,7 @@ impl inference::Host for GuestState {
     ) -> wasmtime::Result<Result<types::Tensor, types::Error>> {
         let access = &mut self.inference;
         if access.calls_left == 0 {
-            return Err(wasmtime::Error::new(TooManyInferCalls(self.infer_calls)));
+            return Err(wasmtime::Error::new(TooManyInferCalls(access.limit)));
         }
         access.calls_left -= 1;
         let Some(backend) = access.backend.as_ref() else {
@@ -71,5 +94,23 @@ impl inference::Host for GuestState {
                 _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Limits;
+    use crate::runtime::{Runtime, default_grants};
+
+    /// The `inference` import is linked only into the world that imports it: a component that
+    /// imports it is refused as a preprocessor when it loads, naming the import, and loads as
+    /// a rules guest.
+    #[test]
+    fn inference_is_linked_only_into_the_world_that_imports_it() {
+        let guest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/probe-rules.wasm");
+        let runtime = Runtime::new(&Limits::default(), None).unwrap();
+        let refused = runtime.load_preprocess(&guest, default_grants()).err().expect("refused").to_string();
+        assert!(refused.contains("tessera:vision/inference"), "{refused}");
+        runtime.load_rules(&guest, Vec::new(), default_grants()).unwrap();
     }
 }

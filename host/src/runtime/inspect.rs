@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::Runtime;
 use super::error::RuntimeError;
+use super::factor::Grants;
 use super::trust::is_precompiled;
-use super::wasi::{self, Grants};
+use super::wasi;
 
 /// What `tessera inspect` tells of a component: the Tessera world it fits (if any), what
 /// becomes of each import under the given grants, and its exports.

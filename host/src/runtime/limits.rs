@@ -1,11 +1,65 @@
-//! Memory limits: each store's cap on its instance's linear memory and tables (`MemoryLimiter`),
-//! and the process-wide budget every live guest instance reserves from (`MemoryBudget`); `LiveStore`
-//! counts the stores alive.
+//! Memory limits as a factor (`factor.rs`): each store's cap on its instance's linear memory and
+//! tables (`MemoryLimiter`, `limits.guest_memory_bytes`), and the process-wide budget every live
+//! guest instance reserves from (`MemoryBudget`, `limits.guest_memory_total_bytes`); `LiveStore`
+//! counts the stores alive. Nothing to link: the limiter is the store's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use wasmtime::ResourceLimiter;
+use wasmtime::component::Linker;
+use wasmtime::{ResourceLimiter, Store};
+
+use super::GuestState;
+use super::factor::{Call, Factor, Grants, World};
+
+/// The memory limits, configured once from `limits`.
+pub(super) struct MemoryFactor {
+    instance_bytes: usize,
+    /// Shared by every store of the runtime.
+    pub(super) budget: Arc<MemoryBudget>,
+    /// Stores (one guest instance each) alive now: the pool slots in use.
+    live_stores: Arc<AtomicUsize>,
+}
+
+/// One instance's part: its limiter, and its place in the count of live stores.
+pub(super) struct InstanceMemory {
+    pub(super) limiter: MemoryLimiter,
+    _live: LiveStore,
+}
+
+impl MemoryFactor {
+    pub(super) fn new(limits: &crate::config::Limits) -> Self {
+        MemoryFactor {
+            instance_bytes: usize::try_from(limits.guest_memory_bytes).unwrap_or(usize::MAX),
+            budget: Arc::new(MemoryBudget::new(usize::try_from(limits.guest_memory_total_bytes).unwrap_or(usize::MAX))),
+            live_stores: Arc::default(),
+        }
+    }
+
+    /// Guest instances alive now.
+    pub(super) fn live_instances(&self) -> usize {
+        self.live_stores.load(Ordering::Relaxed)
+    }
+}
+
+impl Factor for MemoryFactor {
+    type InstanceState = InstanceMemory;
+
+    fn link(&self, _linker: &mut Linker<GuestState>, _world: World, _grants: &Grants) -> wasmtime::Result<()> {
+        Ok(())
+    }
+
+    fn instance_state(&self, _call: &Call<'_>) -> InstanceMemory {
+        InstanceMemory {
+            limiter: MemoryLimiter::new(self.instance_bytes, self.budget.clone()),
+            _live: LiveStore::new(&self.live_stores),
+        }
+    }
+
+    fn prepare_store(&self, store: &mut Store<GuestState>) {
+        store.limiter(|s| &mut s.memory.limiter);
+    }
+}
 
 /// Counts a store as alive from its creation until it is dropped.
 pub(super) struct LiveStore(Arc<AtomicUsize>);
@@ -64,13 +118,13 @@ impl Drop for MemoryLimiter {
 /// together, so that many concurrent large decodes cannot take more than that from the host
 /// (each is also capped alone). Counted as the limiters grant it, not as pages are touched.
 #[derive(Debug)]
-pub(crate) struct MemoryBudget {
+pub(super) struct MemoryBudget {
     pub(super) total: usize,
     used: AtomicUsize,
 }
 
 impl MemoryBudget {
-    pub(crate) fn new(total: usize) -> Self {
+    pub(super) fn new(total: usize) -> Self {
         MemoryBudget { total, used: AtomicUsize::new(0) }
     }
 
@@ -88,7 +142,7 @@ impl MemoryBudget {
     }
 
     /// Bytes granted to live guests now.
-    pub(crate) fn used(&self) -> usize {
+    pub(super) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 }

@@ -5,17 +5,22 @@
 //! request, a trap poisons nothing, and instantiation from the pool is cheap. Guests get
 //! Tessera's own interfaces and only the WASI config grants each (`wasi.rs`).
 //!
-//! This file builds the engine and the pool, links, compiles and loads components, and makes each
-//! call's `Store`; each other concern has its own file: `limits.rs` (memory cap and process
-//! budget), `inference_import.rs` (the `inference` import), `wasi.rs` (WASI grants), `threads.rs`
-//! (epoch ticker, reaper), `target.rs` (compile targets), `trust.rs` (trust checks for native
-//! code), `inspect.rs`, `stages.rs` (the typed stage calls), `error.rs`.
+//! What a guest is given comes from the factors (`factor.rs`): each capability is a module that
+//! links into a world's linker, configures itself from the limits once and makes each instance's
+//! state: `wasi.rs` (WASI grants), `inference_import.rs` (the `inference` import, linked only
+//! into the worlds that import it), `limits.rs` (memory cap and process budget), `output.rs`
+//! (the output cap). This file builds the engine and the pool, makes each world's linker from
+//! the factors, compiles and loads components, and makes each call's `Store`. The other files:
+//! `threads.rs` (epoch ticker, reaper), `target.rs` (compile targets), `trust.rs` (trust checks
+//! for native code), `inspect.rs`, `stages.rs` (the typed stage calls), `error.rs`.
 
 mod bindings;
 mod error;
+mod factor;
 mod inference_import;
 mod inspect;
 mod limits;
+mod output;
 mod stages;
 mod target;
 mod threads;
@@ -23,22 +28,27 @@ mod trust;
 mod wasi;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::config::{EPOCH_TICK_MS, Limits};
-use bindings::{rules, types};
+use bindings::types;
 pub use error::{GuestFailure, RuntimeError};
 use error::{failure, reported};
-pub use inference_import::GuestInference;
+use factor::Call;
+use factor::Factor;
+pub use factor::Grants;
+pub use factor::GuestInference;
+pub use factor::World;
 use inference_import::InferenceAccess;
+use inference_import::InferenceFactor;
 pub use inspect::{Import, Inspection};
-pub(crate) use limits::MemoryBudget;
-use limits::{LiveStore, MemoryLimiter};
+use limits::InstanceMemory;
+use limits::MemoryFactor;
+use output::OutputCap;
+use output::OutputFactor;
 pub use stages::{Phases, PostprocessGuest, PreprocessGuest, RulesGuest};
 pub use target::CompileTarget;
 #[cfg(not(feature = "compiler"))]
@@ -48,18 +58,15 @@ pub use trust::is_precompiled;
 #[cfg(feature = "compiler")]
 use trust::private_cache_dir;
 use trust::trusted;
-pub use wasi::{Grants, default_grants};
+use wasi::WasiFactor;
+pub use wasi::default_grants;
 
-/// Per-request guest state: only the capabilities that request has.
+/// One guest call's state: each factor's part (`factor.rs`), only the capabilities that call has.
 pub struct GuestState {
-    limiter: MemoryLimiter,
-    inference: InferenceAccess,
     wasi: wasi::WasiState,
-    /// The store's hostcall fuel: the most a guest may hand the host in one crossing.
-    output_bytes: usize,
-    /// `limits.guest_infer_calls`, for the error message.
-    infer_calls: u32,
-    _live: LiveStore,
+    inference: InferenceAccess,
+    memory: InstanceMemory,
+    output: OutputCap,
 }
 
 impl wasmtime_wasi::WasiView for GuestState {
@@ -68,20 +75,58 @@ impl wasmtime_wasi::WasiView for GuestState {
     }
 }
 
-/// The engine, the linker and the epoch ticker, shared by every guest stage.
+/// Every factor, configured once from the limits.
+struct Factors {
+    wasi: WasiFactor,
+    inference: InferenceFactor,
+    memory: MemoryFactor,
+    output: OutputFactor,
+}
+
+impl Factors {
+    fn new(limits: &crate::config::Limits) -> Self {
+        Factors {
+            wasi: WasiFactor,
+            inference: InferenceFactor::new(limits),
+            memory: MemoryFactor::new(limits),
+            output: OutputFactor::new(limits),
+        }
+    }
+
+    /// Every factor's links for `world` and `grants`.
+    fn link(&self, linker: &mut Linker<GuestState>, world: World, grants: &Grants) -> wasmtime::Result<()> {
+        self.wasi.link(linker, world, grants)?;
+        self.inference.link(linker, world, grants)?;
+        self.memory.link(linker, world, grants)?;
+        self.output.link(linker, world, grants)
+    }
+
+    /// The state of one guest call, every factor's part of it.
+    fn instance_state(&self, call: &Call<'_>) -> GuestState {
+        GuestState {
+            wasi: self.wasi.instance_state(call),
+            inference: self.inference.instance_state(call),
+            memory: self.memory.instance_state(call),
+            output: self.output.instance_state(call),
+        }
+    }
+
+    /// Every factor's settings on a call's store.
+    fn prepare_store(&self, store: &mut Store<GuestState>) {
+        self.wasi.prepare_store(store);
+        self.inference.prepare_store(store);
+        self.memory.prepare_store(store);
+        self.output.prepare_store(store);
+    }
+}
+
+/// The engine, the linkers and the epoch ticker, shared by every guest stage.
 pub struct Runtime {
     engine: Engine,
-    /// One linker per set of WASI grants, made when a guest first needs it.
-    linkers: std::sync::Mutex<std::collections::HashMap<Grants, Linker<GuestState>>>,
-    guest_memory_bytes: usize,
-    /// `limits.guest_memory_total_bytes`, shared by every store of this runtime.
-    memory_budget: Arc<MemoryBudget>,
-    /// `limits.guest_output_bytes`: wasmtime's hostcall fuel for each store.
-    guest_output_bytes: usize,
-    /// `limits.guest_infer_calls`.
-    guest_infer_calls: u32,
-    /// Stores (one guest instance each) alive now: the pool slots in use.
-    live_stores: Arc<AtomicUsize>,
+    /// The capabilities guests are given, configured from the limits.
+    factors: Factors,
+    /// One linker per world and set of WASI grants, made when a guest first needs it.
+    linkers: std::sync::Mutex<std::collections::HashMap<(World, Grants), Linker<GuestState>>>,
     reaper: Reaper,
     _ticker: EpochTicker,
 }
@@ -101,7 +146,6 @@ impl Runtime {
         cache_dir: Option<&Path>,
         target: &CompileTarget,
     ) -> Result<Self, RuntimeError> {
-        let guest_memory_bytes = limits.guest_memory_bytes as usize;
         // A request runs its stages one after another, so at most one live instance per
         // in-flight request, and stores wait for the reaper thread before their slot is free:
         // twice the requests, and never fewer than 128 (the slots reserve address space, not
@@ -114,7 +158,7 @@ impl Runtime {
             .total_core_instances(slots.saturating_mul(4))
             .total_memories(memories)
             .total_tables(slots.saturating_mul(4))
-            .max_memory_size(guest_memory_bytes)
+            .max_memory_size(limits.guest_memory_bytes as usize)
             // Python and JS guests bundle several core modules, each with its own memory.
             .max_memories_per_component(8)
             .max_core_instances_per_component(64);
@@ -184,30 +228,26 @@ impl Runtime {
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime {
             engine,
+            factors: Factors::new(limits),
             linkers: Default::default(),
-            guest_memory_bytes,
-            memory_budget: Arc::new(MemoryBudget::new(
-                usize::try_from(limits.guest_memory_total_bytes).unwrap_or(usize::MAX),
-            )),
-            guest_output_bytes: usize::try_from(limits.guest_output_bytes).unwrap_or(usize::MAX),
-            guest_infer_calls: limits.guest_infer_calls,
-            live_stores: Arc::default(),
             reaper: Reaper::start(slots as usize / 2),
             _ticker: ticker,
         })
     }
 
-    /// The linker for guests granted `grants`: Tessera's interfaces and WASI (`wasi.rs`).
-    fn linker(&self, grants: &Grants) -> Result<Linker<GuestState>, RuntimeError> {
+    /// The linker for guests of `world` granted `grants`: Tessera's types and what each factor
+    /// links for them (WASI as granted, `inference` where the world imports it).
+    fn linker(&self, world: World, grants: &Grants) -> Result<Linker<GuestState>, RuntimeError> {
         let mut linkers = self.linkers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(linker) = linkers.get(grants) {
+        let key = (world, grants.clone());
+        if let Some(linker) = linkers.get(&key) {
             return Ok(linker.clone());
         }
         let mut linker = Linker::new(&self.engine);
-        rules::Rules::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .and_then(|()| wasi::add_to_linker(&mut linker, grants))
+        types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .and_then(|()| self.factors.link(&mut linker, world, grants))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        linkers.insert(grants.clone(), linker.clone());
+        linkers.insert(key, linker.clone());
         Ok(linker)
     }
 
@@ -218,14 +258,17 @@ impl Runtime {
     fn compile<P>(
         &self,
         path: &Path,
-        world: &'static str,
+        world: World,
         grants: &Grants,
         typed: impl FnOnce(InstancePre<GuestState>) -> wasmtime::Result<P>,
     ) -> Result<P, RuntimeError> {
-        let invalid =
-            |e: wasmtime::Error| RuntimeError::Invalid { path: path.to_path_buf(), world, message: format!("{e:#}") };
+        let invalid = |e: wasmtime::Error| RuntimeError::Invalid {
+            path: path.to_path_buf(),
+            world: world.name(),
+            message: format!("{e:#}"),
+        };
         let started = Instant::now();
-        let (component, bytes) = self.component(path, world)?;
+        let (component, bytes) = self.component(path, world.name())?;
         let precompiled = is_precompiled(path);
         let unknown: Vec<String> = component
             .component_type()
@@ -236,12 +279,12 @@ impl Runtime {
         if !unknown.is_empty() {
             return Err(RuntimeError::UnknownImports { path: path.to_path_buf(), imports: unknown });
         }
-        let mut linker = self.linker(grants)?;
+        let mut linker = self.linker(world, grants)?;
         wasi::stub_ungranted(&mut linker, &self.engine, &component, grants).map_err(invalid)?;
         let pre = linker.instantiate_pre(&component).and_then(typed).map_err(invalid)?;
         tracing::info!(
             path = %path.display(),
-            world,
+            world = world.name(),
             bytes,
             precompiled,
             load_ms = started.elapsed().as_millis() as u64,
@@ -311,7 +354,7 @@ impl Runtime {
 
     /// Guest instances alive now (each call has its own store and instance).
     pub fn live_instances(&self) -> usize {
-        self.live_stores.load(Ordering::Relaxed)
+        self.factors.memory.live_instances()
     }
 
     /// Linear-memory pool slots that an instance used and that are free now (each keeps up to
@@ -322,7 +365,7 @@ impl Runtime {
 
     /// Linear memory granted to the guest instances alive now, all together.
     pub fn guest_memory_in_use(&self) -> usize {
-        self.memory_budget.used()
+        self.factors.memory.budget.used()
     }
 
     /// Instantiates a guest in `store` and makes one call, timing both phases and classifying
@@ -357,36 +400,17 @@ impl Runtime {
         Ok((value.map_err(reported)?, phases))
     }
 
-    /// A store for one guest call that traps once `deadline` passes.
-    fn store(
-        &self,
-        deadline: Instant,
-        backend: Option<Arc<dyn GuestInference>>,
-        name: &str,
-        grants: &Grants,
-        output_bytes: usize,
-    ) -> Result<Store<GuestState>, GuestFailure> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+    /// A store for one guest call, holding what each factor gives it, that traps once the
+    /// call's deadline passes.
+    fn store(&self, call: Call<'_>) -> Result<Store<GuestState>, GuestFailure> {
+        let remaining = call.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(GuestFailure::DeadlineExceeded);
         }
-        let state = GuestState {
-            limiter: MemoryLimiter::new(self.guest_memory_bytes, self.memory_budget.clone()),
-            inference: InferenceAccess { backend, deadline, calls_left: self.guest_infer_calls },
-            wasi: wasi::WasiState::new(grants, name),
-            output_bytes,
-            infer_calls: self.guest_infer_calls,
-            _live: LiveStore::new(&self.live_stores),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let mut store = Store::new(&self.engine, self.factors.instance_state(&call));
+        self.factors.prepare_store(&mut store);
         store.set_epoch_deadline((remaining.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1));
         store.epoch_deadline_trap();
-        // wasmtime counts the bytes it lifts out of the guest (strings, lists) against this
-        // "hostcall fuel" on every crossing, a result included, and fails the call once it runs
-        // out, before copying: a guest returning a 100 MB `reason` costs the host nothing
-        // (its 128 MiB default let it through as a 100 MB HTTP body).
-        store.set_hostcall_fuel(output_bytes);
         Ok(store)
     }
 }

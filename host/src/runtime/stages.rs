@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::bindings::{postprocessor, preprocessor, rules, types};
 use super::error::{GuestFailure, RuntimeError};
-use super::inference_import::GuestInference;
-use super::wasi::Grants;
+use super::factor::{Call, Grants, GuestInference, World};
 use super::{GuestState, Runtime};
 use crate::config::Limits;
 use crate::error::ErrorKind;
@@ -73,12 +72,12 @@ pub(super) fn guest_name(path: &Path) -> String {
 
 impl Runtime {
     pub fn load_preprocess(&self, path: &Path, grants: Grants) -> Result<PreprocessGuest, RuntimeError> {
-        let pre = self.compile(path, "preprocessor", &grants, preprocessor::PreprocessorPre::new)?;
+        let pre = self.compile(path, World::Preprocessor, &grants, preprocessor::PreprocessorPre::new)?;
         Ok(PreprocessGuest { name: guest_name(path), grants, pre })
     }
 
     pub fn load_postprocess(&self, path: &Path, grants: Grants) -> Result<PostprocessGuest, RuntimeError> {
-        let pre = self.compile(path, "postprocessor", &grants, postprocessor::PostprocessorPre::new)?;
+        let pre = self.compile(path, World::Postprocessor, &grants, postprocessor::PostprocessorPre::new)?;
         Ok(PostprocessGuest { name: guest_name(path), grants, pre })
     }
 
@@ -88,7 +87,7 @@ impl Runtime {
         config: Vec<(String, String)>,
         grants: Grants,
     ) -> Result<RulesGuest, RuntimeError> {
-        let pre = self.compile(path, "rules", &grants, rules::RulesPre::new)?;
+        let pre = self.compile(path, World::Rules, &grants, rules::RulesPre::new)?;
         Ok(RulesGuest { name: guest_name(path), grants, config, pre })
     }
 
@@ -105,8 +104,13 @@ impl Runtime {
     ) -> Result<(Vec<f32>, Phases), GuestFailure> {
         // The result is the model's input tensor, whatever the output cap.
         let tensor_bytes = spec.input_shape.iter().map(|&d| d as usize).product::<usize>() * 4 + 4096;
-        let store =
-            self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes.max(tensor_bytes))?;
+        let store = self.store(Call {
+            deadline,
+            guest: &guest.name,
+            grants: &guest.grants,
+            inference: None,
+            output_bytes: self.factors.output.max_bytes.max(tensor_bytes),
+        })?;
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
         let decode =
             types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
@@ -140,7 +144,13 @@ impl Runtime {
         top_k: u32,
         deadline: Instant,
     ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
-        let store = self.store(deadline, None, &guest.name, &guest.grants, self.guest_output_bytes)?;
+        let store = self.store(Call {
+            deadline,
+            guest: &guest.name,
+            grants: &guest.grants,
+            inference: None,
+            output_bytes: self.factors.output.max_bytes,
+        })?;
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
         let (preds, phases) = self.run_guest(
             store,
@@ -162,7 +172,13 @@ impl Runtime {
         inference: Arc<dyn GuestInference>,
         deadline: Instant,
     ) -> Result<(Decision, Phases), GuestFailure> {
-        let store = self.store(deadline, Some(inference), &guest.name, &guest.grants, self.guest_output_bytes)?;
+        let store = self.store(Call {
+            deadline,
+            guest: &guest.name,
+            grants: &guest.grants,
+            inference: Some(inference),
+            output_bytes: self.factors.output.max_bytes,
+        })?;
         let wit_preds: Vec<types::Prediction> = preds
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })

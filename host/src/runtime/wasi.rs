@@ -9,7 +9,6 @@
 //! (`Linker::define_unknown_imports_as_traps`), so a component built with a language's default
 //! imports loads, and a call it was not granted fails with the function's name.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 pub use crate::config::WasiGrant as Grant;
@@ -23,12 +22,28 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 
-/// A guest's grants; one linker is made per distinct set.
-pub type Grants = BTreeSet<Grant>;
+use super::GuestState;
+use super::factor::{Call, Factor, Grants, World};
 
 /// What a guest gets when config names no grants: the minimum a language runtime needs.
 pub fn default_grants() -> Grants {
     crate::config::DEFAULT_WASI_GRANTS.into_iter().collect()
+}
+
+/// WASI as a factor (`factor.rs`): every world gets the same interfaces, as its guest's grants
+/// say; nothing to configure beyond the grants, which are per guest.
+pub(super) struct WasiFactor;
+
+impl Factor for WasiFactor {
+    type InstanceState = WasiState;
+
+    fn link(&self, linker: &mut Linker<GuestState>, _world: World, grants: &Grants) -> wasmtime::Result<()> {
+        add_to_linker(linker, grants)
+    }
+
+    fn instance_state(&self, call: &Call<'_>) -> WasiState {
+        WasiState::new(call.grants, call.guest)
+    }
 }
 
 /// The WASI state of one guest call.
@@ -173,7 +188,7 @@ impl HasData for Table {
 }
 
 /// Adds the WASI interfaces every guest gets, and those `grants` add, to `linker`.
-pub(super) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>, grants: &Grants) -> wasmtime::Result<()> {
+fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>, grants: &Grants) -> wasmtime::Result<()> {
     fn table<T: WasiView>(t: &mut T) -> &mut ResourceTable {
         t.ctx().table
     }
