@@ -1,8 +1,8 @@
 //! Why a request failed ([`RequestError`]): what failed, in which stage, and whose fault it was.
 //! Every way into Tessera (HTTP, gRPC, OIP, the library, the C API) answers with it.
 //!
-//! The HTTP and gRPC layers turn these into status codes (see `server::status_for`, `server::code_for`); the
-//! library never speaks HTTP.
+//! The server turns these into status codes (`tessera_server::status_for`, `code_for`) and the C
+//! API into its status; the library never speaks HTTP.
 
 use std::fmt;
 

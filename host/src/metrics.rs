@@ -1,7 +1,7 @@
 //! Prometheus metrics (`prometheus-client`): what the serving layer and the pipeline count, and
 //! the text exposition `/metrics` serves. Every family is documented in docs/API.md.
 //!
-//! Counters and histograms are recorded where things happen (requests in `server/service.rs`,
+//! Counters and histograms are recorded where things happen (requests in tessera-server's `service.rs`,
 //! stages, models and guests in `pipeline.rs`); gauges of state (queue depth, loaded versions,
 //! guest instances) are sampled from the host when scraped. Nothing here knows a protocol: the
 //! protocol is a label its caller passes.

@@ -25,7 +25,7 @@ skips the gate and says so: for seeded benchmark weights, which have no accuracy
 random-input answers are near ties, so no int8 graph of them could pass).
 
 Choices, each measured with `cargo run --release -p tessera --example profile` on ResNet-50
-(docs/PERFORMANCE.md has the figures):
+(docs/history/PERFORMANCE-journal.md has the figures):
 - Only Conv (with its ReLU, or ReLU6 as Clip, folded into the output range) and MaxPool are
   quantized. (Clip left in float cost a seeded MobileNetV2 a Dequantize/Quantize pair per
   ReLU6: 8 of 30 ms.) Depthwise convolutions run on Tessera's own kernel in float

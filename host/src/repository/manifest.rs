@@ -107,7 +107,7 @@ pub struct Manifest {
     pub engine: EngineKind,
     /// Dynamic batching (Triton's names): up to this many queued requests run as one batch;
     /// absent or 1: off. Only engines that batch honour it (onnxruntime, for a model whose
-    /// batch axis is dynamic); see docs/PERFORMANCE.md for where it wins.
+    /// batch axis is dynamic); see docs/history/PERFORMANCE-journal.md for where it wins.
     #[serde(default)]
     pub max_batch_size: Option<u32>,
     /// How long a worker holding fewer than `max_batch_size` requests waits for more.

@@ -171,15 +171,16 @@ impl Runtime {
         // reloads (docs/RELIABILITY.md, soak). With one spare per request that can be in
         // flight, reloaded guests reuse the slots their predecessors warmed. A module still
         // takes its own free slot first whatever this is; served A/B at c = 4 with a Python
-        // rules guest, 100 vs this vs 0: no difference beyond noise (docs/PERFORMANCE.md).
+        // rules guest, 100 vs this vs 0: no difference beyond noise
+        // (docs/history/PERFORMANCE-journal.md).
         pool.max_unused_warm_slots(limits.concurrent_requests());
         // By default a freed slot's memory goes back to the kernel (madvise), and the next
         // instance faults every page it touches in again: for a Python or JS guest, whose
         // interpreter touches hundreds of pages of its pre-initialised heap per call, that was
         // ~40 % of the call (0.75 → 0.51 ms Python, 0.89 → 0.51 ms JS, 0.81 → 0.33 ms Go
-        // instantiate: `tessera test-rules --repeat 20`, docs/PERFORMANCE.md). Keeping pages
-        // resident means resetting them in place; wasmtime does that for only the pages a call
-        // dirtied when the kernel reports them (PAGEMAP_SCAN), and otherwise for all
+        // instantiate: `tessera test-rules --repeat 20`, docs/history/PERFORMANCE-journal.md).
+        // Keeping pages resident means resetting them in place; wasmtime does that for only the
+        // pages a call dirtied when the kernel reports them (PAGEMAP_SCAN), and otherwise for all
         // `keep_resident` bytes of every memory at every free, which would cost more than the
         // faults it saves, so it is used only with the scan.
         let keep = usize::try_from(limits.guest_keep_resident_bytes).unwrap_or(usize::MAX);

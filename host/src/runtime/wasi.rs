@@ -5,9 +5,9 @@
 //! stderr that go nowhere, a filesystem with no preopened directory (every path fails), exit.
 //! Config grants more per guest ([`Grant`]): the clocks, randomness, and stdout/stderr into the
 //! host's log (truncated; see [`GuestOutput`]). Everything else a component imports from `wasi:*`
-//! (sockets, HTTP, ...) is linked as a function that traps naming itself when called
-//! (`Linker::define_unknown_imports_as_traps`), so a component built with a language's default
-//! imports loads, and a call it was not granted fails with the function's name.
+//! (sockets, HTTP, ...) is linked as a function that fails naming itself when called
+//! ([`stub_ungranted`]), so a component built with a language's default imports loads, and a
+//! call it was not granted fails with the function's name.
 
 use std::sync::{Arc, Mutex};
 

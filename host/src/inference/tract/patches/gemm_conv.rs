@@ -3,7 +3,7 @@
 //! tract 0.23.9 runs a float convolution as its packing ops plus `OptMatMul`, whose kernels
 //! (`avx512_mmm_f32_32x12`, ...) stream the whole depth K for every output tile with no cache
 //! blocking: on ResNet-50 the matrix products ran at ~70 GFLOP/s on one core of this Xeon where
-//! sgemm reaches ~175 (docs/PERFORMANCE.md). This op does the convolution as one GEMM,
+//! sgemm reaches ~175 (docs/history/PERFORMANCE-journal.md). This op does the convolution as one GEMM,
 //! `out[c_out × (h·w)] = W[c_out × K] · cols[K × (h·w)] + bias`, K = c_in·kh·kw, with the ONNX
 //! kernel (OIHW) already the row-major W: on CPUs with AVX-512 on our packed kernels
 //! ([`super::sgemm`]: weights packed at load, columns gathered straight from the image), else
