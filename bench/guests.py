@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocols import IMAGE, ROOT, ensure_image, wait_ready  # noqa: E402
+from protocols import IMAGE, ROOT, ensure_image, run_header, wait_ready  # noqa: E402
 
 LANGS = ["rust", "python", "js", "c", "go"]
 # Also served with `limits.guest_keep_resident_bytes = 0` (slots hand their pages back to the
@@ -112,6 +112,7 @@ def ab(baseline: str) -> None:
 
 def main() -> None:
     ensure_image()
+    print(run_header("just bench-guests"), flush=True)
     facts = compile_all()
     if os.environ.get("BASELINE"):
         return ab(os.environ["BASELINE"])

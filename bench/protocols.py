@@ -65,6 +65,7 @@ def wait_ready(http: str) -> None:
 
 def main() -> None:
     ensure_image()
+    print(run_header("just bench-protocols"), flush=True)
     server = subprocess.Popen([str(ROOT / "target/release/tessera"), "serve", "--addr", "127.0.0.1:0",
                                "--grpc-addr", "127.0.0.1:0", "--no-watch"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)

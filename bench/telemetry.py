@@ -21,7 +21,7 @@ from concurrent import futures
 
 import grpc
 
-from protocols import DUR, IMAGE, ROOT, ROUNDS, ensure_image, wait_ready
+from protocols import DUR, IMAGE, ROOT, ROUNDS, ensure_image, run_header, wait_ready
 
 
 class Collector:
@@ -58,6 +58,7 @@ def serve(extra: list[str], binary: str = str(ROOT / "target/release/tessera")) 
 
 def main() -> None:
     ensure_image()
+    print(run_header("just bench-telemetry"), flush=True)
     collector = Collector()
     off = ["--grpc-addr", "off", "--admin-addr", "off"]
     servers = {"untraced": serve(off), "traced": serve([*off, "--otlp-endpoint", f"http://127.0.0.1:{collector.port}"])}

@@ -45,6 +45,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+from protocols import run_header  # noqa: E402  (bench/ is not a package)
 PROTO = ROOT / "proto" / "image_recognition.proto"
 LOADGEN = ROOT / "target" / "release" / "tessera-loadgen"
 TESSERA = ROOT / "target" / "release" / "tessera"
@@ -314,6 +316,8 @@ def main() -> None:
         plan = [p for p in plan if f"{p[0]}/{p[1]}" in only]
         results.setdefault("rerun", []).extend(sorted(only))
         run = 1 + max((c["run"] for c in results["cells"]), default=0)
+    # What each run's rows need above them: command, date, commit, CPU (docs/PERFORMANCE.md).
+    results.setdefault("headers", {})[str(run)] = run_header("just bench-peers " + " ".join(sys.argv[1:]))
     for model, name, start, cells in plan:
         print(f"{model} / {name}", flush=True)
         server = start()
@@ -408,6 +412,9 @@ def write_summary(results: dict) -> None:
     lines = [f"# bench-peers results ({'quick' if results['quick'] else 'full'} run, "
              f"{results['seconds_per_cell']:.0f} s per cell)", ""]
     runs = sorted({c["run"] for c in cells})
+    headers = results.get("headers", {})
+    lines += [f"Run {r}: " + headers.get(str(r), "command, date, commit and CPU not recorded (before 2026-12-07)")
+              for r in runs] + [""]
     if runs != [0]:
         lines += ["The rows come from more than one run: `run` 0 is the full run, each higher number a run of "
                   "some systems merged afterwards (`--only`), after a change (a run whose rows were all "

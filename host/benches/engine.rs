@@ -221,6 +221,41 @@ struct Row {
     latency: Figures,
 }
 
+/// What a table needs above it (docs/PERFORMANCE.md): the command, the date, the commit (and
+/// whether the tree had changes) and the CPU with the vector extensions our kernels choose by.
+fn run_header() -> String {
+    let run = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let dirty = if run("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        ""
+    } else {
+        " (with uncommitted changes)"
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).map(|(_, v)| v.trim()))
+    };
+    let flags: Vec<&str> = field("flags").unwrap_or("").split_whitespace().collect();
+    let isa: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]
+        .into_iter()
+        .filter(|f| flags.contains(f))
+        .collect();
+    format!(
+        "`./run bench-engine`, {}, commit {}{dirty}, {} ({} CPUs; {}; {})",
+        run("date", &["-u", "+%F"]),
+        run("git", &["rev-parse", "--short", "HEAD"]),
+        field("model name").unwrap_or("unknown CPU"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if isa.is_empty() { "no AVX2".to_string() } else { isa.join(" ") },
+        std::env::consts::ARCH,
+    )
+}
+
 fn main() {
     if let Some(model) = std::env::var_os(CHILD_ENV) {
         return child(Path::new(&model));
@@ -229,6 +264,7 @@ fn main() {
         return rss_child(&spec);
     }
     let amx = tessera::internals::request_amx_int8(true);
+    println!("{}\n", run_header());
     println!(
         "# Engines: tract, Tessera's onnxruntime and Python onnxruntime, batch 1, {THREADS} threads, {SECONDS} s per setup\n"
     );
