@@ -35,6 +35,14 @@ fn trapping_looping_and_hoarding_guests_are_contained() {
     assert!(body.to_string().len() < 4096, "the error is small");
     assert_still_serving(&server, &good, &case.label);
 
+    // Every request gets a fresh instance: a guest counting its calls in a global sees 1 each
+    // time, however many requests came before.
+    for _ in 0..3 {
+        let (status, body, _) = server.classify(&good, "", &[("x-probe", "count")]);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["decision"]["reason"], "call 1 of this instance", "state leaked between requests: {body}");
+    }
+
     // A guest that imports the host's inference interface can call the model.
     let (status, body, _) = server.classify(&good, "", &[("x-probe", "infer")]);
     assert_eq!(status, 200, "{body}");

@@ -9,6 +9,8 @@
 //! - `infer-flood`: calls `inference` 10 000 times, ignoring errors (the host's cap must end it);
 //! - `infer`: calls the host's `inference` interface on an all-zero input of `x-probe-model`
 //!   and reports the winning class in its reason;
+//! - `count`: counts its calls in a global and reports the count in its reason (with a fresh
+//!   instance per request, always 1: no state leaks from one request to the next);
 //! - anything else or absent: accepts.
 //!
 //! It exists to prove the host contains guests; it is not built for production.
@@ -24,6 +26,9 @@ mod component {
 
     struct Probe;
 
+    /// Calls this instance has answered: a guest's globals live as long as its instance.
+    static CALLS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
     fn meta<'a>(meta: &'a Metadata, key: &str) -> Option<&'a str> {
         meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
@@ -31,7 +36,9 @@ mod component {
     impl Guest for Probe {
         fn decide(_preds: Vec<Prediction>, md: Metadata, _config: Metadata) -> Result<Decision, Error> {
             let ok = |reason: String| Decision { accepted: true, reason, category: None, tags: vec![] };
+            let calls = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) + 1;
             match meta(&md, "x-probe") {
+                Some("count") => Ok(ok(format!("call {calls} of this instance"))),
                 Some("trap") => panic!("probe asked to trap"),
                 Some("loop") => {
                     let mut n: u64 = 0;
