@@ -258,7 +258,7 @@ def unit_tests() -> dict:
     """The library's unit tests in the runtime-only feature set (our tract patches' byte-identity
     checks among them), built for aarch64 and run under qemu by cargo's runner (.cargo/config.toml)."""
     command = ["cargo", "test", "--release", "--target", TRIPLE, "-p", "tessera", "--lib", "--no-default-features",
-               "--features", "http,tract-patches", "--", "--nocapture", "--test-threads", "2"]
+               "--features", "tract-patches", "--", "--nocapture", "--test-threads", "2"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     (WORK / "unit-tests.log").write_text(done.stdout + done.stderr)
     summary = [line for line in done.stdout.splitlines() if line.startswith("test result:")]
