@@ -224,21 +224,23 @@ pub fn compile(
 /// Compiles (or loads from the compile cache) every configured pipeline's guests, each
 /// component once however many pipelines use it.
 fn load_pipelines(runtime: &Runtime, config: &Config) -> Result<Pipelines, RuntimeError> {
-    let mut pre: HashMap<PathBuf, runtime::PreprocessGuest> = HashMap::new();
-    let mut post: HashMap<PathBuf, runtime::PostprocessGuest> = HashMap::new();
+    let mut pre: HashMap<(PathBuf, runtime::Grants), runtime::PreprocessGuest> = HashMap::new();
+    let mut post: HashMap<(PathBuf, runtime::Grants), runtime::PostprocessGuest> = HashMap::new();
     let mut rules: HashMap<(PathBuf, runtime::Grants), runtime::RulesGuest> = HashMap::new();
     let mut by_name = BTreeMap::new();
     for (name, g) in config.resolved_pipelines() {
-        let preprocess = match pre.get(&g.preprocess) {
+        let key = (g.preprocess.clone(), g.preprocess_wasi.iter().copied().collect::<runtime::Grants>());
+        let preprocess = match pre.get(&key) {
             Some(guest) => guest.clone(),
-            None => runtime.load_preprocess(&g.preprocess, default_grants())?,
+            None => runtime.load_preprocess(&g.preprocess, key.1.clone())?,
         };
-        pre.insert(g.preprocess.clone(), preprocess.clone());
-        let postprocess = match post.get(&g.postprocess) {
+        pre.insert(key, preprocess.clone());
+        let key = (g.postprocess.clone(), g.postprocess_wasi.iter().copied().collect::<runtime::Grants>());
+        let postprocess = match post.get(&key) {
             Some(guest) => guest.clone(),
-            None => runtime.load_postprocess(&g.postprocess, default_grants())?,
+            None => runtime.load_postprocess(&g.postprocess, key.1.clone())?,
         };
-        post.insert(g.postprocess.clone(), postprocess.clone());
+        post.insert(key, postprocess.clone());
         let mut chain = Vec::with_capacity(g.rules.len());
         for r in &g.rules {
             let settings = r.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -316,7 +318,11 @@ pub struct UnloadableModel {
 pub struct PipelineStatus {
     pub name: String,
     pub preprocess: String,
+    /// The WASI the preprocess guest was granted (`preprocess_wasi`).
+    pub preprocess_wasi: Vec<crate::config::WasiGrant>,
     pub postprocess: String,
+    /// The WASI the postprocess guest was granted (`postprocess_wasi`).
+    pub postprocess_wasi: Vec<crate::config::WasiGrant>,
     /// The rules chain's guests, in order.
     pub rules: Vec<String>,
     /// The models whose requests get it when they select none (every other model, for
@@ -348,7 +354,8 @@ impl Preprocessor {
     pub fn new(config: &Config, model_toml: &std::path::Path) -> Result<Self, BuildError> {
         config.validate()?;
         let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?;
-        let guest = runtime.load_preprocess(&config.guests.preprocess, default_grants())?;
+        let grants = config.guests.preprocess_wasi.iter().copied().collect();
+        let guest = runtime.load_preprocess(&config.guests.preprocess, grants)?;
         let manifest = repository::Manifest::from_file(model_toml)?;
         Ok(Preprocessor { runtime, guest, manifest, limits: config.limits.clone() })
     }
@@ -472,7 +479,9 @@ impl Host {
             .map(|p| PipelineStatus {
                 name: p.name.clone(),
                 preprocess: p.preprocess.name.clone(),
+                preprocess_wasi: p.preprocess.grants.iter().copied().collect(),
                 postprocess: p.postprocess.name.clone(),
+                postprocess_wasi: p.postprocess.grants.iter().copied().collect(),
                 rules: p.rules.iter().map(|r| r.name.clone()).collect(),
                 models: models.iter().filter(|m| m.pipeline == p.name).map(|m| m.name.clone()).collect(),
             })

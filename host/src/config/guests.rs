@@ -11,7 +11,14 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct GuestsConfig {
     pub preprocess: PathBuf,
+    /// The WASI the preprocess guest may use, as a rules guest's `wasi` (docs/API.md); absent:
+    /// `["clocks", "random"]`.
+    #[serde(default = "default_wasi_grants")]
+    pub preprocess_wasi: Vec<WasiGrant>,
     pub postprocess: PathBuf,
+    /// The same for the postprocess guest.
+    #[serde(default = "default_wasi_grants")]
+    pub postprocess_wasi: Vec<WasiGrant>,
     /// Business rules, run in order; the first rejection ends the chain.
     pub rules: Vec<RuleConfig>,
 }
@@ -22,7 +29,9 @@ pub struct GuestsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
     pub preprocess: Option<PathBuf>,
+    pub preprocess_wasi: Option<Vec<WasiGrant>>,
     pub postprocess: Option<PathBuf>,
+    pub postprocess_wasi: Option<Vec<WasiGrant>>,
     pub rules: Option<Vec<RuleConfig>>,
     /// Models whose requests get this pipeline when they select none. A model is in at most
     /// one pipeline's list; the others get the default pipeline.
@@ -93,7 +102,9 @@ impl Default for GuestsConfig {
         let dir = Path::new(DEFAULT_GUEST_DIR);
         GuestsConfig {
             preprocess: dir.join("preprocess.wasm"),
+            preprocess_wasi: default_wasi_grants(),
             postprocess: dir.join("postprocess.wasm"),
+            postprocess_wasi: default_wasi_grants(),
             rules: vec![RuleConfig {
                 path: dir.join("rules-threshold.wasm"),
                 config: BTreeMap::from([("min-confidence".to_string(), "0.5".to_string())]),

@@ -411,7 +411,9 @@ impl Config {
         let named = self.pipelines.iter().map(|(name, p)| {
             let guests = GuestsConfig {
                 preprocess: p.preprocess.clone().unwrap_or_else(|| g.preprocess.clone()),
+                preprocess_wasi: p.preprocess_wasi.clone().unwrap_or_else(|| g.preprocess_wasi.clone()),
                 postprocess: p.postprocess.clone().unwrap_or_else(|| g.postprocess.clone()),
+                postprocess_wasi: p.postprocess_wasi.clone().unwrap_or_else(|| g.postprocess_wasi.clone()),
                 rules: p.rules.clone().unwrap_or_else(|| g.rules.clone()),
             };
             (name.clone(), guests)
@@ -481,10 +483,12 @@ mod tests {
         let text = r#"
             [guests]
             preprocess = "pre.wasm"
+            preprocess_wasi = ["stderr"]
             [[guests.rules]]
             path = "a.wasm"
             [pipelines.strict]
             postprocess = "post2.wasm"
+            postprocess_wasi = []
             models = ["m1"]
             [pipelines.bare]
             rules = []
@@ -497,6 +501,10 @@ mod tests {
         let strict = &all[2].1;
         assert_eq!(strict.preprocess, Path::new("pre.wasm"));
         assert_eq!(strict.postprocess, Path::new("post2.wasm"));
+        // Grants are inherited like the guests, and a stage's own replace them whole.
+        assert_eq!(strict.preprocess_wasi, [WasiGrant::Stderr]);
+        assert_eq!(strict.postprocess_wasi, []);
+        assert_eq!(all[0].1.postprocess_wasi, DEFAULT_WASI_GRANTS);
         assert_eq!(strict.rules.len(), 1);
         assert!(all[1].1.rules.is_empty());
 

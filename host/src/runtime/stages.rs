@@ -38,7 +38,8 @@ pub struct Phases {
 #[derive(Clone)]
 pub struct PreprocessGuest {
     pub name: String,
-    grants: Grants,
+    /// The WASI it was linked with.
+    pub grants: Grants,
     pre: preprocessor::PreprocessorPre<GuestState>,
 }
 
@@ -46,7 +47,8 @@ pub struct PreprocessGuest {
 #[derive(Clone)]
 pub struct PostprocessGuest {
     pub name: String,
-    grants: Grants,
+    /// The WASI it was linked with.
+    pub grants: Grants,
     pre: postprocessor::PostprocessorPre<GuestState>,
 }
 

@@ -18,7 +18,7 @@ fn a_request_gets_its_models_pipeline_or_the_one_it_names() {
              [pipelines.reference.rules.config]\n\"category.circle\" = \"round\"\n\"default-category\" = \"shape\"\n\
              [[pipelines.reference.rules]]\npath = {threshold:?}\n\
              [pipelines.reference.rules.config]\n\"min-confidence\" = \"0.99999\"\n\
-             [pipelines.bare]\nrules = []\n",
+             [pipelines.bare]\nrules = []\npreprocess_wasi = []\n",
             threshold = guest("rules-threshold"),
             reference = guest("rules-rust"),
         ),
@@ -56,7 +56,8 @@ fn a_request_gets_its_models_pipeline_or_the_one_it_names() {
     assert_eq!(body["model"]["name"], "shapes", "{body}");
     assert_eq!(ran(&body)[2], ("rules".to_string(), "rules-rust".to_string()), "{body}");
     assert_eq!(body["top_k"].as_array().unwrap().len(), 2, "{body}");
-    // `rules = []`: preprocess and postprocess from [guests], no rules.
+    // `rules = []`: preprocess and postprocess from [guests], no rules; its preprocess guest
+    // linked with no WASI at all (`preprocess_wasi = []`) runs as well.
     let (status, body, _) = server.classify(&image, "?pipeline=bare", &[]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(ran(&body), pairs(&common), "{body}");
@@ -77,6 +78,10 @@ fn a_request_gets_its_models_pipeline_or_the_one_it_names() {
     assert_eq!(reference["preprocess"], "preprocess", "{listed}");
     assert_eq!(by_name("default").unwrap()["models"], json!(["shapes"]), "{listed}");
     assert_eq!(by_name("bare").unwrap()["models"], json!([]), "{listed}");
+    // Each stage's grants: the defaults, or the pipeline's own.
+    assert_eq!(by_name("default").unwrap()["preprocess_wasi"], json!(["clocks", "random"]), "{listed}");
+    assert_eq!(by_name("bare").unwrap()["preprocess_wasi"], json!([]), "{listed}");
+    assert_eq!(by_name("bare").unwrap()["postprocess_wasi"], json!(["clocks", "random"]), "{listed}");
     let models: Value = client().get(server.url("/v1/models")).send().unwrap().json().unwrap();
     let int8 = models["models"].as_array().unwrap().iter().find(|m| m["name"] == "shapes-int8").unwrap();
     assert_eq!(int8["pipeline"], "reference", "{models}");
