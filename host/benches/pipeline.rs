@@ -142,7 +142,7 @@ fn main() {
         let (_, p) = runtime.preprocess(&pre, &png, None, &spec, &config.limits, far()).unwrap();
         pi.push(p.instantiate.as_secs_f64() * 1e6);
         pc.push(p.call.as_secs_f64() * 1e6);
-        let (_, p) = runtime.postprocess(&post, logits.clone(), &spec, &model.labels, 5, far()).unwrap();
+        let (_, p) = runtime.postprocess(&post, None, logits.clone(), &spec, &model.labels, 5, far()).unwrap();
         qi.push(p.instantiate.as_secs_f64() * 1e6);
         qc.push(p.call.as_secs_f64() * 1e6);
     }

@@ -118,7 +118,10 @@ impl HostBuilder {
             );
         }
         crate::inference::configure_onnxruntime(config.inference.onnxruntime.library.clone());
-        let runtime = Arc::new(Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?);
+        let metrics = self.metrics.unwrap_or_default();
+        let runtime = Runtime::new(&config.limits, config.compile_cache_dir.as_deref())?
+            .counting_output_in(metrics.guest_output_dropped());
+        let runtime = Arc::new(runtime);
         let pipelines = load_pipelines(&runtime, &config)?;
         let engine = EngineConfig {
             mode: config.inference_mode,
@@ -144,7 +147,7 @@ impl HostBuilder {
             pipelines: ArcSwap::from_pointee(pipelines),
             limits: config.limits.clone(),
             default_model: config.default_model.clone(),
-            metrics: self.metrics.unwrap_or_default(),
+            metrics,
         };
         Ok(Host { runner, config, reloading: Mutex::new(()) })
     }

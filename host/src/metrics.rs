@@ -87,6 +87,25 @@ struct GuestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestOutputLabels {
+    guest: String,
+    stream: &'static str,
+    /// Which budget dropped it: `call` (16 KiB a call, 1 KiB a line) or `rate` (per second).
+    budget: &'static str,
+}
+
+/// Guest output (stdout, stderr) that a budget dropped, in bytes; the runtime counts into it
+/// (`Runtime::counting_output_in`).
+#[derive(Debug, Clone, Default)]
+pub struct GuestOutputDropped(Family<GuestOutputLabels, Counter>);
+
+impl GuestOutputDropped {
+    pub(crate) fn add(&self, guest: &str, stream: &'static str, budget: &'static str, bytes: u64) {
+        self.0.get_or_create(&GuestOutputLabels { guest: guest.to_string(), stream, budget }).inc_by(bytes);
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GuestFailureLabels {
     guest: String,
     stage: &'static str,
@@ -138,6 +157,7 @@ pub struct Metrics {
     guest_instances: Gauge,
     guest_memory: Gauge,
     guest_warm_memories: Gauge,
+    guest_output_dropped: GuestOutputDropped,
 }
 
 impl fmt::Debug for Metrics {
@@ -173,6 +193,7 @@ impl Metrics {
             guest_instances: Gauge::default(),
             guest_memory: Gauge::default(),
             guest_warm_memories: Gauge::default(),
+            guest_output_dropped: GuestOutputDropped::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder; histograms get `_bucket`/`_sum`/`_count`.
@@ -246,7 +267,7 @@ impl Metrics {
         );
         registry.register(
             "guest_instances_in_use",
-            "Guest component instances alive (pool slots in use); sampled when scraped",
+            "Guest component instances in a call (pool slots in use); sampled when scraped",
             m.guest_instances.clone(),
         );
         registry.register_with_unit(
@@ -261,6 +282,13 @@ impl Metrics {
             "Guest linear-memory slots used before and free now, each keeping up to \
              limits.guest_keep_resident_bytes resident; stays bounded across guest reloads; sampled when scraped",
             m.guest_warm_memories.clone(),
+        );
+        registry.register_with_unit(
+            "guest_output_dropped",
+            "Guest output (granted stdout/stderr) not logged: over a call's 16 KiB or a line's 1 KiB (budget=call), \
+             or over limits.guest_log_bytes_per_second of the guest's calls together (budget=rate)",
+            Unit::Bytes,
+            m.guest_output_dropped.0.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -330,6 +358,11 @@ impl Metrics {
         let labels = GuestLabels { guest: guest.to_string(), stage: stage.as_str() };
         self.guest_instantiate_seconds.get_or_create(&labels).observe(instantiate.as_secs_f64());
         self.guest_call_seconds.get_or_create(&labels).observe(call.as_secs_f64());
+    }
+
+    /// Where the runtime counts the guest output its budgets drop.
+    pub(crate) fn guest_output_dropped(&self) -> GuestOutputDropped {
+        self.guest_output_dropped.clone()
     }
 
     pub(crate) fn guest_failure(&self, guest: &str, stage: Stage, kind: ErrorKind) {

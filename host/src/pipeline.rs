@@ -21,7 +21,10 @@ use arc_swap::ArcSwap;
 use crate::metrics::Metrics;
 use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
 use crate::request::{ClassifyRequest, DEFAULT_TOP_K, Progress, TensorRequest};
-use crate::runtime::{GuestFailure, GuestInference, Phases, PostprocessGuest, PreprocessGuest, RulesGuest, Runtime};
+use crate::runtime::{
+    GuestFailure, GuestInference, Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest,
+    RulesGuest, Runtime,
+};
 use crate::stage_io::{Decision, Prediction, SpecView};
 
 /// Which model answered.
@@ -48,6 +51,9 @@ pub struct GuestRun {
     pub name: String,
     /// Making a fresh instance from the guest's `InstancePre` (pool slot, memory image).
     pub instantiate_ms: f64,
+    /// Whether the request made the instance before the stage, while its model ran (then
+    /// `instantiate_ms` is not part of the stage's time).
+    pub instantiated_ahead: bool,
     /// The exported function, arguments and results included.
     pub call_ms: f64,
 }
@@ -78,6 +84,13 @@ pub struct TensorOutput {
     pub name: String,
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
+}
+
+/// Instances a request made for its stages after inference, while its model ran.
+struct Prepared {
+    postprocess: PreparedPostprocess,
+    /// One per rules guest, in order.
+    rules: Vec<PreparedRules>,
 }
 
 /// A pipeline: its name (`default` is `[guests]`) and the guests of its stages.
@@ -220,14 +233,19 @@ impl Runner {
         let input = in_stage(progress, Stage::Preprocess, &mut timings.preprocess, || {
             self.preprocess_with(&pipeline, &spec, &req.image, req.media_type.as_deref(), deadline, &ran)
         })?;
-        let logits = in_stage(progress, Stage::Inference, &mut timings.inference, || {
+        let (logits, prepared) = in_stage(progress, Stage::Inference, &mut timings.inference, || {
             Span::current().record("model", model.name.as_str()).record("version", version.version);
-            reservation.run(input, deadline)
+            let submitted = reservation.submit(input, deadline)?;
+            // This thread would only wait for the worker: it instantiates the guests of the
+            // stages after this one meanwhile, so they pay only for their calls (`prepared.rs`).
+            let prepared = self.prepare_after_inference(&pipeline, deadline);
+            Ok((submitted.wait()?, prepared))
         })?;
+        let Prepared { postprocess, rules } = prepared;
         let stage = &pipeline.postprocess;
         let top = in_stage(progress, Stage::Postprocess, &mut timings.postprocess, || {
             self.guest(Stage::Postprocess, &stage.name, &ran, || {
-                self.runtime.postprocess(stage, logits, &spec, &model.labels, top_k, deadline)
+                self.runtime.postprocess(stage, Some(postprocess), logits, &spec, &model.labels, top_k, deadline)
             })
         })?;
         let first = top.first().cloned().ok_or_else(|| {
@@ -238,7 +256,7 @@ impl Runner {
             )
         })?;
         let decision = in_stage(progress, Stage::Rules, &mut timings.rules, || {
-            self.run_rules(&pipeline, &top, context.metadata(), deadline, &ran)
+            self.run_rules(&pipeline, rules, &top, context.metadata(), deadline, &ran)
         })?;
         timings.total = ms(context.start().elapsed());
 
@@ -281,6 +299,7 @@ impl Runner {
                     stage,
                     name: guest.to_string(),
                     instantiate_ms: ms(phases.instantiate),
+                    instantiated_ahead: phases.instantiated_ahead,
                     call_ms: ms(phases.call),
                 });
                 Ok(value)
@@ -343,9 +362,20 @@ impl Runner {
         })
     }
 
+    /// Instances of `pipeline`'s postprocess and rules guests, for this request's calls.
+    fn prepare_after_inference(&self, pipeline: &Pipeline, deadline: Instant) -> Prepared {
+        Prepared {
+            postprocess: self.runtime.prepare_postprocess(&pipeline.postprocess, deadline),
+            rules: pipeline.rules.iter().map(|rule| self.runtime.prepare_rules(rule, deadline)).collect(),
+        }
+    }
+
+    /// Runs `pipeline`'s rules in order, each on its instance in `prepared` (made for this
+    /// request), until one rejects.
     fn run_rules(
         &self,
         pipeline: &Pipeline,
+        prepared: Vec<PreparedRules>,
         preds: &[Prediction],
         metadata: &[(String, String)],
         deadline: Instant,
@@ -359,15 +389,18 @@ impl Runner {
             rule: None,
         };
         let inference: Arc<dyn GuestInference> = self.repo.clone();
+        let mut prepared = prepared.into_iter();
         for rule in &pipeline.rules {
+            let instance = prepared.next();
             decision = self.guest(Stage::Rules, &rule.name, ran, || {
-                self.runtime.decide(rule, preds, metadata, inference.clone(), deadline)
+                self.runtime.decide(rule, instance, preds, metadata, inference.clone(), deadline)
             })?;
             self.metrics.rule_decision(&rule.name, decision.accepted);
             if !decision.accepted {
                 break;
             }
         }
+        self.runtime.discard(prepared);
         Ok(decision)
     }
 }

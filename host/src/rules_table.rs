@@ -161,7 +161,7 @@ pub fn test_rules(
                 .map(|(i, (label, score))| Prediction { index: i as u32, label: label.clone(), score: *score })
                 .collect();
             let deadline = Instant::now() + Duration::from_millis(config.limits.deadline_ms);
-            let outcome = runtime.decide(guest, &preds, &case.meta, Arc::new(NoModels), deadline);
+            let outcome = runtime.decide(guest, None, &preds, &case.meta, Arc::new(NoModels), deadline);
             let (got, phases) = match outcome {
                 Ok((d, phases)) => (
                     Ok(ExpectedDecision { accepted: d.accepted, category: d.category, reason: d.reason, tags: d.tags }),

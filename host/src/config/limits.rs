@@ -35,6 +35,10 @@ pub struct Limits {
     /// not fault them in again; 0 returns everything. Used only where the kernel can report
     /// dirty pages (Linux ≥ 6.7, PAGEMAP_SCAN), so a reset copies only what a call wrote.
     pub guest_keep_resident_bytes: u64,
+    /// Bytes of output (granted stdout/stderr) one guest may put in the log per second, all its
+    /// calls together, beyond each call's own 16 KiB; the rest is counted
+    /// (`tessera_guest_output_dropped_bytes_total`) and said in one warning a minute.
+    pub guest_log_bytes_per_second: u64,
     /// Bytes a guest may hand the host in one crossing: a rules or postprocess result, an
     /// `inference.infer` input (the preprocess result may be as large as the model's input
     /// tensor). Past it the call fails before the host copies more.
@@ -109,6 +113,7 @@ impl Default for Limits {
             guest_memory_reservation_bytes: 4 << 30,
             guest_memory_total_bytes: 2 << 30,
             guest_keep_resident_bytes: 1 << 20,
+            guest_log_bytes_per_second: 64 << 10,
             guest_output_bytes: 4 << 20,
             guest_infer_calls: 16,
             max_concurrent_requests: 0,

@@ -229,9 +229,15 @@ pub struct Reservation<'a> {
     counted: bool,
 }
 
-impl Reservation<'_> {
+impl<'a> Reservation<'a> {
     /// Runs `input` in the place taken, waiting at most until `deadline`. Blocks.
-    pub fn run(mut self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
+    pub fn run(self, input: Vec<f32>, deadline: Instant) -> Result<Vec<f32>, RequestError> {
+        self.submit(input, deadline)?.wait()
+    }
+
+    /// Queues `input` in the place taken and returns at once: the caller may do other work
+    /// while a worker runs it, then [`Submitted::wait`]s for the answer until `deadline`.
+    pub fn submit(mut self, input: Vec<f32>, deadline: Instant) -> Result<Submitted, RequestError> {
         let pool = self.pool;
         let expected: usize = pool.input_shape.iter().product();
         if input.len() != expected {
@@ -248,23 +254,29 @@ impl Reservation<'_> {
             self.counted = false;
         }
         match sent {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(RequestError::new(
-                    ErrorKind::Overloaded,
-                    Stage::Inference,
-                    "the inference queue is full; retry shortly",
-                ));
-            }
+            Ok(()) => Ok(Submitted { answer, deadline }),
+            Err(TrySendError::Full(_)) => Err(RequestError::new(
+                ErrorKind::Overloaded,
+                Stage::Inference,
+                "the inference queue is full; retry shortly",
+            )),
             Err(TrySendError::Disconnected(_)) => {
-                return Err(RequestError::new(
-                    ErrorKind::Internal,
-                    Stage::Inference,
-                    "the inference workers have stopped",
-                ));
+                Err(RequestError::new(ErrorKind::Internal, Stage::Inference, "the inference workers have stopped"))
             }
         }
-        match answer.recv_deadline(deadline) {
+    }
+}
+
+/// An input queued for a worker ([`Reservation::submit`]).
+pub struct Submitted {
+    answer: crossbeam_channel::Receiver<Result<Vec<f32>, RequestError>>,
+    deadline: Instant,
+}
+
+impl Submitted {
+    /// The model's output, waiting for it until the deadline. Blocks.
+    pub fn wait(self) -> Result<Vec<f32>, RequestError> {
+        match self.answer.recv_deadline(self.deadline) {
             Ok(result) => result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(deadline_exceeded()),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(RequestError::new(

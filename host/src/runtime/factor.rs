@@ -1,8 +1,9 @@
 //! The runtime's capabilities as factors, after Spin's (and wasmtime-wasi's `add_to_linker` +
 //! `WasiCtx`): each thing a guest can be given is one module with the same three parts: what
 //! it links into the linker of a world, what it takes from the configuration (once, when the
-//! runtime is built), and the state it gives each instance (one per guest call), plus what it
-//! sets on that call's store. [`GuestState`] is the sum of the factors' instance states, and a
+//! runtime is built), the state it gives each instance (one per guest call, perhaps made ahead
+//! of it), plus what it sets on that instance's store, and what it takes from the call when the
+//! call begins. [`GuestState`] is the sum of the factors' instance states, and a
 //! world's linker the sum of their links over Tessera's types (both made by `Factors` in
 //! mod.rs). This file holds what the factors share: the trait, the worlds, what a call brings.
 //!
@@ -64,12 +65,17 @@ impl World {
     }
 }
 
-/// What one guest call brings that the factors make its instance state from.
-pub(super) struct Call<'a> {
-    pub deadline: Instant,
-    /// The guest's name, for its log lines.
-    pub guest: &'a str,
+/// Whose instance a store holds: what the factors make an instance's state from, before any
+/// call (it may be made ahead of its call, `ready.rs`).
+pub(super) struct Instance<'a> {
     pub grants: &'a Grants,
+    /// The guest's log budget per second, shared by all its instances (`stdio.rs`).
+    pub log: &'a Arc<super::stdio::GuestLog>,
+}
+
+/// What one guest call brings, set on its instance's store when the call takes it.
+pub(super) struct Call {
+    pub deadline: Instant,
     /// What the `inference` import reaches (rules guests only).
     pub inference: Option<Arc<dyn GuestInference>>,
     /// The most this call's guest may hand the host at once; a stage may raise the configured
@@ -86,9 +92,12 @@ pub(super) trait Factor {
     /// when the world does not import it.
     fn link(&self, linker: &mut Linker<GuestState>, world: World, grants: &Grants) -> wasmtime::Result<()>;
 
-    /// The state one guest call gets.
-    fn instance_state(&self, call: &Call<'_>) -> Self::InstanceState;
+    /// The state one instance gets, before its call.
+    fn instance_state(&self, instance: &Instance<'_>) -> Self::InstanceState;
 
-    /// Sets what this capability needs on the call's store, once it holds the state.
+    /// Sets what this capability needs on a new instance's store, once it holds the state.
     fn prepare_store(&self, _store: &mut Store<GuestState>) {}
+
+    /// Gives the instance's state what belongs to `call`, when the call takes the instance.
+    fn begin_call(&self, _store: &mut Store<GuestState>, _call: &Call) {}
 }

@@ -11,7 +11,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::GuestState;
 use super::bindings::{inference, types};
-use super::factor::{Call, Factor, Grants, GuestInference, World};
+use super::factor::{Call, Factor, Grants, GuestInference, Instance, World};
 use crate::error::ErrorKind;
 
 /// What a guest's calls to the host `inference` interface may reach, within the request's
@@ -47,13 +47,20 @@ impl Factor for InferenceFactor {
         Ok(())
     }
 
-    fn instance_state(&self, call: &Call<'_>) -> InferenceAccess {
+    /// Nothing to reach until a call gives its backend and deadline.
+    fn instance_state(&self, _instance: &Instance<'_>) -> InferenceAccess {
         InferenceAccess {
-            backend: call.inference.clone(),
-            deadline: call.deadline,
+            backend: None,
+            deadline: Instant::now(),
             calls_left: self.calls_per_call,
             limit: self.calls_per_call,
         }
+    }
+
+    fn begin_call(&self, store: &mut wasmtime::Store<GuestState>, call: &Call) {
+        let access = &mut store.data_mut().inference;
+        access.backend = call.inference.clone();
+        access.deadline = call.deadline;
     }
 }
 

@@ -10,21 +10,23 @@ use wasmtime::component::Linker;
 use wasmtime::{ResourceLimiter, Store};
 
 use super::GuestState;
-use super::factor::{Call, Factor, Grants, World};
+use super::factor::{Call, Factor, Grants, Instance, World};
 
 /// The memory limits, configured once from `limits`.
 pub(super) struct MemoryFactor {
     instance_bytes: usize,
     /// Shared by every store of the runtime.
     pub(super) budget: Arc<MemoryBudget>,
-    /// Stores (one guest instance each) alive now: the pool slots in use.
+    /// Stores (one guest instance each) in a call now, or just after it until the reaper
+    /// drops them; instances made ahead are not counted until a call takes them.
     live_stores: Arc<AtomicUsize>,
 }
 
-/// One instance's part: its limiter, and its place in the count of live stores.
+/// One instance's part: its limiter, and once a call takes it, its place in the count of live
+/// stores.
 pub(super) struct InstanceMemory {
     pub(super) limiter: MemoryLimiter,
-    _live: LiveStore,
+    live: Option<LiveStore>,
 }
 
 impl MemoryFactor {
@@ -36,7 +38,7 @@ impl MemoryFactor {
         }
     }
 
-    /// Guest instances alive now.
+    /// Guest instances in a call now.
     pub(super) fn live_instances(&self) -> usize {
         self.live_stores.load(Ordering::Relaxed)
     }
@@ -49,15 +51,16 @@ impl Factor for MemoryFactor {
         Ok(())
     }
 
-    fn instance_state(&self, _call: &Call<'_>) -> InstanceMemory {
-        InstanceMemory {
-            limiter: MemoryLimiter::new(self.instance_bytes, self.budget.clone()),
-            _live: LiveStore::new(&self.live_stores),
-        }
+    fn instance_state(&self, _instance: &Instance<'_>) -> InstanceMemory {
+        InstanceMemory { limiter: MemoryLimiter::new(self.instance_bytes, self.budget.clone()), live: None }
     }
 
     fn prepare_store(&self, store: &mut Store<GuestState>) {
         store.limiter(|s| &mut s.memory.limiter);
+    }
+
+    fn begin_call(&self, store: &mut Store<GuestState>, _call: &Call) {
+        store.data_mut().memory.live = Some(LiveStore::new(&self.live_stores));
     }
 }
 

@@ -1,8 +1,9 @@
 //! The WebAssembly runtime: one wasmtime `Engine` (pooling allocator, epoch interruption), the
 //! linker with the host's `inference` implementation, and the pipeline's guest stages.
 //!
-//! Every guest call gets a fresh `Store` from a pre-linked `InstancePre`: no state survives a
-//! request, a trap poisons nothing, and instantiation from the pool is cheap. Guests get
+//! Every guest call gets a fresh `Store` and instance from a pre-linked `InstancePre`, made by
+//! its request before the call where it can be (`prepared.rs`): no state survives a request, a
+//! trap poisons nothing, and instantiation from the pool is cheap. Guests get
 //! Tessera's own interfaces and only the WASI config grants each (`wasi.rs`).
 //!
 //! What a guest is given comes from the factors (`factor.rs`): each capability is a module that
@@ -11,7 +12,7 @@
 //! into the worlds that import it), `limits.rs` (memory cap and process budget), `output.rs`
 //! (the output cap). This file builds the engine and the pool, makes each world's linker from
 //! the factors, compiles and loads components, and makes each call's `Store`. The other files:
-//! `threads.rs` (epoch ticker, reaper), `target.rs` (compile targets), `trust.rs` (trust checks
+//! `threads.rs` (epoch ticker, reaper), `prepared.rs` (instances made before their call), `target.rs` (compile targets), `trust.rs` (trust checks
 //! for native code), `inspect.rs`, `stages.rs` (the typed stage calls), `error.rs`.
 
 mod bindings;
@@ -21,19 +22,23 @@ mod inference_import;
 mod inspect;
 mod limits;
 mod output;
+mod prepared;
 mod stages;
+mod stdio;
 mod target;
 mod threads;
 mod trust;
 mod wasi;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-use crate::config::{EPOCH_TICK_MS, Limits};
+use crate::config::Limits;
+use crate::metrics::GuestOutputDropped;
 use bindings::types;
 pub use error::{GuestFailure, RuntimeError};
 use error::{failure, reported};
@@ -41,6 +46,7 @@ use factor::Call;
 use factor::Factor;
 pub use factor::Grants;
 pub use factor::GuestInference;
+use factor::Instance;
 pub use factor::World;
 use inference_import::InferenceAccess;
 use inference_import::InferenceFactor;
@@ -49,7 +55,9 @@ use limits::InstanceMemory;
 use limits::MemoryFactor;
 use output::OutputCap;
 use output::OutputFactor;
-pub use stages::{Phases, PostprocessGuest, PreprocessGuest, RulesGuest};
+use prepared::{Loaded, Prepared, StoreMaker};
+pub use stages::{Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest, RulesGuest};
+use stdio::GuestLog;
 pub use target::CompileTarget;
 #[cfg(not(feature = "compiler"))]
 use target::no_compiler;
@@ -61,7 +69,8 @@ use trust::trusted;
 use wasi::WasiFactor;
 pub use wasi::default_grants;
 
-/// One guest call's state: each factor's part (`factor.rs`), only the capabilities that call has.
+/// One guest instance's state (one call's): each factor's part (`factor.rs`), only the
+/// capabilities that call has.
 pub struct GuestState {
     wasi: wasi::WasiState,
     inference: InferenceAccess,
@@ -101,33 +110,46 @@ impl Factors {
         self.output.link(linker, world, grants)
     }
 
-    /// The state of one guest call, every factor's part of it.
-    fn instance_state(&self, call: &Call<'_>) -> GuestState {
+    /// The state of one guest instance, every factor's part of it.
+    fn instance_state(&self, instance: &Instance<'_>) -> GuestState {
         GuestState {
-            wasi: self.wasi.instance_state(call),
-            inference: self.inference.instance_state(call),
-            memory: self.memory.instance_state(call),
-            output: self.output.instance_state(call),
+            wasi: self.wasi.instance_state(instance),
+            inference: self.inference.instance_state(instance),
+            memory: self.memory.instance_state(instance),
+            output: self.output.instance_state(instance),
         }
     }
 
-    /// Every factor's settings on a call's store.
+    /// Every factor's settings on an instance's store.
     fn prepare_store(&self, store: &mut Store<GuestState>) {
         self.wasi.prepare_store(store);
         self.inference.prepare_store(store);
         self.memory.prepare_store(store);
         self.output.prepare_store(store);
     }
+
+    /// What each factor takes from `call` when the call takes its instance.
+    fn begin_call(&self, store: &mut Store<GuestState>, call: &Call) {
+        self.wasi.begin_call(store, call);
+        self.inference.begin_call(store, call);
+        self.memory.begin_call(store, call);
+        self.output.begin_call(store, call);
+    }
 }
 
 /// The engine, the linkers and the epoch ticker, shared by every guest stage.
 pub struct Runtime {
     engine: Engine,
-    /// The capabilities guests are given, configured from the limits.
-    factors: Factors,
+    /// Makes each instance's store from the capabilities guests are given, configured from
+    /// the limits (`maker.factors`).
+    maker: StoreMaker,
     /// One linker per world and set of WASI grants, made when a guest first needs it.
     linkers: std::sync::Mutex<std::collections::HashMap<(World, Grants), Linker<GuestState>>>,
     reaper: Reaper,
+    /// `limits.guest_log_bytes_per_second`: each guest's output into the log.
+    log_bytes_per_second: usize,
+    /// Where output over a budget is counted (`Runtime::counting_output_in`).
+    output_dropped: Option<GuestOutputDropped>,
     _ticker: EpochTicker,
 }
 
@@ -150,7 +172,9 @@ impl Runtime {
         // in-flight request, and stores wait for the reaper thread before their slot is free:
         // twice the requests, and never fewer than 128 (the slots reserve address space, not
         // memory). Each component instance of a Rust guest has a couple of core instances (the
-        // module plus adapter shims) but one memory.
+        // module plus adapter shims) but one memory. A request may hold the instances of its later
+        // stages while its model runs (`prepared.rs`): still within twice the requests for the
+        // usual pipeline of three guests, and the 128 cover longer rule chains.
         let slots = limits.concurrent_requests().saturating_mul(2).max(128);
         let memories = slots.saturating_mul(2);
         let mut pool = PoolingAllocationConfig::default();
@@ -228,12 +252,21 @@ impl Runtime {
         })?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime {
+            maker: StoreMaker { engine: engine.clone(), factors: Factors::new(limits) },
             engine,
-            factors: Factors::new(limits),
             linkers: Default::default(),
             reaper: Reaper::start(slots as usize / 2),
+            log_bytes_per_second: usize::try_from(limits.guest_log_bytes_per_second).unwrap_or(usize::MAX),
+            output_dropped: None,
             _ticker: ticker,
         })
+    }
+
+    /// Counts the guest output its budgets drop in `counter` (a host's metrics), for the guests
+    /// loaded from now on.
+    pub fn counting_output_in(mut self, counter: GuestOutputDropped) -> Self {
+        self.output_dropped = Some(counter);
+        self
     }
 
     /// The linker for guests of `world` granted `grants`: Tessera's types and what each factor
@@ -246,7 +279,7 @@ impl Runtime {
         }
         let mut linker = Linker::new(&self.engine);
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .and_then(|()| self.factors.link(&mut linker, world, grants))
+            .and_then(|()| self.maker.factors.link(&mut linker, world, grants))
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         linkers.insert(key, linker.clone());
         Ok(linker)
@@ -353,9 +386,9 @@ impl Runtime {
         })
     }
 
-    /// Guest instances alive now (each call has its own store and instance).
+    /// Guest instances in a call now (each call has its own store and instance).
     pub fn live_instances(&self) -> usize {
-        self.factors.memory.live_instances()
+        self.maker.factors.memory.live_instances()
     }
 
     /// Linear-memory pool slots that an instance used and that are free now (each keeps up to
@@ -364,31 +397,60 @@ impl Runtime {
         self.engine.pooling_allocator_metrics().map_or(0, |m| m.unused_warm_memories())
     }
 
-    /// Linear memory granted to the guest instances alive now, all together.
+    /// Linear memory granted to the guest instances alive now, all together (those made before
+    /// their call included).
     pub fn guest_memory_in_use(&self) -> usize {
-        self.factors.memory.budget.used()
+        self.maker.factors.memory.budget.used()
     }
 
-    /// Instantiates a guest in `store` and makes one call, timing both phases and classifying
-    /// any failure (trap, deadline, memory, the guest's own error); then hands the store to the
-    /// reaper.
+    /// A loaded guest named `name`, granted `grants`, instantiated by `instantiate` from its
+    /// `InstancePre`.
+    fn loaded<I>(
+        &self,
+        name: &str,
+        grants: Grants,
+        instantiate: impl Fn(&mut Store<GuestState>) -> wasmtime::Result<I> + Send + Sync + 'static,
+    ) -> Arc<Loaded<I>> {
+        let log = GuestLog::new(name, self.log_bytes_per_second, self.output_dropped.clone());
+        Arc::new(Loaded::new(grants, log, instantiate))
+    }
+
+    /// An instance of `guest` for a call later in the same request, before `deadline`.
+    fn prepare<I>(&self, guest: &Loaded<I>, deadline: Instant) -> Prepared<I> {
+        crate::cpu::clean_upper_state();
+        guest.instantiate(&self.maker, deadline)
+    }
+
+    /// Makes one call of `guest` with `f`, on the instance `prepared` made before (its
+    /// instantiation time is reported, but was not spent here) or else on one made now; gives
+    /// the instance what belongs to `call`, times both phases and classifies any failure (trap,
+    /// deadline, memory, the guest's own error); then hands the store to the reaper.
     fn run_guest<I, R>(
         &self,
-        mut store: Store<GuestState>,
-        instantiate: impl FnOnce(&mut Store<GuestState>) -> wasmtime::Result<I>,
-        call: impl FnOnce(I, &mut Store<GuestState>) -> wasmtime::Result<Result<R, types::Error>>,
+        guest: &Loaded<I>,
+        prepared: Option<Prepared<I>>,
+        call: Call,
+        f: impl FnOnce(I, &mut Store<GuestState>) -> wasmtime::Result<Result<R, types::Error>>,
     ) -> Result<(R, Phases), GuestFailure> {
+        if call.deadline <= Instant::now() {
+            return Err(GuestFailure::DeadlineExceeded);
+        }
         // Native code that ran before on this thread (tract's kernels) may have left the upper
         // vector state dirty, which makes the guest's legacy-SSE code ~30x slower (see `cpu`).
         crate::cpu::clean_upper_state();
         #[cfg(test)]
         tests::ENTRY_UPPER_STATE_DIRTY.set(crate::cpu::upper_state_dirty());
-        let t = Instant::now();
-        let result = match instantiate(&mut store) {
+        let (ahead, Prepared { mut store, instance, took }) = match prepared {
+            Some(prepared) => (true, prepared),
+            None => (false, guest.instantiate(&self.maker, call.deadline)),
+        };
+        self.maker.factors.begin_call(&mut store, &call);
+        prepared::set_deadline(&mut store, call.deadline);
+        let result = match instance {
             Ok(instance) => {
-                let instantiate = t.elapsed();
-                let result = call(instance, &mut store);
-                let phases = Phases { instantiate, call: t.elapsed() - instantiate };
+                let t = Instant::now();
+                let result = f(instance, &mut store);
+                let phases = Phases { instantiate: took, instantiated_ahead: ahead, call: t.elapsed() };
                 result.map(|value| (value, phases)).map_err(|e| failure(e, &store))
             }
             Err(e) => Err(failure(e, &store)),
@@ -400,20 +462,6 @@ impl Runtime {
         let (value, phases) = result?;
         Ok((value.map_err(reported)?, phases))
     }
-
-    /// A store for one guest call, holding what each factor gives it, that traps once the
-    /// call's deadline passes.
-    fn store(&self, call: Call<'_>) -> Result<Store<GuestState>, GuestFailure> {
-        let remaining = call.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(GuestFailure::DeadlineExceeded);
-        }
-        let mut store = Store::new(&self.engine, self.factors.instance_state(&call));
-        self.factors.prepare_store(&mut store);
-        store.set_epoch_deadline((remaining.as_millis() as u64).div_ceil(EPOCH_TICK_MS).max(1));
-        store.epoch_deadline_trap();
-        Ok(store)
-    }
 }
 
 #[cfg(test)]
@@ -423,6 +471,53 @@ mod tests {
 
     use super::*;
     use crate::stage_io::SpecView;
+
+    struct NoModels;
+
+    impl GuestInference for NoModels {
+        fn infer(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &[u32],
+            _: Vec<f32>,
+            _: Instant,
+        ) -> Result<Vec<f32>, crate::error::RequestError> {
+            Err(crate::error::RequestError::new(
+                crate::error::ErrorKind::ModelNotFound,
+                crate::error::Stage::Rules,
+                "no models here",
+            ))
+        }
+    }
+
+    /// An instance a request made before its call serves that call with the call's own
+    /// deadline (not the one it was made under) and says it was made ahead; a call without one
+    /// makes its own.
+    #[test]
+    fn a_prepared_instance_serves_its_call_under_the_call_s_deadline() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let runtime = Runtime::new(&Limits::default(), None).unwrap();
+        let probe =
+            runtime.load_rules(&root.join("target/guests/probe-rules.wasm"), Vec::new(), default_grants()).unwrap();
+        let far = Instant::now() + Duration::from_secs(30);
+        let meta = |probe: &str| vec![("x-probe".to_string(), probe.to_string())];
+
+        let prepared = runtime.prepare_rules(&probe, far);
+        let (decision, phases) =
+            runtime.decide(&probe, Some(prepared), &[], &meta("accept"), Arc::new(NoModels), far).unwrap();
+        assert!(decision.accepted && phases.instantiated_ahead, "{decision:?} {phases:?}");
+        let (_, phases) = runtime.decide(&probe, None, &[], &meta("accept"), Arc::new(NoModels), far).unwrap();
+        assert!(!phases.instantiated_ahead);
+
+        // Made under a 30 s deadline, called under 200 ms: the loop ends at the call's.
+        let prepared = runtime.prepare_rules(&probe, far);
+        let started = Instant::now();
+        let soon = started + Duration::from_millis(200);
+        let failed = runtime.decide(&probe, Some(prepared), &[], &meta("loop"), Arc::new(NoModels), soon);
+        assert!(matches!(failed, Err(GuestFailure::DeadlineExceeded)), "{:?}", failed.err());
+        assert!(started.elapsed() < Duration::from_secs(5), "the loop ran on for {:?}", started.elapsed());
+    }
 
     thread_local! {
         /// What `run_guest` saw of the upper vector state just before entering the guest.

@@ -5,7 +5,7 @@ use wasmtime::Store;
 use wasmtime::component::Linker;
 
 use super::GuestState;
-use super::factor::{Call, Factor, Grants, World};
+use super::factor::{Call, Factor, Grants, Instance, World};
 
 /// `limits.guest_output_bytes`, configured once.
 pub(super) struct OutputFactor {
@@ -31,8 +31,8 @@ impl Factor for OutputFactor {
         Ok(())
     }
 
-    fn instance_state(&self, call: &Call<'_>) -> OutputCap {
-        OutputCap { bytes: call.output_bytes }
+    fn instance_state(&self, _instance: &Instance<'_>) -> OutputCap {
+        OutputCap { bytes: self.max_bytes }
     }
 
     /// wasmtime counts the bytes it lifts out of the guest (strings, lists) against this
@@ -42,5 +42,11 @@ impl Factor for OutputFactor {
     fn prepare_store(&self, store: &mut Store<GuestState>) {
         let bytes = store.data().output.bytes;
         store.set_hostcall_fuel(bytes);
+    }
+
+    /// The call's cap, and the fuel afresh: whatever instantiation spent is not the call's.
+    fn begin_call(&self, store: &mut Store<GuestState>, call: &Call) {
+        store.data_mut().output.bytes = call.output_bytes;
+        store.set_hostcall_fuel(call.output_bytes);
     }
 }

@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Runtime;
 use super::bindings::{postprocessor, preprocessor, rules, types};
 use super::error::{GuestFailure, RuntimeError};
 use super::factor::{Call, Grants, GuestInference, World};
-use super::{GuestState, Runtime};
+use super::prepared::{Loaded, Prepared};
 use crate::config::Limits;
 use crate::error::ErrorKind;
 use crate::stage_io::{Decision, Prediction, SpecView};
@@ -26,11 +27,13 @@ pub(super) fn spec_to_wit(spec: &SpecView<'_>) -> types::ModelSpec {
     }
 }
 
-/// Where a guest call's time went: instantiating the component from its `InstancePre`, and
-/// the exported function itself (including lifting and lowering its arguments).
+/// Where a guest call's time went: instantiating the component from its `InstancePre` (before
+/// the call, while the model ran, when `instantiated_ahead`), and the exported function itself
+/// (including lifting and lowering its arguments).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Phases {
     pub instantiate: Duration,
+    pub instantiated_ahead: bool,
     pub call: Duration,
 }
 
@@ -40,7 +43,7 @@ pub struct PreprocessGuest {
     pub name: String,
     /// The WASI it was linked with.
     pub grants: Grants,
-    pre: preprocessor::PreprocessorPre<GuestState>,
+    loaded: Arc<Loaded<preprocessor::Preprocessor>>,
 }
 
 /// The postprocess stage.
@@ -49,16 +52,16 @@ pub struct PostprocessGuest {
     pub name: String,
     /// The WASI it was linked with.
     pub grants: Grants,
-    pre: postprocessor::PostprocessorPre<GuestState>,
+    loaded: Arc<Loaded<postprocessor::Postprocessor>>,
 }
 
 /// One rules stage with its configuration.
 #[derive(Clone)]
 pub struct RulesGuest {
     pub name: String,
-    grants: Grants,
     config: Vec<(String, String)>,
-    pre: rules::RulesPre<GuestState>,
+    /// Shared by every place in a chain the same compiled guest has.
+    loaded: Arc<Loaded<rules::Rules>>,
 }
 
 impl RulesGuest {
@@ -68,6 +71,14 @@ impl RulesGuest {
     }
 }
 
+/// An instance of a postprocess guest made before its call (`Runtime::prepare_postprocess`),
+/// for that one call.
+pub struct PreparedPostprocess(Prepared<postprocessor::Postprocessor>);
+
+/// An instance of a rules guest made before its call (`Runtime::prepare_rules`), for that one
+/// call.
+pub struct PreparedRules(Prepared<rules::Rules>);
+
 pub(super) fn guest_name(path: &Path) -> String {
     path.file_stem().and_then(|s| s.to_str()).unwrap_or("guest").to_string()
 }
@@ -75,12 +86,16 @@ pub(super) fn guest_name(path: &Path) -> String {
 impl Runtime {
     pub fn load_preprocess(&self, path: &Path, grants: Grants) -> Result<PreprocessGuest, RuntimeError> {
         let pre = self.compile(path, World::Preprocessor, &grants, preprocessor::PreprocessorPre::new)?;
-        Ok(PreprocessGuest { name: guest_name(path), grants, pre })
+        let name = guest_name(path);
+        let loaded = self.loaded(&name, grants.clone(), move |store| pre.instantiate(store));
+        Ok(PreprocessGuest { name, grants, loaded })
     }
 
     pub fn load_postprocess(&self, path: &Path, grants: Grants) -> Result<PostprocessGuest, RuntimeError> {
         let pre = self.compile(path, World::Postprocessor, &grants, postprocessor::PostprocessorPre::new)?;
-        Ok(PostprocessGuest { name: guest_name(path), grants, pre })
+        let name = guest_name(path);
+        let loaded = self.loaded(&name, grants.clone(), move |store| pre.instantiate(store));
+        Ok(PostprocessGuest { name, grants, loaded })
     }
 
     pub fn load_rules(
@@ -90,7 +105,9 @@ impl Runtime {
         grants: Grants,
     ) -> Result<RulesGuest, RuntimeError> {
         let pre = self.compile(path, World::Rules, &grants, rules::RulesPre::new)?;
-        Ok(RulesGuest { name: guest_name(path), grants, config, pre })
+        let name = guest_name(path);
+        let loaded = self.loaded(&name, grants, move |store| pre.instantiate(store));
+        Ok(RulesGuest { name, config, loaded })
     }
 
     /// Decodes and normalizes `image` into the model's input tensor data; also reports how
@@ -106,21 +123,13 @@ impl Runtime {
     ) -> Result<(Vec<f32>, Phases), GuestFailure> {
         // The result is the model's input tensor, whatever the output cap.
         let tensor_bytes = spec.input_shape.iter().map(|&d| d as usize).product::<usize>() * 4 + 4096;
-        let store = self.store(Call {
-            deadline,
-            guest: &guest.name,
-            grants: &guest.grants,
-            inference: None,
-            output_bytes: self.factors.output.max_bytes.max(tensor_bytes),
-        })?;
+        let call =
+            Call { deadline, inference: None, output_bytes: self.maker.factors.output.max_bytes.max(tensor_bytes) };
         let img = types::Image { bytes: image.to_vec(), media_type: media_type.map(String::from) };
         let decode =
             types::DecodeLimits { max_pixels: limits.max_image_pixels, max_alloc_bytes: limits.max_decode_alloc_bytes };
-        let (tensor, phases) = self.run_guest(
-            store,
-            |s| guest.pre.instantiate(s),
-            |i, s| i.call_preprocess(s, &img, &spec_to_wit(spec), decode),
-        )?;
+        let (tensor, phases) =
+            self.run_guest(&guest.loaded, None, call, |i, s| i.call_preprocess(s, &img, &spec_to_wit(spec), decode))?;
         let expected: Vec<u32> = spec.input_shape.to_vec();
         if tensor.shape != expected || tensor.data.len() != expected.iter().map(|&d| d as usize).product::<usize>() {
             return Err(GuestFailure::Reported(
@@ -136,61 +145,71 @@ impl Runtime {
         Ok((tensor.data, phases))
     }
 
-    /// Softmax, top-k and labels; also reports how long instantiation and the call took.
+    /// An instance of `guest` for its call later in this request (`postprocess`), made now,
+    /// before `deadline`.
+    pub fn prepare_postprocess(&self, guest: &PostprocessGuest, deadline: Instant) -> PreparedPostprocess {
+        PreparedPostprocess(self.prepare(&guest.loaded, deadline))
+    }
+
+    /// An instance of `guest` for its call later in this request (`decide`), made now, before
+    /// `deadline`.
+    pub fn prepare_rules(&self, guest: &RulesGuest, deadline: Instant) -> PreparedRules {
+        PreparedRules(self.prepare(&guest.loaded, deadline))
+    }
+
+    /// Drops instances made for calls that will not happen (the rules after one that
+    /// rejected), off the request's path.
+    pub fn discard(&self, prepared: impl IntoIterator<Item = PreparedRules>) {
+        for p in prepared {
+            self.reaper.retire(p.0.store);
+        }
+    }
+
+    /// Softmax, top-k and labels, on `prepared` if this request made it an instance before (of
+    /// this guest), else on one made now; also reports how long instantiation and the call took.
+    #[allow(clippy::too_many_arguments)]
     pub fn postprocess(
         &self,
         guest: &PostprocessGuest,
+        prepared: Option<PreparedPostprocess>,
         logits: Vec<f32>,
         spec: &SpecView<'_>,
         labels: &[String],
         top_k: u32,
         deadline: Instant,
     ) -> Result<(Vec<Prediction>, Phases), GuestFailure> {
-        let store = self.store(Call {
-            deadline,
-            guest: &guest.name,
-            grants: &guest.grants,
-            inference: None,
-            output_bytes: self.factors.output.max_bytes,
-        })?;
+        let call = Call { deadline, inference: None, output_bytes: self.maker.factors.output.max_bytes };
         let tensor = types::Tensor { shape: vec![1, logits.len() as u32], data: logits };
-        let (preds, phases) = self.run_guest(
-            store,
-            |s| guest.pre.instantiate(s),
-            |i, s| i.call_postprocess(s, &tensor, &spec_to_wit(spec), labels, top_k),
-        )?;
+        let prepared = prepared.map(|p| p.0);
+        let (preds, phases) = self.run_guest(&guest.loaded, prepared, call, |i, s| {
+            i.call_postprocess(s, &tensor, &spec_to_wit(spec), labels, top_k)
+        })?;
         // A guest may return more than it was asked for; the response carries `top_k` at most.
         let preds = preds.into_iter().take(top_k as usize);
         Ok((preds.map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(), phases))
     }
 
-    /// One rule's decision (`rule` names the guest). Rules may call back into inference through
-    /// `inference`; also reports how long instantiation and the call took.
+    /// One rule's decision (`rule` names the guest), on `prepared` if this request made it an
+    /// instance before (of this guest), else on one made now. Rules may call back into inference
+    /// through `inference`; also reports how long instantiation and the call took.
     pub fn decide(
         &self,
         guest: &RulesGuest,
+        prepared: Option<PreparedRules>,
         preds: &[Prediction],
         metadata: &[(String, String)],
         inference: Arc<dyn GuestInference>,
         deadline: Instant,
     ) -> Result<(Decision, Phases), GuestFailure> {
-        let store = self.store(Call {
-            deadline,
-            guest: &guest.name,
-            grants: &guest.grants,
-            inference: Some(inference),
-            output_bytes: self.factors.output.max_bytes,
-        })?;
+        let call = Call { deadline, inference: Some(inference), output_bytes: self.maker.factors.output.max_bytes };
         let wit_preds: Vec<types::Prediction> = preds
             .iter()
             .map(|p| types::Prediction { index: p.index, label: p.label.clone(), score: p.score })
             .collect();
         let metadata = metadata.to_vec();
-        let (d, phases) = self.run_guest(
-            store,
-            |s| guest.pre.instantiate(s),
-            |i, s| i.call_decide(s, &wit_preds, &metadata, &guest.config),
-        )?;
+        let prepared = prepared.map(|p| p.0);
+        let (d, phases) = self
+            .run_guest(&guest.loaded, prepared, call, |i, s| i.call_decide(s, &wit_preds, &metadata, &guest.config))?;
         let decision = Decision {
             accepted: d.accepted,
             reason: d.reason,

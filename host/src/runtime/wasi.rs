@@ -4,26 +4,25 @@
 //! an empty environment and argument list (Go and wasi-libc read them), empty stdin, stdout and
 //! stderr that go nowhere, a filesystem with no preopened directory (every path fails), exit.
 //! Config grants more per guest ([`Grant`]): the clocks, randomness, and stdout/stderr into the
-//! host's log (truncated; see [`GuestOutput`]). Everything else a component imports from `wasi:*`
+//! host's log (capped per call and per second; see `stdio.rs`). Everything else a component imports from `wasi:*`
 //! (sockets, HTTP, ...) is linked as a function that fails naming itself when called
 //! ([`stub_ungranted`]), so a component built with a language's default imports loads, and a
 //! call it was not granted fails with the function's name.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub use crate::config::WasiGrant as Grant;
-use bytes::Bytes;
 use wasmtime::component::{HasData, Linker, ResourceTable};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream, WasiCli, WasiCliView};
+use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sync};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiView};
 
 use super::GuestState;
-use super::factor::{Call, Factor, Grants, World};
+use super::factor::{Factor, Grants, Instance, World};
+use super::stdio::{GuestLog, GuestOutput};
 
 /// What a guest gets when config names no grants: the minimum a language runtime needs.
 pub fn default_grants() -> Grants {
@@ -41,12 +40,12 @@ impl Factor for WasiFactor {
         add_to_linker(linker, grants)
     }
 
-    fn instance_state(&self, call: &Call<'_>) -> WasiState {
-        WasiState::new(call.grants, call.guest)
+    fn instance_state(&self, instance: &Instance<'_>) -> WasiState {
+        WasiState::new(instance.grants, instance.log)
     }
 }
 
-/// The WASI state of one guest call.
+/// The WASI state of one guest instance (one call).
 pub(super) struct WasiState {
     pub(super) ctx: WasiCtx,
     pub(super) table: ResourceTable,
@@ -55,29 +54,30 @@ pub(super) struct WasiState {
 }
 
 impl WasiState {
-    /// A context that grants what `grants` says, for guest `guest`.
-    pub(super) fn new(grants: &Grants, guest: &str) -> WasiState {
+    /// A context that grants what `grants` says; granted output goes to the log through `log`,
+    /// the guest's.
+    pub(super) fn new(grants: &Grants, log: &Arc<GuestLog>) -> WasiState {
         // The builder starts from nothing: no environment, arguments or preopened directories,
         // empty stdin, stdout and stderr discarded, no network.
         let mut builder = WasiCtxBuilder::new();
         let mut outputs = Vec::new();
         if grants.contains(&Grant::Stdout) {
-            outputs.push(GuestOutput::new(guest, "stdout"));
+            outputs.push(GuestOutput::new(log.clone(), "stdout"));
             builder.stdout(outputs[outputs.len() - 1].clone());
         }
         if grants.contains(&Grant::Stderr) {
-            outputs.push(GuestOutput::new(guest, "stderr"));
+            outputs.push(GuestOutput::new(log.clone(), "stderr"));
             builder.stderr(outputs[outputs.len() - 1].clone());
         }
         WasiState { ctx: builder.build(), table: ResourceTable::new(), outputs }
     }
 
-    /// Logs what the guest's output left: an unfinished line, and how much went over the
-    /// budget. Called when the call ends, on its thread and in its span (the store itself is
-    /// dropped later, on the reaper thread).
+    /// Logs what the guest's output left (an unfinished line) and counts what was dropped.
+    /// Called when the call ends, on its thread and in its span (the store itself is dropped
+    /// later, on the reaper thread).
     pub(super) fn finish_output(&self) {
         for output in &self.outputs {
-            output.0.lock().unwrap_or_else(|e| e.into_inner()).finish();
+            output.finish();
         }
     }
 }
@@ -222,188 +222,4 @@ fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>, grants: &Grants)
         random::insecure_seed::add_to_linker::<T, WasiRandom>(l, |t| t.ctx().ctx.random())?;
     }
     Ok(())
-}
-
-/// Most of a guest's output one call may put in the log; the rest is counted and dropped, so a
-/// guest writing gigabytes costs the host a counter, not memory or log volume.
-const OUTPUT_BUDGET_BYTES: usize = 16 << 10;
-/// Longest line logged; longer ones are cut.
-const MAX_LINE_BYTES: usize = 1 << 10;
-
-/// A guest's stdout or stderr: complete lines go to the host's log (in the guest call's span,
-/// so with the guest's name and the request id) until [`OUTPUT_BUDGET_BYTES`]; beyond it bytes
-/// are only counted, and the count is logged when the call ends. Writes never block or fail:
-/// wasmtime's `MemoryOutputPipe` traps the guest when full, which would turn a chatty guest into
-/// a failed request.
-#[derive(Clone)]
-pub(super) struct GuestOutput(Arc<Mutex<OutputLog>>);
-
-struct OutputLog {
-    guest: String,
-    stream: &'static str,
-    line: Vec<u8>,
-    logged: usize,
-    dropped: usize,
-}
-
-impl GuestOutput {
-    fn new(guest: &str, stream: &'static str) -> Self {
-        GuestOutput(Arc::new(Mutex::new(OutputLog {
-            guest: guest.to_string(),
-            stream,
-            line: Vec::new(),
-            logged: 0,
-            dropped: 0,
-        })))
-    }
-
-    fn write(&self, bytes: &[u8]) {
-        let mut log = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        log.take(bytes);
-    }
-}
-
-impl OutputLog {
-    fn take(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            if self.logged >= OUTPUT_BUDGET_BYTES {
-                self.dropped += bytes.len();
-                return;
-            }
-            let end = bytes.iter().position(|&b| b == b'\n');
-            let (part, rest) = match end {
-                Some(i) => (&bytes[..i], &bytes[i + 1..]),
-                None => (bytes, &[][..]),
-            };
-            let room = MAX_LINE_BYTES.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&part[..part.len().min(room)]);
-            self.dropped += part.len().saturating_sub(room);
-            if end.is_some() {
-                self.emit();
-            }
-            bytes = rest;
-        }
-    }
-
-    fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.line);
-        tracing::info!(target: "tessera::guest_output", guest = %self.guest, stream = self.stream, "{text}");
-        self.logged += self.line.len() + 1;
-        self.line.clear();
-    }
-}
-
-impl Drop for OutputLog {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl OutputLog {
-    /// Emits the unfinished line and the count of dropped bytes, once.
-    fn finish(&mut self) {
-        if !self.line.is_empty() && self.logged < OUTPUT_BUDGET_BYTES {
-            self.emit();
-        }
-        self.line.clear();
-        let dropped = std::mem::take(&mut self.dropped);
-        if dropped > 0 {
-            tracing::warn!(
-                guest = %self.guest,
-                stream = self.stream,
-                dropped_bytes = dropped,
-                budget_bytes = OUTPUT_BUDGET_BYTES,
-                "guest output over its budget was dropped"
-            );
-        }
-    }
-}
-
-impl IsTerminal for GuestOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestOutput {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl OutputStream for GuestOutput {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        GuestOutput::write(self, &bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 << 10)
-    }
-}
-
-#[async_trait::async_trait]
-impl Pollable for GuestOutput {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        GuestOutput::write(&self, buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn output_is_cut_into_lines_and_capped() {
-        let out = GuestOutput::new("g", "stdout");
-        out.write(b"one\ntw");
-        out.write(b"o\n");
-        {
-            let log = out.0.lock().unwrap();
-            assert_eq!((log.logged, log.dropped, log.line.len()), (8, 0, 0));
-        }
-        out.write(&vec![b'x'; 3 * MAX_LINE_BYTES]);
-        out.write(b"\n");
-        {
-            let log = out.0.lock().unwrap();
-            assert_eq!(log.dropped, 2 * MAX_LINE_BYTES, "a long line is cut");
-        }
-        let flood = vec![b'y'; 10 * OUTPUT_BUDGET_BYTES];
-        out.write(&flood);
-        let log = out.0.lock().unwrap();
-        assert!(log.logged <= OUTPUT_BUDGET_BYTES + MAX_LINE_BYTES + 1, "{}", log.logged);
-        assert!(log.dropped >= 9 * OUTPUT_BUDGET_BYTES, "{}", log.dropped);
-    }
 }
