@@ -5,7 +5,8 @@ HTTP only (`--grpc-addr off --admin-addr off --no-watch`, flags every version si
 has), and `tessera-loadgen` loads them in alternation, the order flipped every round, so the
 machine's drift hits both alike: ROUNDS rounds (5) of c = 1 and c = 4, DUR seconds (8) per cell,
 `/v1/classify` with one PNG of the default model's test set. Prints every cell and, per
-concurrency, the after/before ratios of each round and their medians.
+concurrency, the after/before ratios of each round and their medians. SERVE_ARGS adds arguments
+to both servers' `serve` (e.g. `--rule target/guests/rules-python.wasm`).
 """
 import json
 import os
@@ -20,7 +21,8 @@ DUR = os.environ.get("DUR", "8")
 
 
 def serve(binary: str) -> tuple[subprocess.Popen, str]:
-    argv = [binary, "serve", "--addr", "127.0.0.1:0", "--grpc-addr", "off", "--admin-addr", "off", "--no-watch"]
+    argv = [binary, "serve", "--addr", "127.0.0.1:0", "--grpc-addr", "off", "--admin-addr", "off", "--no-watch",
+            *os.environ.get("SERVE_ARGS", "").split()]
     s = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     http = s.stdout.readline().strip().removeprefix("tessera listening on ")
     wait_ready(http)
