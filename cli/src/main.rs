@@ -75,11 +75,12 @@ enum Command {
         version: Option<String>,
     },
     /// Say how a guest component would load: the Tessera world it fits, what becomes of each
-    /// import under the WASI grants given, its exports.
+    /// import under the WASI grants given (else those the config gives it, else the default),
+    /// its exports, and where the config uses it with which grants.
     Inspect {
         component: PathBuf,
-        /// WASI grants, comma-separated (clocks, random, stdout, stderr) or `none`; default
-        /// clocks,random.
+        /// WASI grants, comma-separated (clocks, random, stdout, stderr) or `none`; default:
+        /// those of the component's first place in the config, else clocks,random.
         #[arg(long, value_parser = parse_grants)]
         wasi: Option<Grants>,
         /// Print JSON instead of text.
@@ -339,15 +340,29 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect { component, wasi, json } => {
-            let grants = wasi.map_or_else(|| tessera::config::DEFAULT_WASI_GRANTS.to_vec(), |g| g.0);
+            // Without --wasi: the grants of the component's first place in the config, if it has one.
+            let places = config.guest_places(&component);
+            let grants = match (wasi, places.first()) {
+                (Some(g), _) => g.0,
+                (None, Some(place)) => place.wasi.clone(),
+                (None, None) => tessera::config::DEFAULT_WASI_GRANTS.to_vec(),
+            };
             let report = tessera::inspect(&config, &component, &grants)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut out = serde_json::to_value(&report)?;
+                out["grants"] = serde_json::to_value(&grants)?;
+                out["configured"] = serde_json::to_value(&places)?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let kind = if report.precompiled { "precompiled" } else { "WebAssembly" };
                 println!("component {} ({kind}, {} bytes)", report.path.display(), report.bytes);
                 let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}").to_lowercase()).collect();
                 println!("grants: {}", if grants.is_empty() { "none".into() } else { grants.join(", ") });
+                for place in &places {
+                    let wasi: Vec<String> = place.wasi.iter().map(|g| format!("{g:?}").to_lowercase()).collect();
+                    let wasi = if wasi.is_empty() { "none".into() } else { wasi.join(", ") };
+                    println!("configured: pipeline {}, {} stage, granted {wasi}", place.pipeline, place.stage);
+                }
                 match (&report.world, &report.fits) {
                     (Some(world), Ok(())) => println!("world: {world}: loads"),
                     (Some(world), Err(why)) => println!("world: {world}: does not load: {why}"),

@@ -421,6 +421,28 @@ impl Config {
         std::iter::once((DEFAULT_PIPELINE.to_string(), g.clone())).chain(named).collect()
     }
 
+    /// Every place the component at `path` is configured as a guest (pipeline, stage), with the
+    /// WASI it is granted there (`tessera inspect` reports them). Paths are compared as
+    /// resolved on disk where they exist.
+    pub fn guest_places(&self, path: &Path) -> Vec<GuestPlace> {
+        let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let wanted = key(path);
+        let mut places = Vec::new();
+        for (pipeline, g) in self.resolved_pipelines() {
+            let stages = [
+                ("preprocess", &g.preprocess, &g.preprocess_wasi),
+                ("postprocess", &g.postprocess, &g.postprocess_wasi),
+            ];
+            let rules = g.rules.iter().map(|r| ("rules", &r.path, &r.wasi));
+            for (stage, p, wasi) in stages.into_iter().chain(rules) {
+                if key(p) == wanted {
+                    places.push(GuestPlace { pipeline: pipeline.clone(), stage, wasi: wasi.clone() });
+                }
+            }
+        }
+        places
+    }
+
     /// Every guest file of every pipeline, in config order (a file may repeat).
     pub fn guest_paths(&self) -> Vec<PathBuf> {
         self.resolved_pipelines()
@@ -433,6 +455,16 @@ impl Config {
     pub fn inference_workers(&self) -> usize {
         self.limits.inference_threads()
     }
+}
+
+/// One place a component is configured as a guest: its pipeline, its stage, and the WASI it is
+/// granted there.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuestPlace {
+    pub pipeline: String,
+    /// `preprocess`, `postprocess` or `rules`.
+    pub stage: &'static str,
+    pub wasi: Vec<WasiGrant>,
 }
 
 #[cfg(test)]

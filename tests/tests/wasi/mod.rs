@@ -155,6 +155,40 @@ fn inspect_says_how_a_component_would_load() {
 
     let (code, report) = inspect(&guest("preprocess"), "");
     assert_eq!((code, &report["world"]), (Some(0), &serde_json::json!("preprocessor")), "{report}");
+
+    // Without --wasi, a component the config uses is inspected with the grants it has there,
+    // and every place it has is reported: the preprocess stage's grants, as a rule's.
+    let dir = root().join(format!("target/test-data/inspect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tessera.toml");
+    let preprocess = guest("preprocess");
+    std::fs::write(
+        &config,
+        format!(
+            "[guests]\npreprocess = {preprocess:?}\npreprocess_wasi = []\n\
+             [pipelines.debug]\npreprocess_wasi = [\"stderr\", \"clocks\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::tessera_bin())
+        .current_dir(root())
+        .arg("--config")
+        .arg(&config)
+        .args(["inspect", "--json"])
+        .arg(&preprocess)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["grants"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["configured"],
+        serde_json::json!([
+            {"pipeline": "default", "stage": "preprocess", "wasi": []},
+            {"pipeline": "debug", "stage": "preprocess", "wasi": ["stderr", "clocks"]},
+        ]),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
