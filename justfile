@@ -108,7 +108,8 @@ guests-c-go:
     work=target/guest-build
     mkdir -p $out
     if stale $out/rules-c.wasm guests/rules-c wit guests/bindgen || stale $out/probe-c.wasm tests/guests/probe-c wit guests/bindgen \
-        || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt; then
+        || stale $out/rules-go.wasm guests/rules-go wit guests/bindgen requirements.txt \
+        || stale $out/probe-go.wasm tests/guests/probe-go wit guests/bindgen requirements.txt; then
       # Built with the whole host workspace's features (not `-p tessera-bindgen` alone, whose
       # own smaller set would compile the crates it shares with wasmtime a second time).
       cargo build --release --quiet {{host_pkgs}} --bin tessera-bindgen
@@ -130,15 +131,19 @@ guests-c-go:
       # Go: the generated module around our package; go.bytecodealliance.org/pkg, which no
       # reachable proxy serves, from the copy inside the wit-bindgen-go crate. The pkg reaches
       # runtime.sbrk through go:linkname, which Go >= 1.23 refuses unless -checklinkname=0.
-      target/release/tessera-bindgen go wit rules $work/go
-      cp -r guests/rules-go/. $work/go/
+      # The hostile probe (tests/guests/probe-go) is built the same way, beside it.
       pkg=$(cargo metadata --format-version 1 --locked | {{python}} -c 'import json, sys, os; print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wit-bindgen-go") + "/src/pkg")')
-      printf '\nreplace go.bytecodealliance.org/pkg => %s\n' "$pkg" >> $work/go/go.mod
-      (cd $work/go && GOOS=wasip1 GOARCH=wasm GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
-        GOCACHE=$PWD/../go-cache GOPATH=$PWD/../go-path go build -buildmode=c-shared -ldflags=-checklinkname=0 -o ../rules-go.core.wasm .)
-      {{wasm_tools}} component embed wit --world rules $work/rules-go.core.wasm -o $work/rules-go.embed.wasm
-      {{wasm_tools}} component new $work/rules-go.embed.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/rules-go.wasm
-      echo "built $out/rules-go.wasm"
+      for guest in rules-go:guests/rules-go probe-go:tests/guests/probe-go; do
+        name=${guest%%:*} src=${guest#*:}
+        target/release/tessera-bindgen go wit rules $work/$name
+        cp -r $src/. $work/$name/
+        printf '\nreplace go.bytecodealliance.org/pkg => %s\n' "$pkg" >> $work/$name/go.mod
+        (cd $work/$name && GOOS=wasip1 GOARCH=wasm GOPROXY=off GOFLAGS=-mod=mod GOTOOLCHAIN=local \
+          GOCACHE=$PWD/../go-cache GOPATH=$PWD/../go-path go build -buildmode=c-shared -ldflags=-checklinkname=0 -o ../$name.core.wasm .)
+        {{wasm_tools}} component embed wit --world rules $work/$name.core.wasm -o $work/$name.embed.wasm
+        {{wasm_tools}} component new $work/$name.embed.wasm --adapt $work/wasi_snapshot_preview1.reactor.wasm -o $out/$name.wasm
+        echo "built $out/$name.wasm"
+      done
     fi
 
 # Build the host binary and every test/bench target (release: the one profile this workspace
@@ -212,7 +217,7 @@ test:
     just guests-wasi
     step "waiting for ./run's installs"
     just setup-wait
-    gofmt="$(go env GOROOT)/bin/gofmt"; test -z "$($gofmt -l guests/rules-go)" || { $gofmt -d guests/rules-go; exit 1; }
+    gofmt="$(go env GOROOT)/bin/gofmt"; test -z "$($gofmt -l guests/rules-go tests/guests/probe-go)" || { $gofmt -d guests/rules-go tests/guests/probe-go; exit 1; }
     step "python and javascript guests (in the background)"
     mkdir -p target/build-units
     just guests-scripted > target/build-units/guests-scripted.log 2>&1 &

@@ -192,7 +192,7 @@ fn a_precompiled_python_guest_loads_without_compiling_from_a_trusted_path_only()
 }
 
 /// Resident memory of process `pid`, from /proc.
-fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
     kb.parse::<u64>().unwrap() * 1024
@@ -244,16 +244,17 @@ fn check_contained(language: &str, probe: &str, status: u16, body: &Value) {
     }
 }
 
-/// The hostile probes in Python (componentize-py), JavaScript (componentize-js) and C
-/// (wasi-libc), one named pipeline each on one server, against the limits the Rust probe meets
-/// (`trapping_looping_and_hoarding_guests_are_contained`): each gets its clear error, the
-/// host serves on, and RSS comes back.
+/// The hostile probes in Python (componentize-py), JavaScript (componentize-js), C (wasi-libc)
+/// and Go (its wasip1 port), one named pipeline each on one server, against the limits the Rust
+/// probe meets (`trapping_looping_and_hoarding_guests_are_contained`): each gets its clear
+/// error, the host serves on, and RSS comes back.
 #[test]
-fn hostile_python_javascript_and_c_guests_are_contained_like_a_rust_one() {
-    let languages: [(&str, &[&str]); 3] = [
+fn hostile_python_javascript_c_and_go_guests_are_contained_like_a_rust_one() {
+    let languages: [(&str, &[&str]); 4] = [
         ("python", &["loop", "memory", "recursion", "huge", "infer-flood", "flood", "file", "env", "net"]),
         ("js", &["loop", "memory", "recursion", "huge", "infer-flood", "flood", "net"]),
         ("c", &["loop", "memory", "recursion", "huge", "infer-flood", "flood", "file", "env"]),
+        ("go", &["loop", "memory", "recursion", "huge", "infer-flood", "flood", "file", "env"]),
     ];
     let dir = root().join(format!("target/test-data/probes-{}", std::process::id()));
     let pipelines: String = languages

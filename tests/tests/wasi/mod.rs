@@ -74,6 +74,43 @@ fn a_wasi_guest_gets_nothing_it_was_not_granted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A guest granted stdout that writes 4 GiB to it in one call is answered, and costs the host a
+/// counter: the log keeps its 16 KiB, and the server's RSS after 60 more requests is within
+/// 16 MiB of what it was after 60 before (nothing of the output is held).
+#[test]
+fn four_gib_of_guest_output_cost_the_host_a_counter() {
+    let dir = root().join(format!("target/test-data/wasi-flood-{}", std::process::id()));
+    let probe = guest("probe-wasi");
+    let config = config_with_rules(&dir, &format!("[[guests.rules]]\npath = {probe:?}\nwasi = [\"stdout\"]\n"));
+    let server = Server::start(&["--config", config.to_str().unwrap(), "--deadline-ms", "60000"]);
+    let case = &shapes(CLASSES_SEED, 1)[0];
+    let image = read(&case.path);
+    let sixty = || {
+        for _ in 0..60 {
+            let (status, body, _) = server.classify(&image, "", &[]);
+            assert_eq!((status, reason(&body)), (200, "probe accepts"), "{body}");
+        }
+    };
+    sixty();
+    let rss_before = crate::languages::rss_bytes(server.pid());
+    let started = std::time::Instant::now();
+    let (status, body, _) = server.classify(&image, "", &[("x-probe", "flood"), ("x-probe-mib", "4096")]);
+    let took = started.elapsed();
+    assert_eq!((status, reason(&body)), (200, "flood: 4096 MiB"), "{body}");
+    sixty();
+    let rss_after = crate::languages::rss_bytes(server.pid());
+    eprintln!("4 GiB of output answered in {took:?}; RSS {} -> {} MiB", rss_before >> 20, rss_after >> 20);
+    assert!(rss_after <= rss_before + (16 << 20), "RSS grew from {} to {} MiB", rss_before >> 20, rss_after >> 20);
+    assert!(server.stderr().len() < 1 << 20, "the log grew to {} bytes", server.stderr().len());
+    let dropped = crate::metrics::scrape(&server)
+        .iter()
+        .filter(|(k, _)| k.starts_with("tessera_guest_output_dropped_bytes_total{") && k.contains("probe-wasi"))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    assert!(dropped >= 4096.0 * f64::from(1 << 20) - f64::from(16 << 10), "counted {dropped} bytes dropped");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_guest_without_its_clock_grant_traps_naming_the_clock() {
     let dir = root().join(format!("target/test-data/wasi-none-{}", std::process::id()));

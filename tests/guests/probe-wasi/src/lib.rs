@@ -5,7 +5,7 @@
 //! - `file`: reads `/etc/passwd`;
 //! - `clock`: reads the wall clock;
 //! - `print`: writes a line to stdout and one to stderr;
-//! - `flood`: writes 64 MiB to stdout;
+//! - `flood`: writes `x-probe-mib` MiB (default 64) to stdout, in 1 KiB lines;
 //! - `net`: connects a TCP socket to 127.0.0.1:9;
 //! - anything else or absent: accepts.
 //!
@@ -45,13 +45,14 @@ mod component {
                     "print: done".into()
                 }
                 Some("flood") => {
-                    let line = [b'x'; 1023];
+                    // 1 MiB of 1 KiB lines at a time, `x-probe-mib` times (default 64).
+                    let mib: usize = meta(&md, "x-probe-mib").and_then(|v| v.parse().ok()).unwrap_or(64);
+                    let chunk: Vec<u8> = (0..1 << 20).map(|i| if i % 1024 == 1023 { b'\n' } else { b'x' }).collect();
                     let mut out = std::io::stdout().lock();
-                    for _ in 0..(64 << 10) {
-                        let _ = out.write_all(&line);
-                        let _ = out.write_all(b"\n");
+                    for _ in 0..mib {
+                        let _ = out.write_all(&chunk);
                     }
-                    "flood: done".into()
+                    format!("flood: {mib} MiB")
                 }
                 Some("net") => match std::net::TcpStream::connect("127.0.0.1:9") {
                     Ok(_) => "net: connected".into(),
