@@ -324,6 +324,11 @@ bench-telemetry: build
 bench-guests: build
     {{python}} bench/guests.py
 
+# Whether hostile guests leave the server slower: normal requests after every language's probes
+# against a server that never saw them, alternated (bench/hostile.py; docs/PERFORMANCE.md).
+bench-hostile: build
+    {{python}} bench/hostile.py
+
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
     {{python}} models/tools/train.py {{ARGS}}
