@@ -14,7 +14,7 @@ runtime_only_features := "tract-patches"
 
 # Every host crate (the server, its C API, the tests, the native builds of the guests, the
 # bindings tool): all but the wasm32-only test guests and the bench load tool.
-host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-loadgen"
+host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-probe-preprocess --exclude tessera-loadgen"
 # The guests the embedded default serves (config.rs, GuestsConfig::default), and the other Rust ones.
 default_guest_pkgs := "-p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold"
 guest_pkgs := default_guest_pkgs + " -p tessera-rules-rust -p tessera-probe-rules"
@@ -57,13 +57,14 @@ guests-rust PKGS:
       {{wasm_tools}} component new {{wasm_out}}/${pkg//-/_}.wasm -o {{guest_dir}}/$name.wasm; \
     done
 
-# A guest whose standard library imports WASI, as other languages' runtimes do: wasm32-wasip2
-# builds a component directly.
+# Guests whose standard library imports WASI, as other languages' runtimes do (a rules probe and
+# a preprocess probe): wasm32-wasip2 builds a component directly.
 [private]
 guests-wasi:
-    cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi
+    cargo build --release --target wasm32-wasip2 -p tessera-probe-wasi -p tessera-probe-preprocess
     mkdir -p {{guest_dir}}
     cp target/wasm32-wasip2/release/tessera_probe_wasi.wasm {{guest_dir}}/probe-wasi.wasm
+    cp target/wasm32-wasip2/release/tessera_probe_preprocess.wasm {{guest_dir}}/probe-preprocess.wasm
 
 # The reference rule set in other languages (guests/conformance/RULES.md), each with its own
 # toolchain, pinned in the project's files (requirements.txt, guests/rules-js/package-lock.json,

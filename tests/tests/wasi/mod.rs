@@ -111,6 +111,48 @@ fn four_gib_of_guest_output_cost_the_host_a_counter() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The preprocess stage gets the WASI its pipeline grants and nothing else
+/// (`tests/guests/probe-preprocess`, which writes to stderr on every call and reads the clock
+/// when the image is `clock`): granted stderr reaches the log with the guest's name, ungranted
+/// goes nowhere, and an ungranted clock traps naming itself.
+#[test]
+fn a_preprocess_guest_gets_the_wasi_its_pipeline_grants() {
+    let dir = root().join(format!("target/test-data/wasi-preprocess-{}", std::process::id()));
+    let probe = guest("probe-preprocess");
+    let config = config_with_rules(
+        &dir,
+        &format!(
+            "[[guests.rules]]\npath = {:?}\n\
+             [pipelines.granted]\npreprocess = {probe:?}\npreprocess_wasi = [\"stderr\", \"clocks\"]\n\
+             [pipelines.denied]\npreprocess = {probe:?}\npreprocess_wasi = []\n",
+            guest("rules-threshold")
+        ),
+    );
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let image = read(&shapes(CLASSES_SEED, 1)[0].path);
+    let hellos = || server.stderr().matches("probe-preprocess says hello on stderr").count();
+
+    let (status, body, _) = server.classify(&image, "?pipeline=granted", &[("x-request-id", "granted")]);
+    assert_eq!(status, 200, "{body}");
+    let log = server.stderr();
+    let line = log.lines().find(|l| l.contains("probe-preprocess says hello")).expect("the guest's line in the log");
+    assert!(line.contains("guest=probe-preprocess") && line.contains("request_id=\"granted\""), "{line}");
+    let (status, body, _) = server.classify(&image, "?pipeline=denied", &[]);
+    assert_eq!((status, hellos()), (200, 1), "stderr not granted: nothing more in the log; {body}");
+
+    let (status, body, _) = server.classify(b"clock", "?pipeline=granted", &[("content-type", "image/png")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(server.stderr().contains("probe-preprocess read the clock: true"));
+    let (status, body, _) = server.classify(b"clock", "?pipeline=denied", &[("content-type", "image/png")]);
+    assert_eq!(
+        (status, body["error"]["code"].as_str(), body["error"]["stage"].as_str()),
+        (500, Some("guest_trap"), Some("preprocess")),
+        "{body}"
+    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("wasi:clocks/wall-clock"), "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_guest_without_its_clock_grant_traps_naming_the_clock() {
     let dir = root().join(format!("target/test-data/wasi-none-{}", std::process::id()));
