@@ -7,6 +7,15 @@
 use crate::support::{Server, config_with_rules, guest, root, shapes};
 use crate::{CLASSES_SEED, read};
 
+/// Bytes of `guest`'s output its budgets dropped, every stream and budget together.
+fn dropped_output(server: &Server, guest: &str) -> f64 {
+    crate::metrics::scrape(server)
+        .iter()
+        .filter(|(k, _)| k.starts_with("tessera_guest_output_dropped_bytes_total{") && k.contains(guest))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 fn reason(body: &serde_json::Value) -> &str {
     body["decision"]["reason"].as_str().unwrap_or_default()
 }
@@ -55,11 +64,7 @@ fn a_wasi_guest_gets_nothing_it_was_not_granted() {
     let log = server.stderr();
     assert_eq!(log.matches("guest output over its budget was dropped").count(), 1, "{log}");
     assert!(log.len() < 1 << 20, "the log grew to {} bytes", log.len());
-    let dropped = crate::metrics::scrape(&server)
-        .iter()
-        .filter(|(k, _)| k.starts_with("tessera_guest_output_dropped_bytes_total{") && k.contains("probe-wasi"))
-        .map(|(_, v)| v)
-        .sum::<f64>();
+    let dropped = dropped_output(&server, "probe-wasi");
     assert!(dropped >= f64::from(2 * ((64 << 20) - (16 << 10))), "counted {dropped} bytes dropped");
 
     // Sockets were never granted: the call traps, naming the function, and the host serves on.
@@ -102,11 +107,7 @@ fn four_gib_of_guest_output_cost_the_host_a_counter() {
     eprintln!("4 GiB of output answered in {took:?}; RSS {} -> {} MiB", rss_before >> 20, rss_after >> 20);
     assert!(rss_after <= rss_before + (16 << 20), "RSS grew from {} to {} MiB", rss_before >> 20, rss_after >> 20);
     assert!(server.stderr().len() < 1 << 20, "the log grew to {} bytes", server.stderr().len());
-    let dropped = crate::metrics::scrape(&server)
-        .iter()
-        .filter(|(k, _)| k.starts_with("tessera_guest_output_dropped_bytes_total{") && k.contains("probe-wasi"))
-        .map(|(_, v)| v)
-        .sum::<f64>();
+    let dropped = dropped_output(&server, "probe-wasi");
     assert!(dropped >= 4096.0 * f64::from(1 << 20) - f64::from(16 << 10), "counted {dropped} bytes dropped");
     let _ = std::fs::remove_dir_all(&dir);
 }
