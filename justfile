@@ -45,7 +45,16 @@ setup-wait:
 guests-default: (guests-rust default_guest_pkgs)
 
 # Build every guest component (production guests and test fixtures) into target/guests/.
-guests: (guests-rust guest_pkgs) guests-wasi guests-polyglot
+guests: (guests-rust guest_pkgs) guests-tasks guests-wasi guests-polyglot
+
+# Task guests (`world task`), built apart from the preprocess guest whose code they use as a
+# library: in one cargo build its `component` feature would be on for them too, and a task
+# would export `preprocess` beside its own `run`.
+[private]
+guests-tasks:
+    cargo build --release --target {{guest_target}} -p tessera-task-classify
+    mkdir -p {{guest_dir}}
+    {{wasm_tools}} component new {{wasm_out}}/tessera_task_classify.wasm -o {{guest_dir}}/task-classify.wasm
 
 # Rust guests for wasm32-unknown-unknown, each made a component by wasm-tools.
 [private]
@@ -215,6 +224,7 @@ test:
     fi
     step "wasm32 guests"
     just guests-rust "{{guest_pkgs}}"
+    just guests-tasks
     just guests-wasi
     step "waiting for ./run's installs"
     just setup-wait

@@ -50,6 +50,7 @@ pub enum TesseraStatus {
     Overloaded = 21,
     DeadlineExceeded = 22,
     NotReady = 23,
+    TaskNotFound = 24,
 }
 
 impl From<ErrorKind> for TesseraStatus {
@@ -69,6 +70,7 @@ impl From<ErrorKind> for TesseraStatus {
             ErrorKind::Overloaded => TesseraStatus::Overloaded,
             ErrorKind::DeadlineExceeded => TesseraStatus::DeadlineExceeded,
             ErrorKind::NotReady => TesseraStatus::NotReady,
+            ErrorKind::TaskNotFound => TesseraStatus::TaskNotFound,
         }
     }
 }
@@ -95,6 +97,7 @@ impl TesseraStatus {
             TesseraStatus::Overloaded => c"overloaded",
             TesseraStatus::DeadlineExceeded => c"deadline_exceeded",
             TesseraStatus::NotReady => c"not_ready",
+            TesseraStatus::TaskNotFound => c"task_not_found",
         }
     }
 }
@@ -415,7 +418,7 @@ pub unsafe extern "C" fn tessera_string_free(s: *mut c_char) {
 /// unknown value gives `"unknown"`.
 #[unsafe(no_mangle)]
 pub extern "C" fn tessera_status_name(status: i32) -> *const c_char {
-    const ALL: [TesseraStatus; 18] = [
+    const ALL: [TesseraStatus; 19] = [
         TesseraStatus::Ok,
         TesseraStatus::InvalidArgument,
         TesseraStatus::Config,
@@ -434,6 +437,7 @@ pub extern "C" fn tessera_status_name(status: i32) -> *const c_char {
         TesseraStatus::Overloaded,
         TesseraStatus::DeadlineExceeded,
         TesseraStatus::NotReady,
+        TesseraStatus::TaskNotFound,
     ];
     ALL.iter().find(|s| **s as i32 == status).map_or(c"unknown", |s| s.name()).as_ptr()
 }

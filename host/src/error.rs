@@ -17,12 +17,14 @@ pub enum Stage {
     Inference,
     Postprocess,
     Rules,
+    /// A task guest's run (`POST /v1/tasks/{name}`), engine calls included.
+    Task,
 }
 
 impl Stage {
     /// Every stage, in the order a request goes through them.
-    pub const ALL: [Stage; 5] =
-        [Stage::Admission, Stage::Preprocess, Stage::Inference, Stage::Postprocess, Stage::Rules];
+    pub const ALL: [Stage; 6] =
+        [Stage::Admission, Stage::Preprocess, Stage::Inference, Stage::Postprocess, Stage::Rules, Stage::Task];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -31,6 +33,7 @@ impl Stage {
             Stage::Inference => "inference",
             Stage::Postprocess => "postprocess",
             Stage::Rules => "rules",
+            Stage::Task => "task",
         }
     }
 }
@@ -53,6 +56,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// No pipeline of that name (`pipeline=`).
     PipelineNotFound,
+    /// No task of that name (`/v1/tasks/{name}`).
+    TaskNotFound,
     /// A guest trapped (panic, unreachable, out-of-bounds access, ...).
     GuestTrap,
     /// A guest hit `limits.guest_memory_bytes`.
@@ -80,6 +85,7 @@ impl ErrorKind {
             ErrorKind::ImageTooLarge => "image_too_large",
             ErrorKind::ModelNotFound => "model_not_found",
             ErrorKind::PipelineNotFound => "pipeline_not_found",
+            ErrorKind::TaskNotFound => "task_not_found",
             ErrorKind::GuestTrap => "guest_trap",
             ErrorKind::GuestMemoryExceeded => "guest_memory_exceeded",
             ErrorKind::GuestFailed => "guest_failed",
@@ -102,6 +108,7 @@ impl ErrorKind {
                 | ErrorKind::ImageTooLarge
                 | ErrorKind::ModelNotFound
                 | ErrorKind::PipelineNotFound
+                | ErrorKind::TaskNotFound
         )
     }
 }

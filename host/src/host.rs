@@ -17,10 +17,11 @@ use crate::inference::ModelIo;
 use crate::inference::probe::LoadProbe;
 use crate::inference::{self, EngineConfig};
 use crate::metrics::{Metrics, SampledState};
-use crate::pipeline::{Classification, ModelRef, Pipeline, Pipelines, Runner, TensorOutput};
+use crate::pipeline::{Classification, ModelRef, Pipeline, Pipelines, Runner, Task, TaskResult, TensorOutput};
 use crate::repository::{self, FileStamp, ModelRepository, RepositoryError};
 use crate::request::{ClassifyRequest, Progress, RequestContext, TensorRequest};
 use crate::runtime::{self, CompileTarget, Inspection, Runtime, RuntimeError, default_grants};
+use crate::stage_io::TaskInput;
 use crate::watch;
 
 /// Why a host could not be built.
@@ -259,7 +260,12 @@ fn load_pipelines(runtime: &Runtime, config: &Config) -> Result<Pipelines, Runti
     }
     let by_model =
         config.pipelines.iter().flat_map(|(name, p)| p.models.iter().map(move |m| (m.clone(), name.clone()))).collect();
-    Ok(Pipelines { by_name, by_model, sources: guest_stamps(config) })
+    let mut tasks = BTreeMap::new();
+    for (name, t) in &config.tasks {
+        let guest = runtime.load_task(&t.path, t.wasi.iter().copied().collect())?;
+        tasks.insert(name.clone(), Arc::new(Task { name: name.clone(), guest, models: t.models.clone() }));
+    }
+    Ok(Pipelines { by_name, by_model, tasks, sources: guest_stamps(config) })
 }
 
 fn guest_stamps(config: &Config) -> Vec<FileStamp> {
@@ -314,6 +320,18 @@ pub struct UnloadableModel {
     pub error: String,
     /// Always empty: nothing of it serves.
     pub ready_versions: Vec<String>,
+}
+
+/// A configured task as listings show it (`GET /v1/tasks`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskStatus {
+    pub name: String,
+    /// The task guest's name (its file's stem).
+    pub guest: String,
+    /// The models its `engines` calls may reach.
+    pub models: Vec<String>,
+    /// The WASI it was granted.
+    pub wasi: Vec<crate::config::WasiGrant>,
 }
 
 /// A configured pipeline as listings show it (`GET /v1/pipelines`).
@@ -400,6 +418,27 @@ impl Host {
     /// its raw output. Blocks.
     pub fn infer(&self, tensor: TensorRequest) -> Result<TensorOutput, RequestError> {
         self.runner.infer(tensor, &Progress::default())
+    }
+
+    /// Runs task `name` (`[tasks.<name>]`) on `input` under `context` (its deadline): the task
+    /// guest's answer. Blocks.
+    pub fn run_task(
+        &self,
+        name: &str,
+        input: &TaskInput,
+        context: &RequestContext,
+        progress: &Progress,
+    ) -> Result<TaskResult, RequestError> {
+        self.runner.run_task(name, input, context, progress)
+    }
+
+    /// The configured tasks (`GET /v1/tasks`).
+    pub fn tasks(&self) -> Vec<TaskStatus> {
+        self.runner
+            .tasks()
+            .into_iter()
+            .map(|(name, guest, models, wasi)| TaskStatus { name, guest, models, wasi })
+            .collect()
     }
 
     /// Like [`Host::infer`], telling `progress` which stage is running.

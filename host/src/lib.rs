@@ -32,7 +32,7 @@ mod runtime;
 mod stage_io;
 mod watch;
 
-pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TelemetryConfig, WasiGrant};
+pub use config::{Config, ConfigError, Limits, PipelineConfig, RuleConfig, TaskConfig, TelemetryConfig, WasiGrant};
 pub use cpu::compute_thread;
 pub use error::{ErrorKind, RequestError, Stage};
 pub use inference::probe;
@@ -40,17 +40,17 @@ pub use inference::probe;
 #[deprecated(since = "0.1.0", note = "renamed `RequestError`")]
 pub type PipelineError = RequestError;
 pub use host::{
-    BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, UnloadableModel,
-    VersionStatus, compile, inspect,
+    BuildError, Host, HostBuilder, ModelStatus, PipelineStatus, Preprocessor, ReloadReport, TaskStatus,
+    UnloadableModel, VersionStatus, compile, inspect,
 };
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
-pub use pipeline::{Classification, GuestRun, ModelRef, TensorOutput, Timings};
+pub use pipeline::{Classification, GuestRun, ModelRef, TaskResult, TaskTimings, TensorOutput, Timings};
 pub use repository::RepositoryError;
 pub use request::{ClassifyRequest, DEFAULT_TOP_K, Progress, RequestContext, TensorRequest};
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};
-pub use stage_io::{Decision, Prediction};
+pub use stage_io::{Decision, Detection, Prediction, TaskAnswer, TaskInput};
 pub use watch::{WatchError, WatchGuard};
 
 /// Not part of the API: the pieces the benches, the profiling example, the integration tests

@@ -23,9 +23,9 @@ use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
 use crate::request::{ClassifyRequest, DEFAULT_TOP_K, Progress, TensorRequest};
 use crate::runtime::{
     GuestFailure, GuestInference, Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest,
-    RulesGuest, Runtime,
+    RulesGuest, Runtime, TaskGuest,
 };
-use crate::stage_io::{Decision, Prediction, SpecView};
+use crate::stage_io::{Decision, ModelDescription, NamedTensor, Prediction, SpecView, TaskAnswer, TaskInput};
 
 /// Which model answered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,12 +107,53 @@ pub struct Pipelines {
     pub(crate) by_name: BTreeMap<String, Arc<Pipeline>>,
     /// Model name → the pipeline its requests get when they select none.
     pub(crate) by_model: BTreeMap<String, String>,
+    /// Task guests by name (`[tasks.<name>]`).
+    pub(crate) tasks: BTreeMap<String, Arc<Task>>,
     /// Size and mtime of each guest file when loaded, in config order: a reload recompiles
     /// only when they change.
     pub(crate) sources: Vec<FileStamp>,
 }
 
+/// A task (`[tasks.<name>]`): its guest and the models it may call.
+pub struct Task {
+    pub name: String,
+    pub guest: TaskGuest,
+    pub models: Vec<String>,
+}
+
+/// A task's answer, and where its time went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub answer: TaskAnswer,
+    pub timings_ms: TaskTimings,
+    /// The task guest's run: its instantiate and call times (the call includes its engine runs).
+    pub guests: Vec<GuestRun>,
+}
+
+/// Milliseconds a task request spent: the guest's run (its engine calls included) and in all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TaskTimings {
+    pub task: f64,
+    pub total: f64,
+}
+
 impl Pipelines {
+    /// The task named `name`.
+    pub(crate) fn task(&self, name: &str) -> Result<&Arc<Task>, RequestError> {
+        self.tasks.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+            RequestError::new(
+                ErrorKind::TaskNotFound,
+                Stage::Admission,
+                format!(
+                    "no task named {name:?}; configured: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            )
+        })
+    }
+
     /// The pipeline a request selected, else the one configured for its model, else the
     /// default.
     pub(crate) fn select(&self, requested: Option<&str>, model: &str) -> Result<&Arc<Pipeline>, RequestError> {
@@ -338,6 +379,48 @@ impl Runner {
         })
     }
 
+    /// Runs task `name` on `input` under `context`'s deadline.
+    pub fn run_task(
+        &self,
+        name: &str,
+        input: &TaskInput,
+        context: &crate::request::RequestContext,
+        progress: &Progress,
+    ) -> Result<TaskResult, RequestError> {
+        let task = self.pipelines.load().task(name)?.clone();
+        let deadline = context.deadline();
+        // The largest input tensor its models take: what one `engines.run` may hand the host.
+        let snapshot = self.repo.snapshot();
+        let max_input_bytes = task
+            .models
+            .iter()
+            .filter_map(|m| snapshot.models.get(m))
+            .flat_map(|m| m.versions.values())
+            .map(|v| v.pool.input_shape().iter().product::<usize>() * 4)
+            .max()
+            .unwrap_or(0);
+        let models: Arc<dyn GuestInference> = Arc::new(TaskModels { repo: self.repo.clone(), task: task.clone() });
+        let ran = GuestRuns::default();
+        let mut timings = TaskTimings::default();
+        let answer = in_stage(progress, Stage::Task, &mut timings.task, || {
+            self.guest(Stage::Task, &task.guest.name, &ran, || {
+                self.runtime.run_task(&task.guest, input, models, max_input_bytes, deadline)
+            })
+        })?;
+        timings.total = ms(context.start().elapsed());
+        Ok(TaskResult { task: task.name.clone(), answer, timings_ms: timings, guests: ran.into_inner() })
+    }
+
+    /// The configured tasks: name, guest file name, the models each may call, its WASI grants.
+    pub fn tasks(&self) -> Vec<(String, String, Vec<String>, Vec<crate::config::WasiGrant>)> {
+        self.pipelines
+            .load()
+            .tasks
+            .values()
+            .map(|t| (t.name.clone(), t.guest.name.clone(), t.models.clone(), t.guest.grants.iter().copied().collect()))
+            .collect()
+    }
+
     /// Runs only the preprocess stage for the default (or named) model, with the model's
     /// pipeline: the exact tensor the model would see. Used by training tools so training and
     /// serving cannot drift.
@@ -402,6 +485,85 @@ impl Runner {
         }
         self.runtime.discard(prepared);
         Ok(decision)
+    }
+}
+
+/// What a task's `engines` calls reach: the repository's models that its config names, and no
+/// other.
+struct TaskModels {
+    repo: Arc<ModelRepository>,
+    task: Arc<Task>,
+}
+
+impl TaskModels {
+    fn allowed(&self, model: &str) -> Result<(), RequestError> {
+        if self.task.models.iter().any(|m| m == model) {
+            return Ok(());
+        }
+        Err(RequestError::new(
+            ErrorKind::ModelNotFound,
+            Stage::Task,
+            format!(
+                "task {} may not call model {model:?}; its config names {}",
+                self.task.name,
+                if self.task.models.is_empty() { "none".to_string() } else { self.task.models.join(", ") }
+            ),
+        ))
+    }
+}
+
+impl GuestInference for TaskModels {
+    fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, RequestError> {
+        self.allowed(model)?;
+        self.repo.infer(model, version, shape, input, deadline)
+    }
+
+    fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
+        self.allowed(model)?;
+        let snapshot = self.repo.snapshot();
+        let found = snapshot.get(model)?;
+        let v = found.resolve(version)?;
+        let spec = spec_view(found, &v);
+        Ok(ModelDescription {
+            name: found.name.clone(),
+            version: v.version,
+            input_shape: spec.input_shape,
+            mean: spec.mean,
+            std: spec.std,
+            resize: spec.resize,
+            labels: found.labels.to_vec(),
+        })
+    }
+
+    fn run(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<NamedTensor>, RequestError> {
+        self.allowed(model)?;
+        let snapshot = self.repo.snapshot();
+        let version = snapshot.get(model)?.resolve(version)?;
+        let span = tracing::info_span!("engine run", model, version = version.version, error.type = Empty);
+        let _entered = span.enter();
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        check_shape(model, version.pool.input_shape(), &dims, Stage::Task)?;
+        let data = version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))?;
+        let io = version.pool.io();
+        Ok(vec![NamedTensor {
+            name: io.output_name.clone(),
+            shape: io.output_shape.iter().map(|&d| d as u32).collect(),
+            data,
+        }])
     }
 }
 

@@ -25,6 +25,56 @@ pub struct Prediction {
     pub score: f32,
 }
 
+/// A model as a task guest sees it (`engines.describe`): its input spec and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDescription {
+    pub name: String,
+    pub version: u64,
+    pub input_shape: [u32; 4],
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub resize: u32,
+    pub labels: Vec<String>,
+}
+
+/// One output of a model run: its name in the model, its shape and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<u32>,
+    pub data: Vec<f32>,
+}
+
+/// What a client sent a task: the body as it came, its declared content type, and the request's
+/// parameters (query parameters, then `x-*` headers).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskInput {
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub params: Vec<(String, String)>,
+}
+
+/// A task's answer (`tasks.answer`), as the response carries it: `{"detections": [...]}`,
+/// `{"embedding": [...]}`, `{"classes": [...]}` or `{"json": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskAnswer {
+    Detections(Vec<Detection>),
+    Embedding(Vec<f32>),
+    Classes(Vec<Prediction>),
+    Json(serde_json::Value),
+}
+
+/// One object a task found, its box `[x_min, y_min, x_max, y_max]` in the pixels of the image as
+/// the client sent it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub label: String,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
 /// The rules' decision: one rules guest's, or the chain's, with the rule that gave it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {

@@ -14,7 +14,7 @@ use tracing::field::Empty;
 use super::telemetry::{self, TraceHeaders};
 use tessera::Host;
 use tessera::metrics::{Metrics, Protocol};
-use tessera::{Classification, TensorOutput};
+use tessera::{Classification, TaskInput, TaskResult, TensorOutput};
 use tessera::{ClassifyRequest, Progress, RequestContext, TensorRequest};
 use tessera::{ErrorKind, RequestError, Stage};
 
@@ -199,6 +199,17 @@ pub(super) async fn classify(
         result
     })
     .await
+}
+
+/// Runs task `name` on `input`, as [`classify`] runs the pipeline.
+pub(super) async fn run_task(
+    host: Arc<Host>,
+    name: String,
+    input: TaskInput,
+    context: RequestContext,
+    permit: Permit,
+) -> Result<TaskResult, RequestError> {
+    run(host, context.deadline(), permit, move |host, progress| host.run_task(&name, &input, &context, progress)).await
 }
 
 /// Runs the model alone on a caller's tensor, as [`classify`] runs the pipeline.

@@ -19,6 +19,7 @@ mod pipelines;
 mod repository;
 mod resilience;
 mod support;
+mod tasks;
 mod telemetry;
 mod wasi;
 

@@ -38,6 +38,20 @@ pub struct PipelineConfig {
     pub models: Vec<String>,
 }
 
+/// `[tasks.<name>]`: a task guest (`world task`, docs/guests.md), served at
+/// `POST /v1/tasks/<name>`: the whole request, calling the repository's models as it needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub path: PathBuf,
+    /// The models its `engines` calls may reach (by name, any version); none: no model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Its WASI, as a rules guest's `wasi`; absent: `["clocks", "random"]`.
+    #[serde(default = "default_wasi_grants")]
+    pub wasi: Vec<WasiGrant>,
+}
+
 /// The name of the pipeline `[guests]` configures.
 pub const DEFAULT_PIPELINE: &str = "default";
 

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub use guests::{DEFAULT_PIPELINE, DEFAULT_WASI_GRANTS, GuestsConfig, PipelineConfig, RuleConfig, WasiGrant};
+pub use guests::{
+    DEFAULT_PIPELINE, DEFAULT_WASI_GRANTS, GuestsConfig, PipelineConfig, RuleConfig, TaskConfig, WasiGrant,
+};
 pub use limits::{EPOCH_TICK_MS, Limits};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,8 @@ pub struct Config {
     /// Named pipelines (`[pipelines.<name>]`): other guests for some models, or for requests
     /// that select one with `pipeline=<name>`.
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Task guests (`[tasks.<name>]`), each served at `POST /v1/tasks/<name>`.
+    pub tasks: BTreeMap<String, TaskConfig>,
     /// Where compiled guest components are cached across restarts; `"off"` = no disk cache
     /// (a read-only filesystem with precompiled `.cwasm` guests needs none).
     /// Native code loaded from it is trusted: it must be a directory owned by this user (made
@@ -193,6 +197,7 @@ impl Default for Config {
             default_model: None,
             guests: GuestsConfig::default(),
             pipelines: BTreeMap::new(),
+            tasks: BTreeMap::new(),
             compile_cache_dir: Some(PathBuf::from(DEFAULT_COMPILE_CACHE_DIR)),
             inference_mode: crate::inference::EngineMode::Adaptive,
             inference: InferenceConfig::default(),
@@ -282,6 +287,9 @@ impl Config {
         for p in config.pipelines.values_mut() {
             p.preprocess.iter_mut().chain(p.postprocess.iter_mut()).for_each(&rebase);
             p.rules.iter_mut().flatten().for_each(|r| rebase(&mut r.path));
+        }
+        for t in config.tasks.values_mut() {
+            rebase(&mut t.path);
         }
         if let Some(lib) = config.inference.onnxruntime.library.as_mut() {
             rebase(lib);
@@ -377,6 +385,15 @@ impl Config {
     /// Pipeline names are words a query string carries as they are, `default` is `[guests]`,
     /// and a model is in one pipeline's `models` at most.
     fn validate_pipelines(&self) -> Result<(), ConfigError> {
+        for name in self.tasks.keys() {
+            let word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if name.is_empty() || name.len() > 64 || !name.chars().all(word) {
+                return Err(ConfigError::Invalid {
+                    key: "tasks",
+                    problem: format!("has {name:?}: a name is 1 to 64 letters, digits, '-' or '_'"),
+                });
+            }
+        }
         let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, pipeline) in &self.pipelines {
             let word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
@@ -440,6 +457,11 @@ impl Config {
                 }
             }
         }
+        for (name, task) in &self.tasks {
+            if key(&task.path) == wanted {
+                places.push(GuestPlace { pipeline: name.clone(), stage: "task", wasi: task.wasi.clone() });
+            }
+        }
         places
     }
 
@@ -448,6 +470,7 @@ impl Config {
         self.resolved_pipelines()
             .into_iter()
             .flat_map(|(_, g)| [g.preprocess, g.postprocess].into_iter().chain(g.rules.into_iter().map(|r| r.path)))
+            .chain(self.tasks.values().map(|t| t.path.clone()))
             .collect()
     }
 
@@ -457,12 +480,13 @@ impl Config {
     }
 }
 
-/// One place a component is configured as a guest: its pipeline, its stage, and the WASI it is
-/// granted there.
+/// One place a component is configured as a guest: its pipeline (or task), its stage, and the
+/// WASI it is granted there.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GuestPlace {
+    /// The pipeline's name, or the task's for stage `task`.
     pub pipeline: String,
-    /// `preprocess`, `postprocess` or `rules`.
+    /// `preprocess`, `postprocess`, `rules` or `task`.
     pub stage: &'static str,
     pub wasi: Vec<WasiGrant>,
 }

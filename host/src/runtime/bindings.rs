@@ -27,4 +27,15 @@ pub mod postprocessor {
     });
 }
 
+pub mod task {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "task",
+        with: { "tessera:vision/types": super::rules::tessera::vision::types },
+        // `run` may end the guest's call (a trap) rather than answer, as `infer` does.
+        imports: { "tessera:vision/engines.run": trappable },
+    });
+}
+
 pub use rules::tessera::vision::{inference, types};
+pub use task::tessera::vision::{engines, tasks};

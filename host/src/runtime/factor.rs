@@ -21,7 +21,8 @@ use wasmtime::component::Linker;
 
 use super::GuestState;
 use crate::config::WasiGrant;
-use crate::error::RequestError;
+use crate::error::{ErrorKind, RequestError, Stage};
+use crate::stage_io::{ModelDescription, NamedTensor};
 
 /// A guest's WASI grants; one linker is made per world and distinct set.
 pub type Grants = BTreeSet<WasiGrant>;
@@ -39,6 +40,27 @@ pub trait GuestInference: Send + Sync {
         input: Vec<f32>,
         deadline: Instant,
     ) -> Result<Vec<f32>, RequestError>;
+
+    /// What `model` (its `version`, or the default one) takes: a task's `engines.describe`.
+    fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
+        let _ = version;
+        Err(RequestError::new(ErrorKind::ModelNotFound, Stage::Task, format!("no model {model:?} here")))
+    }
+
+    /// Runs `model` on `input` of `shape` before `deadline`: its outputs with their names and
+    /// shapes (a task's `engines.run`). By default [`GuestInference::infer`]'s values as one
+    /// output.
+    fn run(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<NamedTensor>, RequestError> {
+        let data = self.infer(model, version, shape, input, deadline)?;
+        Ok(vec![NamedTensor { name: "output".into(), shape: vec![1, data.len() as u32], data }])
+    }
 }
 
 /// The Tessera worlds a guest can be loaded as (`wit/tessera.wit`).
@@ -47,6 +69,7 @@ pub enum World {
     Preprocessor,
     Postprocessor,
     Rules,
+    Task,
 }
 
 impl World {
@@ -56,12 +79,18 @@ impl World {
             World::Preprocessor => "preprocessor",
             World::Postprocessor => "postprocessor",
             World::Rules => "rules",
+            World::Task => "task",
         }
     }
 
     /// Whether the world imports the host's `inference` interface.
     pub fn imports_inference(self) -> bool {
         self == World::Rules
+    }
+
+    /// Whether the world imports the host's `engines` interface.
+    pub fn imports_engines(self) -> bool {
+        self == World::Task
     }
 }
 

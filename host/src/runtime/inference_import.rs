@@ -10,7 +10,7 @@ use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::GuestState;
-use super::bindings::{inference, types};
+use super::bindings::{engines, inference, tasks, types};
 use super::factor::{Call, Factor, Grants, GuestInference, Instance, World};
 use crate::error::ErrorKind;
 
@@ -44,6 +44,11 @@ impl Factor for InferenceFactor {
         if world.imports_inference() {
             inference::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
         }
+        if world.imports_engines() {
+            engines::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+            // The task world's types (`use tasks.{...}` imports the interface, types only).
+            tasks::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+        }
         Ok(())
     }
 
@@ -64,19 +69,26 @@ impl Factor for InferenceFactor {
     }
 }
 
-/// A guest called `inference.infer` more than `limits.guest_infer_calls` times in one call.
+/// A guest called `inference.infer` or `engines.run` more than `limits.guest_infer_calls` times
+/// in one call.
 #[derive(Debug)]
 pub(super) struct TooManyInferCalls(u32);
 
 impl std::fmt::Display for TooManyInferCalls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the guest called inference.infer more than limits.guest_infer_calls ({}) times in one call", self.0)
+        write!(
+            f,
+            "the guest called inference.infer (or engines.run) more than limits.guest_infer_calls ({}) times in one call",
+            self.0
+        )
     }
 }
 
 impl std::error::Error for TooManyInferCalls {}
 
 impl types::Host for GuestState {}
+
+impl tasks::Host for GuestState {}
 
 impl inference::Host for GuestState {
     fn infer(
@@ -94,13 +106,64 @@ impl inference::Host for GuestState {
             return Ok(Err(types::Error::Internal("inference is not available to this stage".into())));
         };
         let result = backend.infer(&model, version.as_deref(), &input.shape, input.data, access.deadline);
-        Ok(match result {
-            Ok(data) => Ok(types::Tensor { shape: vec![1, data.len() as u32], data }),
-            Err(e) => Err(match e.kind {
-                ErrorKind::ModelNotFound | ErrorKind::BadRequest => types::Error::InvalidInput(e.message),
-                _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
-            }),
+        Ok(result.map(|data| types::Tensor { shape: vec![1, data.len() as u32], data }).map_err(to_guest_error))
+    }
+}
+
+/// A failure of the host's models as the guest sees it: the caller's (an unknown model, a
+/// wrong shape) as `invalid-input`, the rest as `internal` with its code.
+fn to_guest_error(e: crate::error::RequestError) -> types::Error {
+    match e.kind {
+        ErrorKind::ModelNotFound | ErrorKind::BadRequest | ErrorKind::TaskNotFound => {
+            types::Error::InvalidInput(e.message)
+        }
+        _ => types::Error::Internal(format!("{}: {}", e.kind.code(), e.message)),
+    }
+}
+
+impl engines::Host for GuestState {
+    fn describe(&mut self, model: String, version: Option<String>) -> Result<engines::ModelInfo, types::Error> {
+        let Some(backend) = self.inference.backend.as_ref() else {
+            return Err(types::Error::Internal("the host's models are not available to this stage".into()));
+        };
+        let d = backend.describe(&model, version.as_deref()).map_err(to_guest_error)?;
+        Ok(engines::ModelInfo {
+            spec: types::ModelSpec {
+                name: d.name,
+                version: d.version.to_string(),
+                input_shape: d.input_shape.to_vec(),
+                mean: d.mean.to_vec(),
+                std: d.std.to_vec(),
+                resize: d.resize,
+                labels_count: d.labels.len() as u32,
+            },
+            labels: d.labels,
         })
+    }
+
+    fn run(
+        &mut self,
+        model: String,
+        version: Option<String>,
+        input: types::Tensor,
+    ) -> wasmtime::Result<Result<Vec<engines::Output>, types::Error>> {
+        let access = &mut self.inference;
+        if access.calls_left == 0 {
+            return Err(wasmtime::Error::new(TooManyInferCalls(access.limit)));
+        }
+        access.calls_left -= 1;
+        let Some(backend) = access.backend.as_ref() else {
+            return Ok(Err(types::Error::Internal("the host's models are not available to this stage".into())));
+        };
+        let result = backend.run(&model, version.as_deref(), &input.shape, input.data, access.deadline);
+        Ok(result
+            .map(|outputs| {
+                outputs
+                    .into_iter()
+                    .map(|o| engines::Output { name: o.name, tensor: types::Tensor { shape: o.shape, data: o.data } })
+                    .collect()
+            })
+            .map_err(to_guest_error))
     }
 }
 

@@ -65,19 +65,22 @@ impl Runtime {
             Some("postprocessor")
         } else if has("decide") {
             Some("rules")
+        } else if has("run") {
+            Some("task")
         } else {
             None
         };
         let fits = match world {
             Some("preprocessor") => self.load_preprocess(path, grants.clone()).map(drop),
             Some("postprocessor") => self.load_postprocess(path, grants.clone()).map(drop),
+            Some("task") => self.load_task(path, grants.clone()).map(drop),
             Some(_) => self.load_rules(path, Vec::new(), grants.clone()).map(drop),
             None => Ok(()),
         }
         .map_err(|e| e.to_string())
         .and_then(|()| match world {
             Some(_) => Ok(()),
-            None => Err("it exports none of preprocess, postprocess, decide".into()),
+            None => Err("it exports none of preprocess, postprocess, decide, run".into()),
         });
         Ok(Inspection {
             path: path.to_path_buf(),

@@ -56,7 +56,9 @@ use limits::MemoryFactor;
 use output::OutputCap;
 use output::OutputFactor;
 use prepared::{Loaded, Prepared, StoreMaker};
-pub use stages::{Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest, RulesGuest};
+pub use stages::{
+    Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest, RulesGuest, TaskGuest,
+};
 use stdio::GuestLog;
 pub use target::CompileTarget;
 #[cfg(not(feature = "compiler"))]

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Runtime;
-use super::bindings::{postprocessor, preprocessor, rules, types};
+use super::bindings::{postprocessor, preprocessor, rules, task, tasks, types};
 use super::error::{GuestFailure, RuntimeError};
 use super::factor::{Call, Grants, GuestInference, World};
 use super::prepared::{Loaded, Prepared};
 use crate::config::Limits;
 use crate::error::ErrorKind;
-use crate::stage_io::{Decision, Prediction, SpecView};
+use crate::stage_io::{Decision, Detection, Prediction, SpecView, TaskAnswer, TaskInput};
 
 /// The model spec as the guests' WIT `model-spec`.
 pub(super) fn spec_to_wit(spec: &SpecView<'_>) -> types::ModelSpec {
@@ -71,6 +71,15 @@ impl RulesGuest {
     }
 }
 
+/// A task guest (`world task`): the whole request, calling the host's models as it needs.
+#[derive(Clone)]
+pub struct TaskGuest {
+    pub name: String,
+    /// The WASI it was linked with.
+    pub grants: Grants,
+    loaded: Arc<Loaded<task::Task>>,
+}
+
 /// An instance of a postprocess guest made before its call (`Runtime::prepare_postprocess`),
 /// for that one call.
 pub struct PreparedPostprocess(Prepared<postprocessor::Postprocessor>);
@@ -108,6 +117,67 @@ impl Runtime {
         let name = guest_name(path);
         let loaded = self.loaded(&name, grants, move |store| pre.instantiate(store));
         Ok(RulesGuest { name, config, loaded })
+    }
+
+    pub fn load_task(&self, path: &Path, grants: Grants) -> Result<TaskGuest, RuntimeError> {
+        let pre = self.compile(path, World::Task, &grants, task::TaskPre::new)?;
+        let name = guest_name(path);
+        let loaded = self.loaded(&name, grants.clone(), move |store| pre.instantiate(store));
+        Ok(TaskGuest { name, grants, loaded })
+    }
+
+    /// Runs task `guest` on `input`: its answer, its calls to the host's models reaching
+    /// `models` (which says which it may call) within `deadline` and `limits.guest_infer_calls`,
+    /// each input tensor up to `max_input_bytes`; also reports how long instantiation and the
+    /// call took.
+    pub fn run_task(
+        &self,
+        guest: &TaskGuest,
+        input: &TaskInput,
+        models: Arc<dyn GuestInference>,
+        max_input_bytes: usize,
+        deadline: Instant,
+    ) -> Result<(TaskAnswer, Phases), GuestFailure> {
+        let call = Call {
+            deadline,
+            inference: Some(models),
+            output_bytes: self.maker.factors.output.max_bytes.max(max_input_bytes + 4096),
+        };
+        let req = tasks::Request {
+            body: input.body.clone(),
+            content_type: input.content_type.clone(),
+            params: input.params.clone(),
+        };
+        // A task's input need not be an image: its `invalid-input` is the request's fault in
+        // general (400 bad_request), not an image's.
+        let (answer, phases) =
+            self.run_guest(&guest.loaded, None, call, |i, s| i.call_run(s, &req)).map_err(|f| match f {
+                GuestFailure::Reported(ErrorKind::InvalidImage, m) => GuestFailure::Reported(ErrorKind::BadRequest, m),
+                other => other,
+            })?;
+        let answer = match answer {
+            tasks::Answer::Detections(found) => TaskAnswer::Detections(
+                found
+                    .into_iter()
+                    .map(|d| Detection {
+                        label: d.label,
+                        score: d.score,
+                        bbox: [d.bbox.x_min, d.bbox.y_min, d.bbox.x_max, d.bbox.y_max],
+                    })
+                    .collect(),
+            ),
+            tasks::Answer::Embedding(values) => TaskAnswer::Embedding(values),
+            tasks::Answer::Classes(preds) => TaskAnswer::Classes(
+                preds.into_iter().map(|p| Prediction { index: p.index, label: p.label, score: p.score }).collect(),
+            ),
+            tasks::Answer::Json(text) => TaskAnswer::Json(serde_json::from_str(&text).map_err(|e| {
+                GuestFailure::Reported(
+                    ErrorKind::GuestFailed,
+                    format!("task {} answered JSON that does not parse: {e}", guest.name),
+                )
+            })?),
+        };
+        Ok((answer, phases))
     }
 
     /// Decodes and normalizes `image` into the model's input tensor data; also reports how

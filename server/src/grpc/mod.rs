@@ -46,7 +46,7 @@ pub fn code_for(kind: ErrorKind) -> Code {
         | ErrorKind::InvalidImage
         | ErrorKind::UnsupportedMediaType
         | ErrorKind::ImageTooLarge => Code::InvalidArgument,
-        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound => Code::NotFound,
+        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound | ErrorKind::TaskNotFound => Code::NotFound,
         ErrorKind::PayloadTooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
             Code::Internal

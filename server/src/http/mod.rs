@@ -38,7 +38,7 @@ pub fn status_for(kind: ErrorKind) -> StatusCode {
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::ImageTooLarge => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound => StatusCode::NOT_FOUND,
+        ErrorKind::ModelNotFound | ErrorKind::PipelineNotFound | ErrorKind::TaskNotFound => StatusCode::NOT_FOUND,
         ErrorKind::GuestTrap | ErrorKind::GuestMemoryExceeded | ErrorKind::GuestFailed | ErrorKind::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -72,10 +72,18 @@ pub(crate) async fn route(
             Ok(json_response(StatusCode::OK, &json!({ "pipelines": ready_host(state)?.pipelines() })))
         }
         (&Method::GET, p) if p.starts_with("/v1/models/") => model(state, &p["/v1/models/".len()..]),
+        (&Method::GET, "/v1/tasks") => tasks::list(state),
+        (&Method::POST, p) if p.starts_with("/v1/tasks/") => {
+            let name = tasks::name(p)?.to_string();
+            let (parts, mut body) = req.into_parts();
+            let result = tasks::run(state, &parts, &mut body, &name, start, request_id).await;
+            discard_unread(body, &parts.headers, state.config.limits.max_body_bytes);
+            result
+        }
         (&Method::POST, "/v1/admin/reload") => admin_reload(state, req.headers(), listener).await,
         (
             _,
-            "/" | "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/pipelines"
+            "/" | "/v1/classify" | "/healthz" | "/readyz" | "/metrics" | "/v1/models" | "/v1/pipelines" | "/v1/tasks"
             | "/v1/admin/reload",
         ) => Err(HttpError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -174,6 +182,8 @@ pub(crate) fn endpoint(path: &str) -> &'static str {
         "/v1/classify" => "/v1/classify",
         "/v1/models" => "/v1/models",
         "/v1/pipelines" => "/v1/pipelines",
+        "/v1/tasks" => "/v1/tasks",
+        p if p.starts_with("/v1/tasks/") => "/v1/tasks/{task}",
         p if p.starts_with("/v1/models/") => "/v1/models/{model}",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
@@ -268,6 +278,8 @@ async fn admin_reload(
         .map_err(|e| error(ErrorKind::Internal, Stage::Admission, format!("the reload task failed: {e}")))?;
     Ok(json_response(StatusCode::OK, &report))
 }
+
+mod tasks;
 
 /// Query parameters of `/v1/classify`.
 #[derive(Default)]
