@@ -335,6 +335,12 @@ bench-telemetry: build
 bench-guests: build
     {{python}} bench/guests.py
 
+# What the task world costs: the default classification as one task guest vs /v1/classify on one
+# server, alternated (bench/tasks.py; docs/PERFORMANCE.md).
+bench-tasks: build
+    cargo build --release -p tessera-loadgen
+    {{python}} bench/tasks.py
+
 # Whether hostile guests leave the server slower: normal requests after every language's probes
 # against a server that never saw them, alternated (bench/hostile.py; docs/PERFORMANCE.md).
 bench-hostile: build
