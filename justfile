@@ -14,10 +14,10 @@ runtime_only_features := "tract-patches"
 
 # Every host crate (the server, its C API, the tests, the native builds of the guests, the
 # bindings tool): all but the wasm32-only test guests and the bench load tool.
-host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-wasi --exclude tessera-probe-preprocess --exclude tessera-loadgen"
+host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-task --exclude tessera-probe-wasi --exclude tessera-probe-preprocess --exclude tessera-loadgen"
 # The guests the embedded default serves (config.rs, GuestsConfig::default), and the other Rust ones.
 default_guest_pkgs := "-p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold"
-guest_pkgs := default_guest_pkgs + " -p tessera-rules-rust -p tessera-probe-rules"
+guest_pkgs := default_guest_pkgs + " -p tessera-rules-rust -p tessera-probe-rules -p tessera-probe-task"
 # `./run test` lints while it builds: clippy-driver compiles the workspace's own crates (lints,
 # then code, in one pass; cargo still builds every dependency with plain rustc, and hashes our
 # crates apart from plain builds, so the two coexist in target/). Seven `cargo clippy` passes in

@@ -92,3 +92,62 @@ fn a_task_gets_a_clear_error_for_what_it_may_not_do() {
     assert_eq!(status, 200, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A hostile task guest (`tests/guests/probe-task`) is contained like a hostile rule: each
+/// misbehaviour gets its clear error, and the server serves on.
+#[test]
+fn hostile_tasks_are_contained() {
+    let dir = root().join(format!("target/test-data/tasks-hostile-{}", std::process::id()));
+    let config = config_with_rules(
+        &dir,
+        &format!(
+            "[[guests.rules]]\npath = {:?}\n[tasks.probe]\npath = {:?}\nmodels = [\"shapes\"]\n\
+             [tasks.classify]\npath = {:?}\nmodels = [\"shapes\"]\n",
+            guest("rules-threshold"),
+            guest("probe-task"),
+            guest("task-classify")
+        ),
+    );
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    let image = read(&shapes(CLASSES_SEED, 1)[0].path);
+    let probe = |what: &str| {
+        let started = std::time::Instant::now();
+        let resp = client()
+            .post(server.url(&format!("/v1/tasks/probe?probe={what}")))
+            .header("x-request-timeout-ms", "1000")
+            .body(Vec::new())
+            .send()
+            .expect("request failed");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().expect("a JSON body");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{what}: {:?}", started.elapsed());
+        (status, body)
+    };
+    let message = |body: &Value| body["error"]["message"].as_str().unwrap_or_default().to_string();
+
+    let (status, body) = probe("none");
+    assert_eq!((status, &body["answer"]["json"]["values"]), (200, &serde_json::json!(8)), "{body}");
+    let (status, body) = probe("loop");
+    assert_error(status, &body, 504, "deadline_exceeded");
+    let (status, body) = probe("engine-flood");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(message(&body).contains("guest_infer_calls (16)"), "{body}");
+    let (status, body) = probe("huge");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(message(&body).contains("guest_output_bytes"), "{body}");
+    let (status, body) = probe("not-given");
+    assert_error(status, &body, 400, "bad_request");
+    assert!(message(&body).contains("may not call model \"shapes-int8\""), "{body}");
+    let (status, body) = probe("wrong-shape");
+    assert_error(status, &body, 400, "bad_request");
+    assert!(message(&body).contains("[1, 3, 8, 8]"), "{body}");
+    let (status, body) = probe("bad-json");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(message(&body).contains("does not parse"), "{body}");
+
+    for _ in 0..3 {
+        let (status, body) = run_task(&server, "classify", &image, "");
+        assert_eq!(status, 200, "{body}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
