@@ -10,11 +10,10 @@ to both servers' `serve` (e.g. `--rule target/guests/rules-python.wasm`).
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 
-from protocols import IMAGE, ROOT, ensure_image, run_header, wait_ready
+from protocols import IMAGE, ROOT, ensure_image, ratios_text, run_header, wait_ready
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DUR = os.environ.get("DUR", "8")
@@ -49,7 +48,7 @@ def main() -> None:
                 r["rps"].append(cells["after"]["rps"] / cells["before"]["rps"])
                 r["p50"].append(cells["after"]["p50_ms"] / cells["before"]["p50_ms"])
         for c, r in ratios.items():
-            print(f"after/before c={c}: " + ", ".join(f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
+            print(f"after/before c={c}: " + ratios_text(r))
     finally:
         for s, _ in servers.values():
             s.terminate()

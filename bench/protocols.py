@@ -46,6 +46,12 @@ def run_header(command: str) -> str:
             f"{model} ({os.cpu_count()} CPUs; {' '.join(isa) or 'no AVX2'}; {platform.machine()})")
 
 
+def ratios_text(ratios: dict) -> str:
+    """`{metric: [one ratio per round]}` as `metric median (round round ...)`, comma-separated: how
+    every A/B script here prints its result."""
+    return ", ".join(f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in ratios.items())
+
+
 def ensure_image() -> None:
     """Makes IMAGE with the project's shapes generator if it is missing."""
     if not IMAGE.exists():
@@ -97,8 +103,7 @@ def main() -> None:
                     r["p50"].append(g["p50_ms"] / h["p50_ms"])
                     r["cpu"].append(g["cpu_s_per_image"] / h["cpu_s_per_image"])
         for (name, c), r in ratios.items():
-            print(f"{name}/HTTP c={c}: " + ", ".join(
-                f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
+            print(f"{name}/HTTP c={c}: " + ratios_text(r))
     finally:
         server.terminate()
         server.wait()

@@ -9,11 +9,10 @@ concurrency, the task/pipeline ratios of each round and their medians.
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 
-from protocols import IMAGE, ROOT, ensure_image, run_header, wait_ready
+from protocols import IMAGE, ROOT, ensure_image, ratios_text, run_header, wait_ready
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DUR = os.environ.get("DUR", "8")
@@ -54,8 +53,7 @@ def main() -> None:
                 r["rps"].append(cells["task"]["rps"] / cells["pipeline"]["rps"])
                 r["p50"].append(cells["task"]["p50_ms"] / cells["pipeline"]["p50_ms"])
         for c, r in ratios.items():
-            print(f"task/pipeline c={c}: " + ", ".join(
-                f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
+            print(f"task/pipeline c={c}: " + ratios_text(r))
     finally:
         server.terminate()
         server.wait()

@@ -12,7 +12,6 @@ layer's changes cost.
 """
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from concurrent import futures
 
 import grpc
 
-from protocols import DUR, IMAGE, ROOT, ROUNDS, ensure_image, run_header, wait_ready
+from protocols import DUR, IMAGE, ROOT, ROUNDS, ensure_image, ratios_text, run_header, wait_ready
 
 
 class Collector:
@@ -86,8 +85,7 @@ def main() -> None:
                     r["p50"].append(t["p50_ms"] / u["p50_ms"])
                     r["cpu"].append(t["cpu_s_per_image"] / u["cpu_s_per_image"])
         for (a, b, c), r in ratios.items():
-            print(f"{a}/{b} c={c}: " + ", ".join(
-                f"{k} {statistics.median(v):.2f} ({' '.join(f'{x:.2f}' for x in v)})" for k, v in r.items()))
+            print(f"{a}/{b} c={c}: " + ratios_text(r))
     finally:
         for server, _ in servers.values():
             server.terminate()
