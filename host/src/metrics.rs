@@ -68,6 +68,13 @@ struct ModelLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+    /// `ok`, or the error's code.
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelFailureLabels {
     model: String,
     version: String,
@@ -147,6 +154,7 @@ pub struct Metrics {
     model_success: Family<ModelLabels, Counter>,
     model_failure: Family<ModelFailureLabels, Counter>,
     stage_seconds: Family<StageLabels, Histogram>,
+    task_seconds: Family<TaskLabels, Histogram>,
     guest_instantiate_seconds: Family<GuestLabels, Histogram>,
     guest_call_seconds: Family<GuestLabels, Histogram>,
     guest_failures: Family<GuestFailureLabels, Counter>,
@@ -183,6 +191,7 @@ impl Metrics {
             model_success: Family::default(),
             model_failure: Family::default(),
             stage_seconds: Family::new_with_constructor(latency_histogram),
+            task_seconds: Family::new_with_constructor(latency_histogram),
             guest_instantiate_seconds: Family::new_with_constructor(latency_histogram),
             guest_call_seconds: Family::new_with_constructor(latency_histogram),
             guest_failures: Family::default(),
@@ -224,6 +233,12 @@ impl Metrics {
             "Classifications that failed after their model was resolved, per model, version and reason \
              (Triton's nv_inference_request_failure)",
             m.model_failure.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "Task requests (POST /v1/tasks/{name}) by task and outcome (ok, or the error's code): count and \
+             time from arrival to answer",
+            m.task_seconds.clone(),
         );
         registry.register(
             "stage_duration_seconds",
@@ -346,6 +361,12 @@ impl Metrics {
                 self.model_failure.get_or_create(&ModelFailureLabels { model, version, reason: kind.code() }).inc()
             }
         };
+    }
+
+    /// One task request: its task, its outcome and how long it took.
+    pub(crate) fn task(&self, task: &str, result: Result<(), ErrorKind>, took: Duration) {
+        let outcome = result.map_or_else(ErrorKind::code, |()| "ok");
+        self.task_seconds.get_or_create(&TaskLabels { task: task.to_string(), outcome }).observe(took.as_secs_f64());
     }
 
     pub(crate) fn stage(&self, stage: Stage, model: &str, took: Duration) {

@@ -379,7 +379,7 @@ impl Runner {
         })
     }
 
-    /// Runs task `name` on `input` under `context`'s deadline.
+    /// Runs task `name` on `input` under `context`'s deadline, counting it per task and outcome.
     pub fn run_task(
         &self,
         name: &str,
@@ -388,6 +388,18 @@ impl Runner {
         progress: &Progress,
     ) -> Result<TaskResult, RequestError> {
         let task = self.pipelines.load().task(name)?.clone();
+        let result = self.run_task_with(&task, input, context, progress);
+        self.metrics.task(&task.name, result.as_ref().map(|_| ()).map_err(|e| e.kind), context.start().elapsed());
+        result
+    }
+
+    fn run_task_with(
+        &self,
+        task: &Arc<Task>,
+        input: &TaskInput,
+        context: &crate::request::RequestContext,
+        progress: &Progress,
+    ) -> Result<TaskResult, RequestError> {
         let deadline = context.deadline();
         // The largest input tensor its models take: what one `engines.run` may hand the host.
         let snapshot = self.repo.snapshot();

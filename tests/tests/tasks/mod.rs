@@ -35,7 +35,8 @@ fn run_task(server: &Server, task: &str, body: &[u8], query: &str) -> (u16, Valu
 #[test]
 fn a_classification_task_answers_what_the_pipeline_answers() {
     let (server, dir) = task_server("tasks");
-    for case in shapes(CLASSES_SEED, 4) {
+    let cases = shapes(CLASSES_SEED, 4);
+    for case in &cases {
         let image = read(&case.path);
         let (status, body) = run_task(&server, "classify", &image, "?top_k=3");
         assert_eq!(status, 200, "{body}");
@@ -54,6 +55,20 @@ fn a_classification_task_answers_what_the_pipeline_answers() {
             assert!((x - y).abs() < 1e-4, "task score {x} vs pipeline {y}");
         }
     }
+
+    // Counted per task and outcome.
+    let counted = |outcome: &str| {
+        crate::metrics::scrape(&server)
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("tessera_task_duration_seconds_count{")
+                    && k.contains("task=\"classify\"")
+                    && k.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .map(|(_, v)| *v)
+            .sum::<f64>()
+    };
+    assert_eq!(counted("ok"), cases.len() as f64);
 
     let body: Value = client().get(server.url("/v1/tasks")).send().unwrap().json().unwrap();
     assert_eq!(
