@@ -90,6 +90,11 @@ pub(crate) async fn route(
             "method_not_allowed",
             format!("{method} is not allowed on {path}"),
         )),
+        (_, p) if p.starts_with("/v1/tasks/") => Err(HttpError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; a task is run with POST"),
+        )),
         _ => Err(HttpError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}"))),
     }
 }

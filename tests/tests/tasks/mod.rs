@@ -102,6 +102,12 @@ fn a_task_gets_a_clear_error_for_what_it_may_not_do() {
     let (status, body) = run_task(&server, "..%2Fetc", &image, "");
     assert_error(status, &body, 404, "task_not_found");
 
+    // GET is not how a task runs.
+    let resp = client().get(server.url("/v1/tasks/classify")).send().unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().unwrap();
+    assert_eq!((status, &body["error"]["code"]), (405, &serde_json::json!("method_not_allowed")), "{body}");
+
     // The server serves on.
     let (status, body) = run_task(&server, "classify", &image, "");
     assert_eq!(status, 200, "{body}");
