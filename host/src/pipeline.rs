@@ -539,7 +539,44 @@ impl GuestInference for TaskModels {
 
     fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
         self.allowed(model)?;
-        let snapshot = self.repo.snapshot();
+        self.repo.describe(model, version)
+    }
+
+    fn run(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<NamedTensor>, RequestError> {
+        self.allowed(model)?;
+        self.repo.run(model, version, shape, input, deadline)
+    }
+}
+
+/// A rules guest's `inference` import and a task's `engines`: the model repository, as requests
+/// see it (a task's calls go through [`TaskModels`] first).
+impl GuestInference for ModelRepository {
+    fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+    ) -> Result<Vec<f32>, RequestError> {
+        let snapshot = self.snapshot();
+        let version = snapshot.get(model)?.resolve(version)?;
+        let span = tracing::info_span!("guest inference", model, version = version.version, error.type = Empty);
+        let _entered = span.enter();
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
+        version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))
+    }
+
+    fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
+        let snapshot = self.snapshot();
         let found = snapshot.get(model)?;
         let v = found.resolve(version)?;
         let spec = spec_view(found, &v);
@@ -562,8 +599,7 @@ impl GuestInference for TaskModels {
         input: Vec<f32>,
         deadline: Instant,
     ) -> Result<Vec<NamedTensor>, RequestError> {
-        self.allowed(model)?;
-        let snapshot = self.repo.snapshot();
+        let snapshot = self.snapshot();
         let version = snapshot.get(model)?.resolve(version)?;
         let span = tracing::info_span!("engine run", model, version = version.version, error.type = Empty);
         let _entered = span.enter();
@@ -576,26 +612,6 @@ impl GuestInference for TaskModels {
             shape: io.output_shape.iter().map(|&d| d as u32).collect(),
             data,
         }])
-    }
-}
-
-/// A rules guest's `inference` import: the model repository, as requests see it.
-impl GuestInference for ModelRepository {
-    fn infer(
-        &self,
-        model: &str,
-        version: Option<&str>,
-        shape: &[u32],
-        input: Vec<f32>,
-        deadline: Instant,
-    ) -> Result<Vec<f32>, RequestError> {
-        let snapshot = self.snapshot();
-        let version = snapshot.get(model)?.resolve(version)?;
-        let span = tracing::info_span!("guest inference", model, version = version.version, error.type = Empty);
-        let _entered = span.enter();
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
-        version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))
     }
 }
 
