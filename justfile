@@ -41,8 +41,9 @@ setup-wait:
     until [ -f "$status" ]; do sleep 1; done
     exit "$(cat "$status")"
 
-# The three guests the embedded default serves, into target/guests/ (what `serve` needs).
-guests-default: (guests-rust default_guest_pkgs)
+# The guests the embedded default serves, into target/guests/ (what `serve` needs): the
+# classification pipeline's three and the detection task.
+guests-default: (guests-rust default_guest_pkgs) guests-tasks
 
 # Build every guest component (production guests and test fixtures) into target/guests/.
 guests: (guests-rust guest_pkgs) guests-tasks guests-wasi guests-polyglot
@@ -52,9 +53,11 @@ guests: (guests-rust guest_pkgs) guests-tasks guests-wasi guests-polyglot
 # would export `preprocess` beside its own `run`.
 [private]
 guests-tasks:
-    cargo build --release --target {{guest_target}} -p tessera-task-classify
+    cargo build --release --target {{guest_target}} -p tessera-task-classify -p tessera-task-detect -p tessera-images
     mkdir -p {{guest_dir}}
-    {{wasm_tools}} component new {{wasm_out}}/tessera_task_classify.wasm -o {{guest_dir}}/task-classify.wasm
+    for name in task_classify task_detect images; do \
+      {{wasm_tools}} component new {{wasm_out}}/tessera_$name.wasm -o {{guest_dir}}/${name//_/-}.wasm; \
+    done
 
 # Rust guests for wasm32-unknown-unknown, each made a component by wasm-tools.
 [private]
@@ -89,7 +92,7 @@ guests-scripted:
     set -euo pipefail
     stale() { local out=$1; shift; [ ! -f "$out" ] || [ -n "$(find "$@" -type f -newer "$out" -not -path '*/node_modules/*' -not -name '*.pyc' | head -1)" ]; }
     out={{guest_dir}}
-    mkdir -p $out
+    mkdir -p $out target/guest-build
     if stale $out/rules-python.wasm guests/rules-python wit requirements.txt; then
       componentize-py -d wit -w rules componentize app -p guests/rules-python -o $out/rules-python.wasm >/dev/null
       echo "built $out/rules-python.wasm"
@@ -97,6 +100,13 @@ guests-scripted:
     if stale $out/probe-python.wasm tests/guests/probe-python wit requirements.txt; then
       componentize-py -d wit -w rules componentize app -p tests/guests/probe-python -o $out/probe-python.wasm >/dev/null
       echo "built $out/probe-python.wasm"
+    fi
+    # The Python detection task, composed with the Rust image code (guests-tasks' images.wasm).
+    if stale $out/task-detect-python.wasm guests/task-detect-python $out/images.wasm wit requirements.txt; then
+      componentize-py -d wit -w task-with-images componentize app -p guests/task-detect-python \
+        -o target/guest-build/task-detect-python.wasm >/dev/null
+      {{wasm_tools}} compose target/guest-build/task-detect-python.wasm -d $out/images.wasm -o $out/task-detect-python.wasm
+      echo "built $out/task-detect-python.wasm"
     fi
     if stale $out/rules-js.wasm guests/rules-js/rules.js guests/rules-js/package-lock.json wit; then
       guests/rules-js/node_modules/.bin/componentize-js guests/rules-js/rules.js --wit wit --world-name rules -o $out/rules-js.wasm
@@ -341,6 +351,14 @@ bench-tasks: build
     cargo build --release -p tessera-loadgen
     {{python}} bench/tasks.py
 
+# The detection task (the embedded default's `detect`) against the same detector in a Python
+# service (FastAPI, Pillow, onnxruntime, numpy post-processing), alternated (bench/detect.py;
+# docs/PERFORMANCE.md, "Detection").
+bench-detect: build
+    cargo build --release -p tessera-loadgen
+    bench/peers/venv.sh build/venv-peers bench/peers/requirements.txt
+    {{python}} bench/detect.py
+
 # Whether hostile guests leave the server slower: normal requests after every language's probes
 # against a server that never saw them, alternated (bench/hostile.py; docs/PERFORMANCE.md).
 bench-hostile: build
@@ -349,6 +367,11 @@ bench-hostile: build
 # Retrain the default model (needs torch: pip install -r models/tools/requirements-train.txt).
 train *ARGS: build
     {{python}} models/tools/train.py {{ARGS}}
+
+# Retrain the detector models/shapes-detect (torch as for `train`; ~10 min on 2 cores: 10 epochs
+# of ~52 s on an AMD EPYC, plus generating 4,400 scenes).
+train-detect *ARGS:
+    {{python}} models/tools/train_detect.py {{ARGS}}
 
 # Benchmarks (criterion) and the HTTP load test; see docs/PERFORMANCE.md.
 bench: build

@@ -307,7 +307,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+        None => Config::embedded_default(),
     };
     cli.overrides.apply(&mut config);
     // This binary probes model loads with itself (its hidden `probe-model`).

@@ -11,7 +11,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Limits, RuleConfig};
+use crate::config::{Config, ConfigError, Limits, RuleConfig, TaskConfig};
 use crate::error::{RequestError, Stage};
 use crate::inference::ModelIo;
 use crate::inference::probe::LoadProbe;
@@ -79,6 +79,12 @@ impl HostBuilder {
     /// Replaces the rules chain.
     pub fn rules(mut self, rules: Vec<RuleConfig>) -> Self {
         self.config.guests.rules = rules;
+        self
+    }
+
+    /// Replaces the task guests (`[tasks.<name>]`; none by default).
+    pub fn tasks(mut self, tasks: BTreeMap<String, TaskConfig>) -> Self {
+        self.config.tasks = tasks;
         self
     }
 
@@ -301,7 +307,10 @@ pub struct ModelStatus {
     pub description: Option<String>,
     /// The engine that runs it (`tract` or `onnxruntime`, from its `model.toml`).
     pub engine: inference::EngineKind,
-    /// The pipeline its requests get when they select none.
+    /// What its output is: `classes` (one score per label) or `any` (read by tasks).
+    pub output: repository::OutputKind,
+    /// The pipeline its requests get when they select none; empty for a model whose output is
+    /// `any`, which no pipeline runs.
     pub pipeline: String,
     /// Why the model's directory could not be read again (`model.toml`, labels): the versions
     /// listed are the last good ones, still serving. Absent when it read fine.
@@ -489,7 +498,13 @@ impl Host {
                 labels: m.labels.to_vec(),
                 description: m.manifest.description.clone(),
                 engine: m.manifest.engine,
-                pipeline: pipelines.select(None, &m.name).map(|p| p.name.clone()).unwrap_or_default(),
+                output: m.manifest.output,
+                pipeline: match m.manifest.output {
+                    repository::OutputKind::Classes => {
+                        pipelines.select(None, &m.name).map(|p| p.name.clone()).unwrap_or_default()
+                    }
+                    repository::OutputKind::Any => String::new(),
+                },
                 error: snapshot.failed.get(&m.name).cloned(),
             })
             .collect()

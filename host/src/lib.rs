@@ -46,7 +46,7 @@ pub use host::{
 pub use inference::{EngineKind, EngineMode, ModelIo};
 pub use metrics::Metrics;
 pub use pipeline::{Classification, GuestRun, ModelRef, TaskResult, TaskTimings, TensorOutput, Timings};
-pub use repository::RepositoryError;
+pub use repository::{OutputKind, RepositoryError};
 pub use request::{ClassifyRequest, DEFAULT_TOP_K, Progress, RequestContext, TensorRequest};
 pub use rules_table::{CaseReport, ExpectedDecision, RulesCase, RulesTable, TableReport, read_table, test_rules};
 pub use runtime::{CompileTarget, Import, Inspection, RuntimeError};

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,7 +19,7 @@ use crate::error::{ErrorKind, RequestError, Stage};
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
-use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion};
+use crate::repository::{FileStamp, Model, ModelRepository, ModelVersion, OutputKind};
 use crate::request::{ClassifyRequest, DEFAULT_TOP_K, Progress, TensorRequest};
 use crate::runtime::{
     GuestFailure, GuestInference, Phases, PostprocessGuest, PreparedPostprocess, PreparedRules, PreprocessGuest,
@@ -131,10 +131,12 @@ pub struct TaskResult {
     pub guests: Vec<GuestRun>,
 }
 
-/// Milliseconds a task request spent: the guest's run (its engine calls included) and in all.
+/// Milliseconds a task request spent: the guest's run (its engine calls included), the part of
+/// it in engine calls (each model's queue wait and run), and in all.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskTimings {
     pub task: f64,
+    pub engine: f64,
     pub total: f64,
 }
 
@@ -233,6 +235,17 @@ impl Runner {
     pub fn classify(&self, req: &ClassifyRequest, progress: &Progress) -> Result<Classification, RequestError> {
         let context = &req.context;
         let (model, version) = self.resolve(context.model(), context.version())?;
+        if model.manifest.output == OutputKind::Any {
+            return Err(RequestError::new(
+                ErrorKind::BadRequest,
+                Stage::Admission,
+                format!(
+                    "model {} does not classify: its output is not one score per label (output = \"any\" in its \
+                     model.toml); a task runs it (GET /v1/tasks lists them)",
+                    model.name
+                ),
+            ));
+        }
         let result = self.classify_with(req, &model, &version, progress);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         self.metrics.model_result(&model.name, version.version, outcome);
@@ -411,14 +424,16 @@ impl Runner {
             .map(|v| v.pool.input_shape().iter().product::<usize>() * 4)
             .max()
             .unwrap_or(0);
-        let models: Arc<dyn GuestInference> = Arc::new(TaskModels { repo: self.repo.clone(), task: task.clone() });
+        let models =
+            Arc::new(TaskModels { repo: self.repo.clone(), task: task.clone(), engine: Mutex::new(Duration::ZERO) });
         let ran = GuestRuns::default();
         let mut timings = TaskTimings::default();
         let answer = in_stage(progress, Stage::Task, &mut timings.task, || {
             self.guest(Stage::Task, &task.guest.name, &ran, || {
-                self.runtime.run_task(&task.guest, input, models, max_input_bytes, deadline)
+                self.runtime.run_task(&task.guest, input, models.clone(), max_input_bytes, deadline)
             })
         })?;
+        timings.engine = ms(*models.engine.lock().unwrap_or_else(|e| e.into_inner()));
         timings.total = ms(context.start().elapsed());
         Ok(TaskResult { task: task.name.clone(), answer, timings_ms: timings, guests: ran.into_inner() })
     }
@@ -505,6 +520,8 @@ impl Runner {
 struct TaskModels {
     repo: Arc<ModelRepository>,
     task: Arc<Task>,
+    /// Time in `engines.run` and `inference.infer` calls (queue wait and run), for `timings_ms.engine`.
+    engine: Mutex<Duration>,
 }
 
 impl TaskModels {
@@ -534,7 +551,10 @@ impl GuestInference for TaskModels {
         deadline: Instant,
     ) -> Result<Vec<f32>, RequestError> {
         self.allowed(model)?;
-        self.repo.infer(model, version, shape, input, deadline)
+        let start = Instant::now();
+        let result = self.repo.infer(model, version, shape, input, deadline);
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
+        result
     }
 
     fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
@@ -551,7 +571,10 @@ impl GuestInference for TaskModels {
         deadline: Instant,
     ) -> Result<Vec<NamedTensor>, RequestError> {
         self.allowed(model)?;
-        self.repo.run(model, version, shape, input, deadline)
+        let start = Instant::now();
+        let result = self.repo.run(model, version, shape, input, deadline);
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
+        result
     }
 }
 

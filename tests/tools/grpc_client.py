@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--addr", required=True)
     p.add_argument("--proto", required=True, type=pathlib.Path)
     p.add_argument("--image", required=True, type=pathlib.Path)
+    p.add_argument("--scene", type=pathlib.Path, help="an image for the detect task (RunTask, Tessera's proto only)")
     args = p.parse_args()
     seen = {}
     with tempfile.TemporaryDirectory() as tmp, grpc.insecure_channel(args.addr) as channel:
@@ -85,6 +86,31 @@ def main() -> None:
             ]:
                 try:
                     recognition.Recognize(request, timeout=10)
+                    seen[name] = "accepted"
+                except grpc.RpcError as e:
+                    seen[name] = error(e)
+
+        if "TaskRequest" in pb.DESCRIPTOR.message_types_by_name and args.scene:
+            answer = recognition.RunTask(
+                pb.TaskRequest(task="detect", body=args.scene.read_bytes(), content_type="image/png",
+                               params={"threshold": "0.3"}),
+                timeout=10,
+            )
+            seen["task"] = {
+                "task": answer.task,
+                "answer": answer.WhichOneof("answer"),
+                "detections": [[d.label, d.score, [d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]]
+                               for d in answer.detections.detections],
+                "guests": [[g.stage, g.name] for g in answer.guests],
+                "task_ms": answer.timings_ms.task,
+                "request_id": answer.request_id,
+            }
+            for name, request in [
+                ("missing_task", pb.TaskRequest(task="nope", body=b"x")),
+                ("bad_task_param", pb.TaskRequest(task="detect", body=args.scene.read_bytes(), params={"iou": "x"})),
+            ]:
+                try:
+                    recognition.RunTask(request, timeout=10)
                     seen[name] = "accepted"
                 except grpc.RpcError as e:
                     seen[name] = error(e)

@@ -3,10 +3,13 @@ Prints one JSON object of what it saw; the Rust integration test (tests/tests/oi
 asserts on it.
 
 usage: oip_client.py --url HOST:PORT --grpc HOST:PORT --model NAME --image FILE --tensor FILE
+                     [--task NAME --scene FILE]
 
 --url is the HTTP port (tritonclient.http), --grpc the gRPC port (tritonclient.grpc).
 
 --tensor is the model's input for --image as raw little-endian f32 (`tessera preprocess`).
+--task is a task served as a model (one BYTES input, the `answer` output as JSON), run on --scene
+over both protocols.
 """
 
 import argparse
@@ -25,6 +28,8 @@ def main() -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--tensor", required=True)
     p.add_argument("--grpc", required=True)
+    p.add_argument("--task")
+    p.add_argument("--scene")
     args = p.parse_args()
     client = httpclient.InferenceServerClient(url=args.url)
     seen = {
@@ -86,7 +91,27 @@ def main() -> None:
             errors[name] = {"status": e.status(), "message": e.message()}
     seen["errors"] = errors
     seen["grpc"] = over_grpc(args, shape, tensor_in["name"], meta["outputs"][0]["name"])
+    if args.task:
+        seen["task"] = task(args)
     print(json.dumps(seen))
+
+
+def task(args) -> dict:
+    """--task on --scene: its metadata, and its answer through both clients."""
+    body = np.array([open(args.scene, "rb").read()], dtype=np.object_)
+    client = httpclient.InferenceServerClient(url=args.url)
+    seen = {"ready": client.is_model_ready(args.task), "metadata": client.get_model_metadata(args.task)}
+    inp = httpclient.InferInput("body", [1], "BYTES")
+    inp.set_data_from_numpy(body, binary_data=True)
+    r = client.infer(args.task, [inp], parameters={"threshold": 0.3})
+    seen["http"] = json.loads(r.as_numpy("answer")[0])
+    seen["http_model_name"] = r.get_response().get("model_name")
+    g = grpcclient.InferenceServerClient(url=args.grpc)
+    seen["grpc_ready"] = g.is_model_ready(args.task)
+    ginp = grpcclient.InferInput("body", [1], "BYTES")
+    ginp.set_data_from_numpy(body)
+    seen["grpc"] = json.loads(g.infer(args.task, [ginp], parameters={"threshold": 0.3}).as_numpy("answer")[0])
+    return seen
 
 
 def over_grpc(args, shape, input_name, output_name) -> dict:

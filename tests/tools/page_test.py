@@ -2,12 +2,14 @@
 """Drives Tessera's `GET /` page in a real headless Chromium (Debian's chromium and
 chromium-driver, through Selenium) as a user would: choose an image file, read the answer.
 
-    page_test.py --url http://127.0.0.1:PORT/ --image good.png --label circle --bad bad.png
+    page_test.py --url http://127.0.0.1:PORT/ --image good.png --label circle --bad bad.png \
+        [--scene scene.png --task detect --boxes 3 --screenshot page.png]
 
 Checks, printing one JSON line of what it saw: the model list is loaded; choosing --image shows
 --label with a confidence, a decision, top-k bars and one timing bar per stage plus the total;
 choosing --bad shows the server's error code; the page loaded nothing from another origin and
-logged no error to the console. Exits non-zero naming the first check that failed.
+logged no error to the console. With --scene, it then runs --task on it and checks that the
+page draws --boxes boxes over the image and lists as many detections (and saves a screenshot). Exits non-zero naming the first check that failed.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def main() -> None:
     ap.add_argument("--image", required=True, help="an image the default model should label --label")
     ap.add_argument("--label", required=True)
     ap.add_argument("--bad", required=True, help="a file that is no image")
+    ap.add_argument("--scene", help="an image for --task")
+    ap.add_argument("--task", default="detect")
+    ap.add_argument("--boxes", type=int, help="how many detections the API answers for --scene")
+    ap.add_argument("--screenshot", help="where to save the page after --scene")
     args = ap.parse_args()
 
     driver = browser()
@@ -91,6 +97,29 @@ def main() -> None:
             fail(f"expected the server's 400 invalid_image on the page: {seen}")
         if driver.find_element(By.ID, "result").is_displayed():
             fail("the previous answer is still shown beside the error")
+
+        if args.scene:
+            run = Select(driver.find_element(By.ID, "run"))
+            seen["runs"] = [o.get_attribute("value") for o in run.options]
+            if args.task not in seen["runs"]:
+                fail(f"no {args.task!r} in the page's task list: {seen}")
+            run.select_by_value(args.task)
+            driver.find_element(By.ID, "file").send_keys(args.scene)
+            wait.until(ec.visibility_of_element_located((By.ID, "task-result")))
+            wait.until(lambda d: d.find_element(By.ID, "boxes").get_attribute("data-boxes") is not None)
+            canvas = driver.find_element(By.ID, "boxes")
+            seen["task_title"] = driver.find_element(By.ID, "task-title").text
+            seen["boxes_drawn"] = int(canvas.get_attribute("data-boxes"))
+            seen["detections_listed"] = len(driver.find_elements(By.CSS_SELECTOR, "#answer .bar"))
+            seen["canvas"] = [int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))]
+            seen["task_timings"] = sorted(row.get_attribute("data-name")
+                                          for row in driver.find_elements(By.CSS_SELECTOR, "#task-timings .bar"))
+            if args.screenshot:
+                driver.save_screenshot(args.screenshot)
+            if not canvas.is_displayed() or seen["boxes_drawn"] != args.boxes or seen["detections_listed"] != args.boxes:
+                fail(f"expected {args.boxes} boxes drawn and listed: {seen}")
+            if "total" not in seen["task_timings"]:
+                fail(f"no total timing for the task: {seen}")
 
         origin = urlparse(args.url).netloc
         resources = driver.execute_script(

@@ -102,6 +102,21 @@ pub fn decode_rgb_scaled(bytes: &[u8], limits: &Limits, min_short_side: u32) -> 
     decode_full(bytes, format, limits)
 }
 
+/// The size of the image in `bytes` as its viewer sees it, EXIF orientation applied (width and
+/// height swap for a quarter turn), read from its header alone; None when the header does not
+/// parse. What boxes found on a reduced-scale decode ([`decode_rgb_scaled`]) map back to.
+pub fn oriented_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    use image::metadata::Orientation;
+    let format = sniff(bytes).ok()?;
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().ok()?;
+    let (w, h) = decoder.dimensions();
+    let turned = matches!(
+        decoder.orientation().unwrap_or(Orientation::NoTransforms),
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    );
+    Some(if turned { (h, w) } else { (w, h) })
+}
+
 fn sniff(bytes: &[u8]) -> Result<ImageFormat, Error> {
     if bytes.is_empty() {
         return Err(Error::InvalidInput("the image is empty (0 bytes)".into()));
@@ -286,6 +301,95 @@ pub fn resize_center_crop(rgb: Vec<u8>, w: u32, h: u32, spec: &Spec) -> Result<V
         ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(left, top, crop_w, crop_h);
     Resizer::new().resize(&src, &mut dst, &options).map_err(|e| Error::Internal(format!("resize: {e}")))?;
     Ok(dst.into_vec())
+}
+
+/// An image fitted into a square by [`letterbox`], and where it went: a point `(x, y)` of the
+/// square is `((x - left) / scale_x, (y - top) / scale_y)` in the source image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Letterbox {
+    /// `size × size` interleaved RGB.
+    pub rgb: Vec<u8>,
+    pub scale_x: f32,
+    pub scale_y: f32,
+    pub left: u32,
+    pub top: u32,
+}
+
+/// Scales `w × h` interleaved RGB so that its longer side is `size` (the shorter one rounded
+/// half up, at least 1 pixel) and centres it on a `size × size` square of grey `fill`: a
+/// detector's input, which keeps the whole image and its aspect ratio (YOLO's letterbox). The
+/// filter is the one [`resize_center_crop`] uses, Pillow's antialiased bilinear, so a model
+/// trained on Pillow's letterbox (models/tools/train_detect.py) sees the same pixels.
+pub fn letterbox(rgb: Vec<u8>, w: u32, h: u32, size: u32, fill: u8) -> Result<Letterbox, Error> {
+    if w == 0 || h == 0 || size == 0 {
+        return Err(Error::Internal(format!("letterbox of {w}x{h} into {size}x{size}")));
+    }
+    let scale = f64::from(size) / f64::from(w.max(h));
+    let fit = |side: u32| ((f64::from(side) * scale + 0.5).floor() as u32).clamp(1, size);
+    let (nw, nh) = (fit(w), fit(h));
+    let src = Image::from_vec_u8(w, h, rgb, PixelType::U8x3)
+        .map_err(|e| Error::Internal(format!("letterbox source: {e}")))?;
+    let mut dst = Image::new(nw, nh, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new().resize(&src, &mut dst, &options).map_err(|e| Error::Internal(format!("letterbox: {e}")))?;
+    let (left, top) = ((size - nw) / 2, (size - nh) / 2);
+    let row = 3 * size as usize;
+    let mut out = vec![fill; row * size as usize];
+    for (y, line) in dst.buffer().chunks_exact(3 * nw as usize).enumerate() {
+        let start = (top as usize + y) * row + 3 * left as usize;
+        out[start..start + line.len()].copy_from_slice(line);
+    }
+    Ok(Letterbox { rgb: out, scale_x: nw as f32 / w as f32, scale_y: nh as f32 / h as f32, left, top })
+}
+
+/// An encoded image made a detector's input: decoded (EXIF orientation applied; a large JPEG at
+/// a reduced scale whose shorter side is still `size`), [`letterbox`]ed into `size × size` on
+/// grey `fill` and normalized like [`normalize_nchw`]. Its placement maps a point of the square
+/// back to the pixels of the image as sent, whatever scale it was decoded at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    /// `3 × size × size` floats, planar.
+    pub data: Vec<f32>,
+    /// Square pixels per sent pixel, across and down.
+    pub scale_x: f32,
+    pub scale_y: f32,
+    /// Where the image starts in the square.
+    pub left: u32,
+    pub top: u32,
+    /// The image as sent, after orientation.
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Fitted {
+    /// Square pixels `[x_min, y_min, x_max, y_max]` → sent pixels, clipped to the image.
+    pub fn to_sent(&self, b: [f32; 4]) -> [f32; 4] {
+        let x = |v: f32| ((v - self.left as f32) / self.scale_x).clamp(0.0, self.width as f32);
+        let y = |v: f32| ((v - self.top as f32) / self.scale_y).clamp(0.0, self.height as f32);
+        [x(b[0]), y(b[1]), x(b[2]), y(b[3])]
+    }
+}
+
+/// See [`Fitted`].
+pub fn fit(bytes: &[u8], limits: &Limits, size: u32, fill: u8, mean: [f32; 3], std: [f32; 3]) -> Result<Fitted, Error> {
+    if std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+        return Err(Error::Internal("model spec: std must be finite and non-zero".into()));
+    }
+    let rgb = decode_rgb_scaled(bytes, limits, size)?;
+    let (w, h) = (rgb.width(), rgb.height());
+    // A JPEG decoded at 1/k scale: boxes map back through k too.
+    let (width, height) = oriented_size(bytes).unwrap_or((w, h));
+    let boxed = letterbox(rgb.into_raw(), w, h, size, fill)?;
+    let square = Spec { height: size, width: size, resize: size, mean, std };
+    Ok(Fitted {
+        data: normalize_nchw(&boxed.rgb, &square),
+        scale_x: boxed.scale_x * w as f32 / width as f32,
+        scale_y: boxed.scale_y * h as f32 / height as f32,
+        left: boxed.left,
+        top: boxed.top,
+        width,
+        height,
+    })
 }
 
 /// Interleaved RGB u8 → planar (CHW) f32, `(p / 255 − mean[c]) / std[c]`.

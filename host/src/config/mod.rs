@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use guests::{
-    DEFAULT_PIPELINE, DEFAULT_WASI_GRANTS, GuestsConfig, PipelineConfig, RuleConfig, TaskConfig, WasiGrant,
+    DEFAULT_GUEST_DIR, DEFAULT_PIPELINE, DEFAULT_WASI_GRANTS, GuestsConfig, PipelineConfig, RuleConfig, TaskConfig,
+    WasiGrant,
 };
 pub use limits::{EPOCH_TICK_MS, Limits};
 
@@ -52,7 +53,8 @@ pub struct Config {
     /// Named pipelines (`[pipelines.<name>]`): other guests for some models, or for requests
     /// that select one with `pipeline=<name>`.
     pub pipelines: BTreeMap<String, PipelineConfig>,
-    /// Task guests (`[tasks.<name>]`), each served at `POST /v1/tasks/<name>`.
+    /// Task guests (`[tasks.<name>]`), each served at `POST /v1/tasks/<name>`: none by default
+    /// (a config file has the tasks it names); [`Config::embedded_default`] has `detect`.
     pub tasks: BTreeMap<String, TaskConfig>,
     /// Where compiled guest components are cached across restarts; `"off"` = no disk cache
     /// (a read-only filesystem with precompiled `.cwasm` guests needs none).
@@ -210,6 +212,19 @@ impl Default for Config {
     }
 }
 
+/// The embedded default's tasks (`tessera serve` without a config file): `detect`, the detection
+/// task guest over the repository's `shapes-detect` model (guests/task-detect, models/shapes-detect).
+pub fn default_tasks() -> BTreeMap<String, TaskConfig> {
+    BTreeMap::from([(
+        "detect".to_string(),
+        TaskConfig {
+            path: Path::new(DEFAULT_GUEST_DIR).join("task-detect.wasm"),
+            models: vec!["shapes-detect".to_string()],
+            wasi: DEFAULT_WASI_GRANTS.to_vec(),
+        },
+    )])
+}
+
 /// A listen address, or `"off"` for none (`grpc_addr`).
 pub mod addr_or_off {
     use std::net::SocketAddr;
@@ -265,6 +280,14 @@ mod dir_or_off {
 pub const DEFAULT_COMPILE_CACHE_DIR: &str = "target/cache/components";
 
 impl Config {
+    /// What `tessera serve` runs without a config file: the defaults (the classification
+    /// pipeline's guests from `target/guests`, the repository in `models`) and the `detect` task.
+    /// The library's own default ([`Config::default`]) has no task, so that an embedder's host
+    /// needs no file it did not name.
+    pub fn embedded_default() -> Config {
+        Config { tasks: default_tasks(), ..Config::default() }
+    }
+
     /// Reads a TOML config file; relative paths in it are taken from the file's directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =

@@ -105,6 +105,11 @@ pub struct Manifest {
     /// Which engine runs every version: `tract` (the default) or `onnxruntime`.
     #[serde(default)]
     pub engine: EngineKind,
+    /// What its output is: one score per label (`classes`, the default, checked at load; what
+    /// `/v1/classify` needs) or a shape of its own (`any`: a detector's grid, an embedding), which
+    /// only task guests and the OIP tensor route read.
+    #[serde(default)]
+    pub output: OutputKind,
     /// Dynamic batching (Triton's names): up to this many queued requests run as one batch;
     /// absent or 1: off. Only engines that batch honour it (onnxruntime, for a model whose
     /// batch axis is dynamic); see docs/history/PERFORMANCE-journal.md for where it wins.
@@ -113,6 +118,17 @@ pub struct Manifest {
     /// How long a worker holding fewer than `max_batch_size` requests waits for more.
     #[serde(default)]
     pub max_queue_delay_microseconds: u64,
+}
+
+/// A model's output, as `output` in its `model.toml` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// One score per label: a classifier.
+    #[default]
+    Classes,
+    /// Any shape: read by task guests.
+    Any,
 }
 
 impl Manifest {

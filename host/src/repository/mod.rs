@@ -21,7 +21,7 @@ use crate::inference::probe::LoadProbe;
 use crate::inference::{EngineConfig, InferencePool};
 
 mod manifest;
-pub use manifest::{Manifest, RepositoryManifest, VersionPolicy, is_inside};
+pub use manifest::{Manifest, OutputKind, RepositoryManifest, VersionPolicy, is_inside};
 use manifest::{REPOSITORY_MANIFEST, confined, read_labels};
 
 /// Why a model or the repository could not be loaded. Each names the file and, where it
@@ -361,10 +361,14 @@ impl ModelRepository {
             path: onnx.to_path_buf(),
             message: format!("loading panicked: {}", crate::error::panic_message(&*panic)),
         })??;
-        if pool.output_len() != labels {
+        if manifest.output == OutputKind::Classes && pool.output_len() != labels {
             return Err(RepositoryError::Invalid {
                 path: onnx.to_path_buf(),
-                message: format!("the model outputs {} classes but its labels file lists {labels}", pool.output_len()),
+                message: format!(
+                    "the model outputs {} classes but its labels file lists {labels} (a model whose output is not \
+                     one score per label says output = \"any\" in its model.toml)",
+                    pool.output_len()
+                ),
             });
         }
         Ok(pool)

@@ -18,8 +18,8 @@ use tracing::{Instrument, Span};
 
 use super::telemetry::{TRACEPARENT, TRACESTATE, TraceHeaders};
 use crate::service::{self, AppState};
-use tessera::Classification;
 use tessera::metrics::Protocol;
+use tessera::{Classification, GuestRun, TaskAnswer, TaskInput, TaskResult};
 use tessera::{ClassifyRequest, RequestContext};
 use tessera::{ErrorKind, RequestError, Stage};
 
@@ -56,8 +56,9 @@ pub fn code_for(kind: ErrorKind) -> Code {
     }
 }
 
-/// The method's label in the metrics.
+/// The methods' labels in the metrics.
 const RECOGNIZE: &str = "image_recognition.ImageRecognitionService/Recognize";
+const RUN_TASK: &str = "image_recognition.ImageRecognitionService/RunTask";
 
 /// The `ImageRecognitionService` implementation.
 pub(super) struct Recognition {
@@ -71,6 +72,13 @@ impl pb::image_recognition_service_server::ImageRecognitionService for Recogniti
         let (request_id, span) = begin(RECOGNIZE, request.metadata());
         let result = self.recognize(request, start, &request_id).instrument(span.clone()).await;
         answer(&self.state, RECOGNIZE, start, &request_id, &span, result)
+    }
+
+    async fn run_task(&self, request: Request<pb::TaskRequest>) -> Result<Response<pb::TaskResponse>, Status> {
+        let start = Instant::now();
+        let (request_id, span) = begin(RUN_TASK, request.metadata());
+        let result = self.run_task(request, start, &request_id).instrument(span.clone()).await;
+        answer(&self.state, RUN_TASK, start, &request_id, &span, result)
     }
 }
 
@@ -139,17 +147,92 @@ impl Recognition {
         let state = &self.state;
         let host = state.ready_host()?.clone();
         let timeout = grpc_timeout(request.metadata())?;
-        let metadata = service::rules_metadata(
-            request_id,
-            request.metadata().iter().filter_map(|entry| match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
-                tonic::metadata::KeyAndValueRef::Binary(..) => None,
-            }),
-        );
+        let metadata = service::rules_metadata(request_id, ascii_entries(request.metadata()));
         let request = classify_request(request.into_inner(), state.context(start, timeout), metadata)?;
         let permit = state.admit()?;
         let result = service::classify(host, request, permit).await?;
         Ok(response(result, request_id))
+    }
+}
+
+impl Recognition {
+    /// `RunTask`: as `POST /v1/tasks/{name}`, the message's parameters first, then the call's
+    /// `x-*` metadata.
+    async fn run_task(
+        &self,
+        request: Request<pb::TaskRequest>,
+        start: Instant,
+        request_id: &str,
+    ) -> Result<pb::TaskResponse, RequestError> {
+        let state = &self.state;
+        let host = state.ready_host()?.clone();
+        let timeout = grpc_timeout(request.metadata())?;
+        let metadata = service::rules_metadata(request_id, ascii_entries(request.metadata()));
+        let message = request.into_inner();
+        let mut params: Vec<(String, String)> = message.params.into_iter().collect();
+        params.sort();
+        params.extend(metadata);
+        let content_type = Some(message.content_type.trim().to_ascii_lowercase()).filter(|t| !t.is_empty());
+        let input = TaskInput { body: message.body, content_type, params };
+        let context = state.context(start, timeout);
+        let permit = state.admit()?;
+        let result = service::run_task(host, message.task, input, context, permit).await?;
+        Ok(task_response(result, request_id))
+    }
+}
+
+/// A call's text metadata entries (binary ones are skipped).
+fn ascii_entries(metadata: &MetadataMap) -> impl Iterator<Item = (&str, &str)> {
+    metadata.iter().filter_map(|entry| match entry {
+        tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
+        tonic::metadata::KeyAndValueRef::Binary(..) => None,
+    })
+}
+
+fn task_response(r: TaskResult, request_id: &str) -> pb::TaskResponse {
+    use pb::task_response::Answer;
+    let answer = match r.answer {
+        TaskAnswer::Detections(found) => Answer::Detections(pb::Detections {
+            detections: found
+                .into_iter()
+                .map(|d| {
+                    let [x_min, y_min, x_max, y_max] = d.bbox;
+                    pb::Detection {
+                        label: d.label,
+                        score: d.score,
+                        r#box: Some(pb::Box { x_min, y_min, x_max, y_max }),
+                    }
+                })
+                .collect(),
+        }),
+        TaskAnswer::Embedding(values) => Answer::Embedding(pb::Embedding { values }),
+        TaskAnswer::Classes(classes) => Answer::Classes(pb::Classes {
+            classes: classes
+                .into_iter()
+                .map(|p| pb::Prediction { index: p.index, label: p.label, confidence: p.score })
+                .collect(),
+        }),
+        TaskAnswer::Json(value) => Answer::Json(value.to_string()),
+    };
+    pb::TaskResponse {
+        task: r.task,
+        answer: Some(answer),
+        guests: r.guests.into_iter().map(guest_run).collect(),
+        timings_ms: Some(pb::TaskTimings {
+            task: r.timings_ms.task,
+            engine: r.timings_ms.engine,
+            total: r.timings_ms.total,
+        }),
+        request_id: request_id.to_string(),
+    }
+}
+
+fn guest_run(g: GuestRun) -> pb::GuestRun {
+    pb::GuestRun {
+        stage: g.stage.as_str().to_string(),
+        name: g.name,
+        instantiate_ms: g.instantiate_ms,
+        call_ms: g.call_ms,
     }
 }
 
@@ -249,16 +332,7 @@ fn response(c: Classification, request_id: &str) -> pb::RecognitionResponse {
         }),
         request_id: request_id.to_string(),
         pipeline: c.pipeline,
-        guests: c
-            .guests
-            .into_iter()
-            .map(|g| pb::GuestRun {
-                stage: g.stage.as_str().to_string(),
-                name: g.name,
-                instantiate_ms: g.instantiate_ms,
-                call_ms: g.call_ms,
-            })
-            .collect(),
+        guests: c.guests.into_iter().map(guest_run).collect(),
     }
 }
 

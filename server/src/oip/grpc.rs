@@ -55,7 +55,10 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = self.state.host.get().is_some_and(|h| h.model_io(Some(&r.name), version(&r.version)).is_ok());
+        let ready = self.state.host.get().is_some_and(|h| {
+            h.model_io(Some(&r.name), version(&r.version)).is_ok()
+                || (version(&r.version).is_none() && oip::is_task(h, &r.name))
+        });
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -119,7 +122,17 @@ impl Inference {
         let mut r = request.into_inner();
         let (input, top_k, pipeline) = parse_infer(&mut r)?;
         let context = oip::context(base, &r.model_name, version(&r.model_version), pipeline, top_k, request_id)?;
-        let (outputs, parameters, which) = oip::run(state, host, context, input).await?;
+        let params = oip::task_params(r.parameters.iter().filter_map(|(k, p)| {
+            let v = match p.parameter_choice.clone()? {
+                ParameterChoice::StringParam(s) => s,
+                ParameterChoice::BoolParam(b) => b.to_string(),
+                ParameterChoice::Int64Param(i) => i.to_string(),
+                ParameterChoice::Uint64Param(u) => u.to_string(),
+                ParameterChoice::DoubleParam(d) => d.to_string(),
+            };
+            Some((k.as_str(), v))
+        }));
+        let (outputs, parameters, which) = oip::run(state, host, context, input, &r.model_name, params).await?;
 
         // The requested outputs in the order asked (all when none are named), as raw contents.
         let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();

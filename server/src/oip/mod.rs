@@ -6,6 +6,11 @@
 //! (BYTES, one element: an encoded image), which runs the whole pipeline (guests included) and
 //! answers `label`, `confidence` and the `top_k_*` tensors, with the rules' decision in the
 //! response's parameters. Like the other protocols, this only converts around `service.rs`.
+//!
+//! A task (`[tasks.<name>]`) is served under its name as a model with one BYTES input (the
+//! request body, any name) and one BYTES output, `answer`: the task's answer as JSON, as
+//! `POST /v1/tasks/{name}` answers it. The request's parameters are the task's parameters. A
+//! BYTES input to a name that is both a task and a model runs the task.
 
 #[cfg(feature = "grpc")]
 pub(super) mod grpc;
@@ -17,10 +22,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::service::{self, AppState};
-use tessera::EngineKind;
 use tessera::Host;
 use tessera::ModelRef;
-use tessera::{ClassifyRequest, RequestContext, TensorRequest};
+use tessera::{ClassifyRequest, RequestContext, TaskInput, TensorRequest};
+use tessera::{EngineKind, OutputKind};
 use tessera::{ErrorKind, RequestError, Stage};
 
 /// The name of our image input (BYTES, one encoded image).
@@ -42,32 +47,59 @@ pub(super) struct ModelMeta {
     pub outputs: Vec<TensorMeta>,
 }
 
-/// A model version's metadata: its FP32 input first, then our `image` input; its FP32 output
+/// The one output of a task: its answer as JSON text.
+pub const TASK_OUTPUT: &str = "answer";
+
+/// A model version's metadata (or a task's, when `model` names a task and no model): its FP32 input first, then our `image` input; its FP32 output
 /// first, then the pipeline's outputs.
 pub(super) fn model_metadata(host: &Host, model: &str, version: Option<&str>) -> Result<ModelMeta, RequestError> {
-    let (which, io) = host.model_io(Some(model), version)?;
+    let (which, io) = match host.model_io(Some(model), version) {
+        Err(e) if e.kind == ErrorKind::ModelNotFound && version.is_none() && is_task(host, model) => {
+            let t = |name: &str| TensorMeta { name: name.to_string(), datatype: "BYTES", shape: vec![1] };
+            return Ok(ModelMeta {
+                name: model.to_string(),
+                versions: Vec::new(),
+                platform: "tessera_task",
+                inputs: vec![t("body")],
+                outputs: vec![t(TASK_OUTPUT)],
+            });
+        }
+        other => other?,
+    };
     let status = host.models().into_iter().find(|m| m.name == which.name);
     let versions = status.as_ref().map(|m| m.ready_versions.clone()).unwrap_or_default();
+    // A model whose output is not one score per label has no pipeline: its tensor only.
+    let classifies = status.as_ref().is_none_or(|m| m.output == OutputKind::Classes);
     let platform = match status.map(|m| m.engine) {
         Some(EngineKind::Onnxruntime) => "onnxruntime_onnx",
         _ => "tessera_tract",
     };
     let t = |name: &str, datatype, shape: Vec<i64>| TensorMeta { name: name.to_string(), datatype, shape };
     let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect::<Vec<_>>();
-    Ok(ModelMeta {
-        name: which.name,
-        versions,
-        platform,
-        inputs: vec![t(&io.input_name, "FP32", dims(&io.input_shape)), t(IMAGE_INPUT, "BYTES", vec![1])],
-        outputs: vec![
-            t(&io.output_name, "FP32", dims(&io.output_shape)),
+    let mut inputs = vec![t(&io.input_name, "FP32", dims(&io.input_shape))];
+    let mut outputs = vec![t(&io.output_name, "FP32", dims(&io.output_shape))];
+    if classifies {
+        inputs.push(t(IMAGE_INPUT, "BYTES", vec![1]));
+        outputs.extend([
             t("label", "BYTES", vec![1]),
             t("confidence", "FP32", vec![1]),
             t("top_k_labels", "BYTES", vec![-1]),
             t("top_k_scores", "FP32", vec![-1]),
             t("top_k_indices", "INT32", vec![-1]),
-        ],
-    })
+        ]);
+    }
+    Ok(ModelMeta { name: which.name, versions, platform, inputs, outputs })
+}
+
+/// Whether `name` is a configured task.
+pub(super) fn is_task(host: &Host, name: &str) -> bool {
+    host.tasks().iter().any(|t| t.name == name)
+}
+
+/// A request's parameters as a task reads them: text, in the request's order, the binary
+/// extension's own left out.
+pub(super) fn task_params<'a>(parameters: impl Iterator<Item = (&'a str, String)>) -> Vec<(String, String)> {
+    parameters.filter(|(k, _)| *k != "binary_data_output").map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// One output tensor's values.
@@ -141,16 +173,30 @@ pub(super) struct Input {
     pub data: Option<InputData>,
 }
 
-/// Runs one OIP input: the pipeline for a BYTES image, the model alone for its FP32 tensor.
-/// Protocol-neutral (REST and gRPC call it): the outputs, the response's parameters and the
-/// model version that answered.
+/// Runs one OIP input: task `name`'s guest for a BYTES input when `name` is a task, else the
+/// pipeline for a BYTES image, the model alone for its FP32 tensor. Protocol-neutral (REST and
+/// gRPC call it): the outputs, the response's parameters and the model version (or task) that
+/// answered. `params` go to a task.
 pub(super) async fn run(
     state: &Arc<AppState>,
     host: Arc<Host>,
     context: RequestContext,
     input: Input,
+    name: &str,
+    params: Vec<(String, String)>,
 ) -> Result<(Vec<Output>, Option<Value>, ModelRef), RequestError> {
+    let task = input.datatype == "BYTES" && is_task(&host, name);
     match decode(input)? {
+        Decoded::Image(body) if task => {
+            let permit = state.admit()?;
+            let input = TaskInput { body, content_type: None, params };
+            let r = service::run_task(host, name.to_string(), input, context, permit).await?;
+            let answer = serde_json::to_vec(&r.answer).expect("serializing a task's answer");
+            let parameters = json!({ "timings_ms": r.timings_ms, "guests": r.guests });
+            let output =
+                Output { name: TASK_OUTPUT.into(), datatype: "BYTES", shape: vec![1], data: Data::Bytes(vec![answer]) };
+            Ok((vec![output], Some(parameters), ModelRef { name: r.task, version: String::new() }))
+        }
         Decoded::Image(image) => {
             let permit = state.admit()?;
             let c = service::classify(host, ClassifyRequest::new(image, context), permit).await?;

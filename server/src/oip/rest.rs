@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, context, model_metadata, run};
+use super::{Data, IMAGE_INPUT, Input, InputData, Output, TensorMeta, bad, context, model_metadata, run, task_params};
 use crate::http::{Body, HttpError, json_response, parse_timeout, read_body_by};
 use crate::service::AppState;
 use tessera::Host;
@@ -61,7 +61,8 @@ pub(crate) async fn handle(
     match (method, action) {
         (&Method::GET, None) => metadata(&host, model, version),
         (&Method::GET, Some("ready")) => {
-            let ready = host.model_io(Some(model), version).is_ok();
+            let ready =
+                host.model_io(Some(model), version).is_ok() || (version.is_none() && super::is_task(&host, model));
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             Ok(json_response(status, &json!({"name": model, "ready": ready})))
         }
@@ -145,7 +146,8 @@ async fn model_infer(
     let body = read_body_by(body, max_body, base.deadline()).await?;
     let Rest { request, input, top_k, pipeline } = parse_rest(header_len, body)?;
     let context = context(base, model, version, pipeline, top_k, request_id)?;
-    let (outputs, parameters, which) = run(state, host, context, input).await?;
+    let params = task_params(request.parameters.iter().map(|(k, v)| (k.as_str(), text(v))));
+    let (outputs, parameters, which) = run(state, host, context, input, model, params).await?;
 
     // The requested outputs, in the order asked (all of them when none are named).
     let binary_default = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
@@ -164,6 +166,14 @@ async fn model_infer(
         }
     }
     Ok(encode_response(&which.name, &which.version, request.id.as_deref(), parameters, selected))
+}
+
+/// A JSON parameter as text: a string as it is, anything else as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A REST inference request, parsed.

@@ -121,7 +121,7 @@ fn a_client_of_the_seeds_unchanged_proto_gets_the_http_answers_and_precise_statu
     assert_eq!(http_only.classify(&image, "", &[]).0, 200);
 }
 
-fn python_client(server: &Server, proto: &str, image: &std::path::Path) -> Value {
+fn python_client(server: &Server, proto: &str, image: &std::path::Path, scene: &std::path::Path) -> Value {
     let python = root().join(".venv/bin/python");
     let out = Command::new(python)
         .arg(root().join("tests/tools/grpc_client.py"))
@@ -129,6 +129,8 @@ fn python_client(server: &Server, proto: &str, image: &std::path::Path) -> Value
         .arg(root().join("proto").join(proto))
         .arg("--image")
         .arg(image)
+        .arg("--scene")
+        .arg(scene)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -141,7 +143,8 @@ fn python_grpcio_clients_of_both_protos_health_and_reflection_work() {
     let case = &shapes(CLASSES_SEED, 1)[3];
     let (_, http, _) = server.classify(&read(&case.path), "", &[]);
 
-    let seed = python_client(&server, "image_recognition.proto", &case.path);
+    let scene = &crate::support::scenes(737_373, 200)[2];
+    let seed = python_client(&server, "image_recognition.proto", &case.path, &scene.path);
     assert_eq!(seed["recognize"]["label"], case.label.as_str(), "{seed}");
     assert_eq!(seed["recognize"]["label"], http["label"], "{seed}");
     assert_eq!(seed["recognize"]["request_id"], "py-1", "{seed}");
@@ -156,7 +159,8 @@ fn python_grpcio_clients_of_both_protos_health_and_reflection_work() {
     }
     assert!(seed["reflection"]["descriptor_bytes"].as_u64().unwrap() > 100, "{seed}");
 
-    let ours = python_client(&server, "tessera_image_recognition.proto", &case.path);
+    assert!(seed.get("task").is_none(), "the seed's service has no RunTask: {seed}");
+    let ours = python_client(&server, "tessera_image_recognition.proto", &case.path, &scene.path);
     let extended = &ours["extended"];
     assert_eq!(extended["top_k"].as_array().unwrap().len(), 3, "{ours}");
     assert_eq!(extended["top_k"][0], case.label.as_str(), "{ours}");
@@ -173,6 +177,30 @@ fn python_grpcio_clients_of_both_protos_health_and_reflection_work() {
     assert_eq!(extended["guests"], guests, "{ours}");
     assert_eq!(ours["missing_pipeline"]["code"], "NOT_FOUND", "{ours}");
     assert_eq!(ours["missing_pipeline"]["metadata"]["tessera-error-code"], "pipeline_not_found", "{ours}");
+
+    // RunTask answers what POST /v1/tasks/detect answers.
+    let task = &ours["task"];
+    assert_eq!((&task["task"], &task["answer"]), (&serde_json::json!("detect"), &serde_json::json!("detections")));
+    let http: Value = crate::support::client()
+        .post(server.url("/v1/tasks/detect?threshold=0.3"))
+        .body(read(&scene.path))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let want = http["answer"]["detections"].as_array().unwrap();
+    let got = task["detections"].as_array().unwrap();
+    assert!(!want.is_empty() && want.len() == got.len(), "gRPC {task} vs HTTP {http}");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g[0], w["label"], "gRPC {task} vs HTTP {http}");
+        for (a, b) in g[2].as_array().unwrap().iter().zip(w["box"].as_array().unwrap()) {
+            assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-3, "gRPC {task} vs HTTP {http}");
+        }
+    }
+    assert_eq!(task["guests"], serde_json::json!([["task", "task-detect"]]), "{ours}");
+    assert_eq!(ours["missing_task"]["code"], "NOT_FOUND", "{ours}");
+    assert_eq!(ours["missing_task"]["metadata"]["tessera-error-code"], "task_not_found", "{ours}");
+    assert_eq!(ours["bad_task_param"]["code"], "INVALID_ARGUMENT", "{ours}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     let server = Server::start(&[]);
     let case = &shapes(CLASSES_SEED, 1)[6];
     let (_, http, _) = server.classify(&read(&case.path), "", &[]);
+    let scene = &crate::support::scenes(737_373, 200)[3];
     // The model's input for this image, as the serving preprocess guest makes it.
     let tensor = root().join(format!("target/test-data/oip-{}.f32", std::process::id()));
     let status = Command::new(tessera_bin())
@@ -30,6 +31,8 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
         .arg(&case.path)
         .arg("--tensor")
         .arg(&tensor)
+        .args(["--task", "detect", "--scene"])
+        .arg(&scene.path)
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&tensor);
@@ -59,6 +62,23 @@ fn tritonclient_http_and_grpc_run_the_pipeline_on_an_image_and_the_model_alone_o
     assert_eq!(pipeline["id"], "oip-1");
     assert_eq!(pipeline["decision_rule"], "rules-threshold");
     assert_eq!(pipeline["pipeline"], "default", "{seen}");
+
+    // The detect task, served as a model: its answer is what POST /v1/tasks/detect answers.
+    let task = &seen["task"];
+    assert_eq!((&task["ready"], &task["grpc_ready"]), (&Value::Bool(true), &Value::Bool(true)), "{task}");
+    assert_eq!(task["metadata"]["platform"], "tessera_task", "{task}");
+    assert_eq!(task["metadata"]["outputs"][0]["name"], "answer", "{task}");
+    assert_eq!(task["http_model_name"], "detect", "{task}");
+    let direct: Value = client()
+        .post(server.url("/v1/tasks/detect?threshold=0.3"))
+        .body(read(&scene.path))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(!direct["answer"]["detections"].as_array().unwrap().is_empty(), "{direct}");
+    assert_eq!(task["http"], direct["answer"], "{task}");
+    assert_eq!(task["grpc"], direct["answer"], "{task}");
 
     // The model alone on the same input gives the same class, through binary and JSON tensors.
     let index = http["top_k"][0]["index"].as_u64().unwrap();

@@ -42,6 +42,12 @@ fn a_browser_uploads_an_image_and_sees_the_answer() {
     let (status, body, _) = server.classify(&read(&case.path), "", &[]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["label"], case.label.as_str(), "{body}");
+    // A detection task's boxes are drawn over the image: as many as the API answers.
+    let scene = &crate::support::scenes(737_373, 200)[0];
+    let resp = client().post(server.url("/v1/tasks/detect")).body(read(&scene.path)).send().unwrap();
+    let detected: Value = resp.json().unwrap();
+    let boxes = detected["answer"]["detections"].as_array().unwrap_or_else(|| panic!("{detected}")).len();
+    assert!(boxes > 0, "{detected}");
     let bad = root().join("target/test-logs/page-not-an-image.png");
     std::fs::write(&bad, b"this is not an image").unwrap();
     let out = Command::new(root().join(".venv/bin/python"))
@@ -51,6 +57,10 @@ fn a_browser_uploads_an_image_and_sees_the_answer() {
         .arg(&case.path)
         .arg("--bad")
         .arg(&bad)
+        .args(["--task", "detect", "--boxes", &boxes.to_string(), "--scene"])
+        .arg(&scene.path)
+        .arg("--screenshot")
+        .arg(root().join("target/test-logs/page-detect.png"))
         .output()
         .expect("running tests/tools/page_test.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -58,6 +68,7 @@ fn a_browser_uploads_an_image_and_sees_the_answer() {
     let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(seen["label"], case.label.as_str(), "{seen}");
     // The model list comes from /v1/models: every model of the repository.
-    assert_eq!(seen["models"], serde_json::json!(["shapes", "shapes-int8"]), "{seen}");
+    assert_eq!(seen["models"], serde_json::json!(["shapes", "shapes-detect", "shapes-int8"]), "{seen}");
+    assert_eq!(seen["boxes_drawn"], boxes, "{seen}");
     assert!(seen["timings"]["inference"].as_f64().unwrap() > 0.0, "{seen}");
 }

@@ -263,6 +263,51 @@ pub fn shapes(seed: u64, per_class: usize) -> Vec<Case> {
         .collect()
 }
 
+/// One generated scene (models/tools/generate_scenes.py): its file and its objects, each a
+/// label and a box `[x_min, y_min, x_max, y_max]` in the image's pixels.
+pub struct Scene {
+    pub path: PathBuf,
+    pub objects: Vec<(String, [f64; 4])>,
+}
+
+/// The detection scene set for `seed` (made by the project's generator, cached under target/).
+/// Held-out sets use seeds the training script never uses (train_detect.py trains on 1 and
+/// validates on 1001).
+pub fn scenes(seed: u64, count: usize) -> Vec<Scene> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join(format!("target/test-data/scenes-{seed}-{count}"));
+    let labels = dir.join("labels.jsonl");
+    if !labels.is_file() {
+        let python = root().join(".venv/bin/python");
+        assert!(python.is_file(), "{} is missing: run `./run test` (it installs the Python tools)", python.display());
+        let status = Command::new(python)
+            .arg(root().join("models/tools/generate_scenes.py"))
+            .args(["--seed", &seed.to_string(), "--count", &count.to_string(), "--out"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the scene generator failed");
+    }
+    std::fs::read_to_string(&labels)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let objects = row["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| {
+                    let b: Vec<f64> = o["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                    (o["label"].as_str().unwrap().to_string(), [b[0], b[1], b[2], b[3]])
+                })
+                .collect();
+            Scene { path: dir.join(row["file"].as_str().unwrap()), objects }
+        })
+        .collect()
+}
+
 /// `tessera compile --target <this architecture> --cpu <baseline level>` of guest `name` into
 /// `out/<name>.cwasm`, as the Dockerfile runs it: code a smaller CPU than this one can run.
 pub fn precompile_for_baseline(name: &str, out: &std::path::Path) -> std::path::PathBuf {
