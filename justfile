@@ -14,7 +14,7 @@ runtime_only_features := "tract-patches"
 
 # Every host crate (the server, its C API, the tests, the native builds of the guests, the
 # bindings tool): all but the wasm32-only test guests and the bench load tool.
-host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-task --exclude tessera-probe-wasi --exclude tessera-probe-preprocess --exclude tessera-loadgen"
+host_pkgs := "--workspace --exclude tessera-probe-rules --exclude tessera-probe-task --exclude tessera-probe-nn --exclude tessera-probe-wasi --exclude tessera-probe-preprocess --exclude tessera-loadgen"
 # The guests the embedded default serves (config.rs, GuestsConfig::default), and the other Rust ones.
 default_guest_pkgs := "-p tessera-preprocess -p tessera-postprocess -p tessera-rules-threshold"
 guest_pkgs := default_guest_pkgs + " -p tessera-rules-rust -p tessera-probe-rules -p tessera-probe-task"
@@ -46,7 +46,7 @@ setup-wait:
 guests-default: (guests-rust default_guest_pkgs) guests-tasks
 
 # Build every guest component (production guests and test fixtures) into target/guests/.
-guests: (guests-rust guest_pkgs) guests-tasks guests-wasi guests-polyglot
+guests: (guests-rust guest_pkgs) guests-tasks guests-task-probes guests-wasi guests-polyglot
 
 # Task guests (`world task`), built apart from the preprocess guest whose code they use as a
 # library: in one cargo build its `component` feature would be on for them too, and a task
@@ -58,6 +58,14 @@ guests-tasks:
     for name in task_classify task_detect images; do \
       {{wasm_tools}} component new {{wasm_out}}/tessera_$name.wasm -o {{guest_dir}}/${name//_/-}.wasm; \
     done
+
+# The task probes that use the preprocess code as a library (test fixtures; same features as
+# guests-tasks, so nothing is compiled twice).
+[private]
+guests-task-probes:
+    cargo build --release --target {{guest_target}} -p tessera-probe-nn
+    mkdir -p {{guest_dir}}
+    {{wasm_tools}} component new {{wasm_out}}/tessera_probe_nn.wasm -o {{guest_dir}}/probe-nn.wasm
 
 # Rust guests for wasm32-unknown-unknown, each made a component by wasm-tools.
 [private]
@@ -229,12 +237,16 @@ test:
     {{python}} tests/tools/imports.py server/src ARCHITECTURE.md --block "layers server"
     step "the library depends on no server crate"
     server_crates='^(hyper|hyper-util|http|http-body|http-body-util|tonic|tonic-[a-z]+|multer|tower|opentelemetry[a-z_-]*|tracing-subscriber|tracing-opentelemetry|clap|tikv-jemallocator) v'
-    if cargo tree --locked -p tessera -e normal,build --prefix none --format '{p}' | sort -u | grep -E "$server_crates"; then
+    # Listed first, so that a failing `cargo tree` (a lock file out of date) fails the step
+    # rather than leaving grep nothing to find.
+    deps=$(cargo tree --locked -p tessera -e normal,build --prefix none --format '{p}')
+    if sort -u <<< "$deps" | grep -E "$server_crates"; then
       echo "the tessera library depends on the crates above: they belong to tessera-server or tessera-cli"; exit 1
     fi
     step "wasm32 guests"
     just guests-rust "{{guest_pkgs}}"
     just guests-tasks
+    just guests-task-probes
     just guests-wasi
     step "waiting for ./run's installs"
     just setup-wait

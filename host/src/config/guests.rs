@@ -82,6 +82,9 @@ pub enum WasiGrant {
     Stdout,
     /// The guest's stderr, the same way.
     Stderr,
+    /// `wasi:nn@0.2.0-rc-2024-10-28`: `load-by-name` of the models the guest may call (a task's
+    /// `models`), run by the host's engines within the call's deadline and call cap.
+    Nn,
 }
 
 impl RuleConfig {
@@ -94,10 +97,10 @@ impl RuleConfig {
 impl std::str::FromStr for WasiGrant {
     type Err = String;
 
-    /// `clocks`, `random`, `stdout` or `stderr`, as in config.
+    /// `clocks`, `random`, `stdout`, `stderr` or `nn`, as in config.
     fn from_str(text: &str) -> Result<Self, String> {
         serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text))
-            .map_err(|_| format!("{text:?} is not a WASI grant: clocks, random, stdout or stderr"))
+            .map_err(|_| format!("{text:?} is not a WASI grant: clocks, random, stdout, stderr or nn"))
     }
 }
 

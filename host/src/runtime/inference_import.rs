@@ -23,7 +23,7 @@ pub(super) struct InferenceAccess {
     /// rules guests share the serving queue with requests.
     pub(super) calls_left: u32,
     /// `limits.guest_infer_calls`, for the error message.
-    limit: u32,
+    pub(super) limit: u32,
 }
 
 /// The `inference` import, configured once from `limits`.
@@ -72,13 +72,14 @@ impl Factor for InferenceFactor {
 /// A guest called `inference.infer` or `engines.run` more than `limits.guest_infer_calls` times
 /// in one call.
 #[derive(Debug)]
-pub(super) struct TooManyInferCalls(u32);
+pub(super) struct TooManyInferCalls(pub(super) u32);
 
 impl std::fmt::Display for TooManyInferCalls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the guest called inference.infer (or engines.run) more than limits.guest_infer_calls ({}) times in one call",
+            "the guest called inference.infer (or engines.run, or wasi-nn's compute) more than limits.guest_infer_calls \
+             ({}) times in one call",
             self.0
         )
     }

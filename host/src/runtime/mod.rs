@@ -21,6 +21,7 @@ mod factor;
 mod inference_import;
 mod inspect;
 mod limits;
+mod nn;
 mod output;
 mod prepared;
 mod stages;
@@ -90,6 +91,7 @@ impl wasmtime_wasi::WasiView for GuestState {
 struct Factors {
     wasi: WasiFactor,
     inference: InferenceFactor,
+    nn: nn::NnFactor,
     memory: MemoryFactor,
     output: OutputFactor,
 }
@@ -99,6 +101,7 @@ impl Factors {
         Factors {
             wasi: WasiFactor,
             inference: InferenceFactor::new(limits),
+            nn: nn::NnFactor,
             memory: MemoryFactor::new(limits),
             output: OutputFactor::new(limits),
         }
@@ -108,6 +111,7 @@ impl Factors {
     fn link(&self, linker: &mut Linker<GuestState>, world: World, grants: &Grants) -> wasmtime::Result<()> {
         self.wasi.link(linker, world, grants)?;
         self.inference.link(linker, world, grants)?;
+        self.nn.link(linker, world, grants)?;
         self.memory.link(linker, world, grants)?;
         self.output.link(linker, world, grants)
     }

@@ -108,6 +108,7 @@ fn granted_interfaces(grant: Grant) -> &'static [&'static str] {
         Grant::Clocks => &["wasi:clocks/wall-clock", "wasi:clocks/monotonic-clock"],
         Grant::Random => &["wasi:random/random", "wasi:random/insecure", "wasi:random/insecure-seed"],
         Grant::Stdout | Grant::Stderr => &[],
+        Grant::Nn => &super::nn::INTERFACES,
     }
 }
 

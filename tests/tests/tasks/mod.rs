@@ -476,3 +476,65 @@ fn a_task_and_its_model_swap_under_load_without_a_failed_request() {
     assert!(served > 0);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `wasi:nn` for a task granted `nn` (`tests/guests/probe-nn`): `load-by-name` reaches the models
+/// its config names, `compute` runs them on the host's engines and answers what `/v1/classify`
+/// answers; what it may not do gets the wasi-nn error code that says why; a task not granted
+/// `nn` is refused the interface by name.
+#[test]
+fn wasi_nn_serves_a_task_its_models_by_name() {
+    let dir = root().join(format!("target/test-data/tasks-nn-{}", std::process::id()));
+    let config = config_with_rules(
+        &dir,
+        &format!(
+            "[[guests.rules]]\npath = {:?}\n[tasks.nn]\npath = {probe:?}\nmodels = [\"shapes\"]\n\
+             wasi = [\"clocks\", \"random\", \"nn\"]\n[tasks.denied]\npath = {probe:?}\nmodels = [\"shapes\"]\n",
+            guest("rules-threshold"),
+            probe = guest("probe-nn"),
+        ),
+    );
+    let server = Server::start(&["--config", config.to_str().unwrap()]);
+    for case in shapes(CLASSES_SEED, 1).iter().take(4) {
+        let image = read(&case.path);
+        let (status, body) = run_task(&server, "nn", &image, "");
+        assert_eq!(status, 200, "{body}");
+        let (_, pipeline, _) = server.classify(&image, "?top_k=3", &[]);
+        let classes = body["answer"]["classes"].as_array().unwrap_or_else(|| panic!("{body}"));
+        for (a, b) in classes.iter().zip(pipeline["top_k"].as_array().unwrap()) {
+            assert_eq!(a["label"], b["label"], "wasi-nn {body} vs pipeline {pipeline}");
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-4);
+        }
+        assert_eq!(classes[0]["label"], case.label.as_str(), "{body}");
+    }
+    let image = read(&shapes(CLASSES_SEED, 1)[0].path);
+    let nn = |query: &str| run_task(&server, "nn", &image, query);
+    let (status, body) = nn("?nn=outputs&model=shapes:1");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["answer"]["json"], serde_json::json!({"name": "logits", "dimensions": [1, 8], "type": "Fp32"}));
+    let code = |body: &Value| body["answer"]["json"]["code"].as_str().unwrap_or_default().to_string();
+    let data = |body: &Value| body["answer"]["json"]["data"].as_str().unwrap_or_default().to_string();
+    let (_, body) = nn("?model=shapes-int8");
+    assert_eq!(code(&body), "NotFound", "{body}");
+    assert!(data(&body).contains("may not call model \"shapes-int8\""), "{body}");
+    let (_, body) = nn("?model=nope");
+    assert_eq!(code(&body), "NotFound", "{body}");
+    let (_, body) = nn("?nn=load");
+    assert_eq!(code(&body), "Security", "{body}");
+    assert!(data(&body).contains("load-by-name"), "{body}");
+    let (_, body) = nn("?nn=u8");
+    assert_eq!(code(&body), "InvalidArgument", "{body}");
+    assert!(data(&body).contains("FP32"), "{body}");
+    let (status, body) = nn("?nn=flood");
+    assert_error(status, &body, 500, "guest_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("guest_infer_calls"), "{body}");
+
+    let (status, body) = run_task(&server, "denied", &image, "");
+    assert_error(status, &body, 500, "guest_trap");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("wasi:nn/graph") && message.contains("not granted"), "{body}");
+
+    // The server serves on.
+    let (status, body) = run_task(&server, "nn", &image, "");
+    assert_eq!(status, 200, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
