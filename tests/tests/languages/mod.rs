@@ -289,7 +289,7 @@ fn hostile_python_javascript_c_and_go_guests_are_contained_like_a_rust_one() {
         for probe in probes {
             // `loop` runs into its deadline, so it is short; the others must end on their own
             // cap well before theirs, even on a cold clean clone with the other tests running
-            // beside (a Python `memory` probe once took over 1.5 s there).
+            // beside (one probe once ran past 1.5 s there, its status a 504).
             let timeout_ms = match *probe {
                 "loop" => 1_500,
                 "huge" => 5_000,
