@@ -525,6 +525,14 @@ struct TaskModels {
 }
 
 impl TaskModels {
+    /// `call`, its time added to the engine time.
+    fn timed<T>(&self, call: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let result = call();
+        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
+        result
+    }
+
     fn allowed(&self, model: &str) -> Result<(), RequestError> {
         if self.task.models.iter().any(|m| m == model) {
             return Ok(());
@@ -551,10 +559,7 @@ impl GuestInference for TaskModels {
         deadline: Instant,
     ) -> Result<Vec<f32>, RequestError> {
         self.allowed(model)?;
-        let start = Instant::now();
-        let result = self.repo.infer(model, version, shape, input, deadline);
-        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
-        result
+        self.timed(|| self.repo.infer(model, version, shape, input, deadline))
     }
 
     fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
@@ -571,10 +576,32 @@ impl GuestInference for TaskModels {
         deadline: Instant,
     ) -> Result<Vec<NamedTensor>, RequestError> {
         self.allowed(model)?;
-        let start = Instant::now();
-        let result = self.repo.run(model, version, shape, input, deadline);
-        *self.engine.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
-        result
+        self.timed(|| self.repo.run(model, version, shape, input, deadline))
+    }
+}
+
+impl ModelRepository {
+    /// `model`'s `version` (or default one) on `input` of `shape`, checked against its input,
+    /// within the span `span` makes for the version: the output's values and the version.
+    #[allow(clippy::too_many_arguments)]
+    fn run_checked(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        shape: &[u32],
+        input: Vec<f32>,
+        deadline: Instant,
+        stage: Stage,
+        span: impl FnOnce(u64) -> tracing::Span,
+    ) -> Result<(Vec<f32>, Arc<ModelVersion>), RequestError> {
+        let snapshot = self.snapshot();
+        let version = snapshot.get(model)?.resolve(version)?;
+        let span = span(version.version);
+        let _entered = span.enter();
+        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        check_shape(model, version.pool.input_shape(), &dims, stage)?;
+        let data = version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))?;
+        Ok((data, version))
     }
 }
 
@@ -589,13 +616,8 @@ impl GuestInference for ModelRepository {
         input: Vec<f32>,
         deadline: Instant,
     ) -> Result<Vec<f32>, RequestError> {
-        let snapshot = self.snapshot();
-        let version = snapshot.get(model)?.resolve(version)?;
-        let span = tracing::info_span!("guest inference", model, version = version.version, error.type = Empty);
-        let _entered = span.enter();
-        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        check_shape(model, version.pool.input_shape(), &shape, Stage::Rules)?;
-        version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))
+        let span = |v: u64| tracing::info_span!("guest inference", model, version = v, error.type = Empty);
+        Ok(self.run_checked(model, version, shape, input, deadline, Stage::Rules, span)?.0)
     }
 
     fn describe(&self, model: &str, version: Option<&str>) -> Result<ModelDescription, RequestError> {
@@ -622,13 +644,8 @@ impl GuestInference for ModelRepository {
         input: Vec<f32>,
         deadline: Instant,
     ) -> Result<Vec<NamedTensor>, RequestError> {
-        let snapshot = self.snapshot();
-        let version = snapshot.get(model)?.resolve(version)?;
-        let span = tracing::info_span!("engine run", model, version = version.version, error.type = Empty);
-        let _entered = span.enter();
-        let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        check_shape(model, version.pool.input_shape(), &dims, Stage::Task)?;
-        let data = version.pool.run(input, deadline).inspect_err(|e| record_error(&span, e))?;
+        let span = |v: u64| tracing::info_span!("engine run", model, version = v, error.type = Empty);
+        let (data, version) = self.run_checked(model, version, shape, input, deadline, Stage::Task, span)?;
         let io = version.pool.io();
         Ok(vec![NamedTensor {
             name: io.output_name.clone(),

@@ -377,8 +377,10 @@ pub fn fit(bytes: &[u8], limits: &Limits, size: u32, fill: u8, mean: [f32; 3], s
     }
     let rgb = decode_rgb_scaled(bytes, limits, size)?;
     let (w, h) = (rgb.width(), rgb.height());
-    // A JPEG decoded at 1/k scale: boxes map back through k too.
-    let (width, height) = oriented_size(bytes).unwrap_or((w, h));
+    // A JPEG decoded at 1/k scale: boxes map back through k too. Other formats decode whole, so
+    // their header need not be read again.
+    let jpeg = image::guess_format(bytes).is_ok_and(|f| f == ImageFormat::Jpeg);
+    let (width, height) = if jpeg { oriented_size(bytes).unwrap_or((w, h)) } else { (w, h) };
     let boxed = letterbox(rgb.into_raw(), w, h, size, fill)?;
     let square = Spec { height: size, width: size, resize: size, mean, std };
     Ok(Fitted {
